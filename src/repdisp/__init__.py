@@ -1,0 +1,46 @@
+"""repdisp: representation dispersion of causal language models.
+
+import repdisp
+repdisp.dispersion(X)                       # any (N, d) array or tensor, exact, O(N·d)
+r = repdisp.measure(model="smollm2-135m", data="python-docs", segments=200, seq_len=256)
+print(r.table())
+"""
+
+from .corpus import Segments, load_texts, make_segments
+from .errors import RepdispError
+from .extract import Extraction, extract
+from .geometry import (
+    CosineStats,
+    bootstrap_ci,
+    cluster_distances,
+    dispersion,
+    mean_euclidean,
+    mean_sq_euclidean,
+    per_example_scores,
+)
+from .measure import MeasureResult, SiteDispersion, measure
+from .models import LoadedModel, load_model, prepare
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CosineStats",
+    "Extraction",
+    "LoadedModel",
+    "MeasureResult",
+    "RepdispError",
+    "Segments",
+    "SiteDispersion",
+    "bootstrap_ci",
+    "cluster_distances",
+    "dispersion",
+    "extract",
+    "load_model",
+    "load_texts",
+    "make_segments",
+    "mean_euclidean",
+    "mean_sq_euclidean",
+    "measure",
+    "per_example_scores",
+    "prepare",
+]

@@ -1,0 +1,289 @@
+"""One forward pass per batch: perplexity, last-token NLL and pooled vectors at every site.
+
+Poolings (over positions ``skip_first:``, so the BOS token or the outlier first token is left out):
+
+    last     the last token's vector (the paper's default h_N), (N, d)
+    mean     mean over tokens, (N, d)
+    within   the cosine dispersion among the segment's own tokens, (N,)
+    tokens   every token's vector, float16, (N, T, d): big, for token-level analyses
+
+Perplexity is computed from the body's final hidden states in token chunks, so fp32 logits for
+the whole batch never exist at once. Without perplexity the forward stops after the deepest
+site and the LM head never runs. Results are written in shards (temp file + rename, with a
+manifest of checksums) under a key that covers model, exact token ids, sites and poolings, so an
+interrupted run resumes from its finished shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .corpus import Segments
+from .errors import RepdispError
+from .models import LoadedModel, cache_root
+from .sites import Site, SiteReader, StopForward, blocks_of, parse_sites
+
+POOLS = ("last", "mean", "within", "tokens")
+_CACHE_VERSION = 1
+_LOGIT_BYTES = 1 << 28  # fp32 logits held at once while computing perplexity: 256 MiB
+
+
+@dataclass
+class Extraction:
+    """What one pass over the segments produced. ``vectors`` is keyed ``"site/pool"``."""
+
+    sites: list[str]
+    pools: list[str]
+    vectors: dict[str, np.ndarray] = field(repr=False)
+    mean_nll: np.ndarray | None = field(default=None, repr=False)
+    last_nll: np.ndarray | None = field(default=None, repr=False)
+
+    def get(self, site: str, pool: str = "last") -> np.ndarray:
+        key = f"{site}/{pool}"
+        if key not in self.vectors:
+            raise RepdispError(f"{key} was not extracted; have {sorted(self.vectors)}")
+        return self.vectors[key]
+
+    @property
+    def seq_ppl(self) -> np.ndarray:
+        """Sequence-level perplexity per segment: exp(mean NLL over its predicted tokens)."""
+        if self.mean_nll is None:
+            raise RepdispError("perplexity was not computed in this extraction")
+        return np.exp(self.mean_nll)
+
+    @property
+    def last_ppl(self) -> np.ndarray:
+        """Perplexity of each segment's last token: exp(its NLL)."""
+        if self.last_nll is None:
+            raise RepdispError("perplexity was not computed in this extraction")
+        return np.exp(self.last_nll)
+
+
+def token_nll(model: Any, hidden: Any, ids: Any) -> Any:
+    """NLL (float32, shape (B, T-1)) of ids[:, 1:] given final hidden states, in chunks of tokens."""
+    import torch
+
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    vocab = head.weight.shape[0]
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = ids[:, 1:].reshape(-1)
+    chunk = max(1, _LOGIT_BYTES // (4 * vocab))
+    out = torch.empty(len(h), dtype=torch.float32, device=h.device)
+    for s in range(0, len(h), chunk):
+        logits = head(h[s : s + chunk]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        picked = logits.gather(1, targets[s : s + chunk, None])[:, 0]
+        out[s : s + chunk] = torch.logsumexp(logits, dim=-1) - picked
+    return out.view(ids.shape[0], -1)
+
+
+def _pool(h: Any, pool: str, skip_first: int) -> np.ndarray:
+    import torch
+
+    h = h[:, skip_first:]
+    if pool == "last":
+        return h[:, -1].float().cpu().numpy()
+    if pool == "mean":
+        return h.float().mean(1).cpu().numpy()
+    if pool == "tokens":
+        return h.to(torch.float16).cpu().numpy()
+    n = h.shape[1]  # within: dispersion among the segment's own tokens, exact in float64
+    if n < 2:
+        raise RepdispError("'within' pooling needs at least 2 tokens after --skip-first")
+    u = torch.nn.functional.normalize(h.double(), dim=-1)
+    s = u.sum(1)
+    return (1.0 - ((s * s).sum(-1) - n) / (n * (n - 1))).cpu().numpy()
+
+
+def _forward_batch(
+    lm: LoadedModel,
+    ids: np.ndarray,
+    sites: list[Site],
+    pools: list[str],
+    perplexity: bool,
+    skip_first: int,
+) -> dict[str, np.ndarray]:
+    import torch
+
+    x = torch.from_numpy(ids).to(lm.device)
+    out: dict[str, np.ndarray] = {}
+    needs_final = perplexity or any(s.name == "final" for s in sites)
+    with torch.inference_mode(), SiteReader(lm.model, sites, stop_early=not needs_final) as reader:
+        try:
+            body_out = lm.model.base_model(input_ids=x, use_cache=False)
+        except StopForward:
+            body_out = None
+        values = dict(reader.values)
+        if body_out is not None:
+            values["final"] = body_out[0]
+        if perplexity:
+            nll = token_nll(lm.model, values["final"], x)
+            out["mean_nll"] = nll.double().mean(1).cpu().numpy()
+            out["last_nll"] = nll[:, -1].double().cpu().numpy()
+    for site in sites:
+        for pool in pools:
+            arr = _pool(values[site.name], pool, skip_first)
+            if not np.isfinite(arr).all():
+                raise RepdispError(
+                    f"NaN/inf hidden states at site {site.name} (overflow in {lm.dtype}?); "
+                    "try --dtype float32 or bfloat16"
+                )
+            out[f"{site.name}/{pool}"] = arr
+    if perplexity and not np.isfinite(out["mean_nll"]).all():
+        raise RepdispError(f"NaN/inf perplexity (overflow in {lm.dtype}?); try --dtype float32")
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through ``write(file)`` into a temp file in the same folder, then rename into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ShardStore:
+    """A folder of ``shard_XXXXX.npz`` files and a ``manifest.json`` of their sha256 checksums."""
+
+    def __init__(self, folder: Path, meta: dict[str, Any]):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = folder / "manifest.json"
+        self.manifest: dict[str, Any] = {"meta": meta, "shards": {}}
+        if self.manifest_path.exists():
+            try:
+                self.manifest = json.loads(self.manifest_path.read_text())
+            except json.JSONDecodeError:
+                pass  # a broken manifest only costs recomputation
+
+    def load(self, i: int) -> dict[str, np.ndarray] | None:
+        """The shard's arrays if it exists and its checksum matches, else None (recompute)."""
+        name = f"shard_{i:05d}.npz"
+        path = self.folder / name
+        expected = self.manifest["shards"].get(name)
+        if not path.exists() or expected is None or _sha256(path) != expected:
+            return None
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+    def save(self, i: int, arrays: dict[str, np.ndarray]) -> None:
+        name = f"shard_{i:05d}.npz"
+        path = self.folder / name
+        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        self.manifest["shards"][name] = _sha256(path)
+        text = json.dumps(self.manifest, indent=1).encode()
+        _atomic_write(self.manifest_path, lambda f: f.write(text))
+
+
+def cache_key(
+    lm: LoadedModel,
+    segments: Segments,
+    sites: list[str],
+    pools: list[str],
+    perplexity: bool,
+    skip_first: int,
+) -> str:
+    spec = [_CACHE_VERSION, lm.identity, segments.fingerprint, sites, pools, perplexity, skip_first]
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:20]
+
+
+def extract(
+    lm: LoadedModel,
+    segments: Segments,
+    sites: str | list[str] = "final",
+    pools: str | list[str] = "last",
+    perplexity: bool = True,
+    batch_size: int = 8,
+    skip_first: int = 1,
+    cache: bool | str | Path = True,
+    progress: bool = True,
+    shard_segments: int = 256,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Extraction:
+    """Run the model over ``segments`` once and collect everything asked for.
+
+    ``cache``: True for ``$REPDISP_HOME/runs/KEY``, a folder path, or False for no cache.
+    ``rank``/``world_size``: process only shards ``rank, rank + world_size, ...`` (distributed).
+    """
+    from tqdm.auto import tqdm
+
+    n_blocks = len(blocks_of(lm.model))
+    site_list = parse_sites(sites, n_blocks)
+    pool_list = [pools] if isinstance(pools, str) else list(pools)
+    for p in pool_list:
+        if p not in POOLS:
+            raise RepdispError(f"unknown pooling {p!r}; choose from {', '.join(POOLS)}")
+    if not 0 <= skip_first < segments.ids.shape[1] - 1:
+        raise RepdispError(f"--skip-first {skip_first} leaves no tokens to pool")
+    names = [s.name for s in site_list]
+    shard_segments = max(batch_size, shard_segments // batch_size * batch_size)
+    store = None
+    if cache:
+        key = cache_key(lm, segments, names, pool_list, perplexity, skip_first)
+        folder = Path(cache) if not isinstance(cache, bool) else cache_root() / "runs" / key
+        store = ShardStore(folder, {"model": lm.name, "source": segments.source, "sites": names})
+    n = len(segments)
+    n_shards = math.ceil(n / shard_segments)
+    mine = range(rank, n_shards, world_size)
+    shards: dict[int, dict[str, np.ndarray]] = {}
+    bar = tqdm(
+        total=sum(min(shard_segments, n - i * shard_segments) for i in mine),
+        unit="seg",
+        disable=not progress,
+        desc=f"extract {lm.name}",
+    )
+    try:
+        for i in mine:
+            cached = store.load(i) if store else None
+            if cached is None:
+                parts = []
+                for b in range(i * shard_segments, min(n, (i + 1) * shard_segments), batch_size):
+                    ids = segments.ids[b : min(b + batch_size, n, (i + 1) * shard_segments)]
+                    parts.append(
+                        _forward_batch(lm, ids, site_list, pool_list, perplexity, skip_first)
+                    )
+                    bar.update(len(ids))
+                cached = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                if store:
+                    store.save(i, cached)
+            else:
+                bar.update(len(next(iter(cached.values()))))
+            shards[i] = cached
+    finally:
+        bar.close()
+    merged = (
+        {k: np.concatenate([shards[i][k] for i in mine]) for k in shards[mine[0]]} if shards else {}
+    )
+    return Extraction(
+        sites=names,
+        pools=pool_list,
+        vectors={k: v for k, v in merged.items() if "/" in k},
+        mean_nll=merged.get("mean_nll"),
+        last_nll=merged.get("last_nll"),
+    )

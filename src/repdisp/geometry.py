@@ -1,0 +1,215 @@
+"""Exact representation-dispersion statistics in O(N·d), streaming and mergeable.
+
+For unit vectors u_1..u_N the mean cosine distance over pairs i<j is
+
+    D = 1 - (||Σ u_i||² - N) / (N (N - 1)),
+
+so a running sum of unit vectors (kept in float64) and a count are sufficient statistics: they
+stream over chunks, merge exactly across shards or processes, and never need an N×N matrix.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import RepdispError
+
+ArrayLike = Any  # numpy array, torch tensor, or nested sequence of shape (N, d)
+
+_CHUNK_ROWS = 4096
+
+
+def as_matrix(x: ArrayLike) -> np.ndarray:
+    """Return ``x`` as a 2-D numpy array without copying when possible (torch tensors included)."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
+        x = x.detach()
+        if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
+            x = x.float()
+        x = x.cpu().numpy()
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise RepdispError(f"expected a 2-D array of shape (N, d), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def _check_finite(chunk: np.ndarray) -> None:
+    if not np.isfinite(chunk).all():
+        bad = int((~np.isfinite(chunk).all(axis=1)).sum())
+        raise RepdispError(
+            f"{bad} vector(s) contain NaN or inf (e.g. fp16 overflow); refusing to average them in"
+        )
+
+
+def unit_rows(chunk: np.ndarray, zero: str = "error") -> np.ndarray:
+    """Normalise rows to unit length in float64. Zero rows raise (``zero="error"``) or are dropped
+    with a warning (``zero="drop"``)."""
+    chunk = np.asarray(chunk, dtype=np.float64)
+    _check_finite(chunk)
+    norms = np.linalg.norm(chunk, axis=1)
+    zero_rows = norms == 0
+    if zero_rows.any():
+        if zero == "error":
+            raise RepdispError(
+                f"{int(zero_rows.sum())} zero vector(s): cosine distance is undefined for them"
+            )
+        warnings.warn(f"dropping {int(zero_rows.sum())} zero vector(s)", stacklevel=3)
+        chunk, norms = chunk[~zero_rows], norms[~zero_rows]
+    return chunk / norms[:, None]
+
+
+@dataclass
+class CosineStats:
+    """Sufficient statistics for cosine dispersion: the float64 sum of unit vectors and a count."""
+
+    total: np.ndarray | None = None
+    count: int = 0
+    zero: str = "error"
+
+    def update(self, x: ArrayLike) -> CosineStats:
+        """Add a chunk of vectors (N, d); returns self so calls chain."""
+        x = as_matrix(x)
+        for start in range(0, len(x), _CHUNK_ROWS):
+            u = unit_rows(x[start : start + _CHUNK_ROWS], self.zero)
+            s = u.sum(axis=0)
+            self.total = s if self.total is None else self.total + s
+            self.count += len(u)
+        return self
+
+    def merge(self, other: CosineStats) -> CosineStats:
+        """Combine with statistics from another shard or process (exact)."""
+        if other.total is None:
+            return self
+        self.total = other.total.copy() if self.total is None else self.total + other.total
+        self.count += other.count
+        return self
+
+    @property
+    def dispersion(self) -> float:
+        """Mean over pairs i<j of 1 - cos(x_i, x_j)."""
+        n = self.count
+        if n < 2 or self.total is None:
+            raise RepdispError(f"dispersion needs at least 2 vectors, got {n}")
+        sq = float(self.total @ self.total)
+        return 1.0 - (sq - n) / (n * (n - 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": None if self.total is None else self.total.tolist(), "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CosineStats:
+        total = None if d["total"] is None else np.asarray(d["total"], dtype=np.float64)
+        return cls(total=total, count=int(d["count"]))
+
+
+def dispersion(x: ArrayLike, zero: str = "error") -> float:
+    """Average pairwise cosine distance among the rows of ``x`` (Eq. 1 of the paper), exact, O(N·d)."""
+    return CosineStats(zero=zero).update(x).dispersion
+
+
+def weighted_dispersion(units: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Dispersion of multisets given by integer weight rows (B, N) over unit vectors (N, d).
+
+    Used for bootstrap resamples: each resample is a count vector, so its sum of unit vectors is
+    ``weights @ units`` and its dispersion follows from the same closed form."""
+    s = weights.astype(np.float64) @ units
+    n = weights.sum(axis=1).astype(np.float64)
+    return 1.0 - ((s * s).sum(axis=1) - n) / (n * (n - 1))
+
+
+def bootstrap_ci(
+    x: ArrayLike, reps: int = 1000, seed: int = 0, level: float = 0.95, zero: str = "error"
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the dispersion, resampling vectors with replacement."""
+    units = unit_rows(as_matrix(x), zero)
+    n = len(units)
+    if n < 2:
+        raise RepdispError(f"dispersion needs at least 2 vectors, got {n}")
+    rng = np.random.default_rng(seed)
+    values = []
+    block = max(1, min(reps, 2_000_000 // n))
+    for start in range(0, reps, block):
+        b = min(block, reps - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=b)
+        values.append(weighted_dispersion(units, weights))
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(np.concatenate(values), [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def per_example_scores(x: ArrayLike, zero: str = "error") -> np.ndarray:
+    """Each vector's mean cosine distance to all the others, O(N·d): 1 - (u_i·S - 1)/(N - 1)."""
+    units = unit_rows(as_matrix(x), zero)
+    n = len(units)
+    if n < 2:
+        raise RepdispError(f"per-example scores need at least 2 vectors, got {n}")
+    return 1.0 - (units @ units.sum(axis=0) - 1.0) / (n - 1)
+
+
+def mean_sq_euclidean(x: ArrayLike) -> float:
+    """Mean squared Euclidean distance over pairs i<j via the closed form
+    2 (N Σ||x||² - ||Σx||²) / (N (N-1)), in float64."""
+    x = as_matrix(x)
+    n = len(x)
+    if n < 2:
+        raise RepdispError(f"pairwise distances need at least 2 vectors, got {n}")
+    sq, total = 0.0, np.zeros(x.shape[1])
+    for start in range(0, n, _CHUNK_ROWS):
+        c = np.asarray(x[start : start + _CHUNK_ROWS], dtype=np.float64)
+        _check_finite(c)
+        sq += float((c * c).sum())
+        total += c.sum(axis=0)
+    return 2.0 * (n * sq - float(total @ total)) / (n * (n - 1))
+
+
+def mean_euclidean(x: ArrayLike, block: int = 1024) -> float:
+    """Exact mean Euclidean distance over pairs i<j, computed in blocks: memory O(block²)."""
+    x = np.asarray(as_matrix(x), dtype=np.float64)
+    _check_finite(x)
+    n = len(x)
+    if n < 2:
+        raise RepdispError(f"pairwise distances need at least 2 vectors, got {n}")
+    sq = (x * x).sum(axis=1)
+    total = 0.0
+    for i in range(0, n, block):
+        xi, si = x[i : i + block], sq[i : i + block]
+        for j in range(i, n, block):
+            d2 = si[:, None] + sq[None, j : j + block] - 2.0 * xi @ x[j : j + block].T
+            d = np.sqrt(np.maximum(d2, 0.0))
+            if i == j:
+                d = np.triu(d, k=1)
+            total += float(d.sum())
+    return total / (n * (n - 1) / 2)
+
+
+@dataclass
+class ClusterDistances:
+    """Within-cluster (to centroid) and between-cluster (among centroids) cosine distances."""
+
+    within: float
+    between: float
+    within_per_cluster: np.ndarray = field(repr=False)
+
+
+def cluster_distances(x: ArrayLike, labels: ArrayLike, zero: str = "error") -> ClusterDistances:
+    """Within = mean over clusters of the mean cosine distance of members to their centroid;
+    between = mean pairwise cosine distance among the centroids (centroids of the raw vectors)."""
+    x = np.asarray(as_matrix(x), dtype=np.float64)
+    labels = np.asarray(labels)
+    if len(labels) != len(x):
+        raise RepdispError(f"{len(labels)} labels for {len(x)} vectors")
+    units = unit_rows(x, zero)
+    groups = np.unique(labels)
+    if len(groups) < 2:
+        raise RepdispError(f"between-cluster distance needs at least 2 clusters, got {len(groups)}")
+    centroids = np.stack([x[labels == g].mean(axis=0) for g in groups])
+    cu = unit_rows(centroids, "error")
+    within = np.array(
+        [1.0 - float((units[labels == g] @ cu[k]).mean()) for k, g in enumerate(groups)]
+    )
+    return ClusterDistances(float(within.mean()), dispersion(centroids), within)

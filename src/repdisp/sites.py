@@ -1,0 +1,166 @@
+"""One naming for the places in a decoder where representations are read, across architectures.
+
+    embed       input to block 0 (token + position embeddings, scaled where the model scales them)
+    I.attn      residual stream right after block I's attention sub-layer (the paper's h_att)
+    I.ffn       block I's output, after its feed-forward sub-layer (h_ffn; also written ``I``)
+    final       output of the final norm (what HF calls the last hidden state)
+
+``I`` counts from 0 and may be negative (``-1.attn`` is the last block's attention output).
+Sites are read with forward hooks; reading stops at the deepest requested site when nothing
+after it (like the LM head) is needed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RepdispError
+
+# Input of this norm is residual + attention output, in the order tried.
+_PRE_MLP_NORMS = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
+_SITE_RE = re.compile(r"^(-?\d+)(?:\.(attn|ffn|block))?$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """A resolved site; ``depth`` orders sites along the forward pass."""
+
+    depth: int
+    name: str
+
+    @property
+    def kind(self) -> str:
+        return self.name if self.name in ("embed", "final") else self.name.split(".")[1]
+
+    @property
+    def block(self) -> int | None:
+        return None if self.name in ("embed", "final") else int(self.name.split(".")[0])
+
+
+def blocks_of(model: Any) -> Any:
+    """The ModuleList of decoder blocks of a causal LM."""
+    body = model.base_model
+    for attr in ("layers", "h", "blocks"):
+        if hasattr(body, attr):
+            return getattr(body, attr)
+    raise RepdispError(f"cannot find the decoder blocks of {type(model).__name__}")
+
+
+def all_site_names(n_blocks: int) -> list[str]:
+    names = ["embed"]
+    for i in range(n_blocks):
+        names += [f"{i}.attn", f"{i}.ffn"]
+    return names + ["final"]
+
+
+def parse_site(spec: str, n_blocks: int) -> Site:
+    """Resolve a site name (negative indices allowed) to its canonical form and depth."""
+    spec = spec.strip()
+    if spec == "embed":
+        return Site(0, "embed")
+    if spec == "final":
+        return Site(2 * n_blocks + 1, "final")
+    m = _SITE_RE.match(spec)
+    if m:
+        i = int(m.group(1))
+        i = i + n_blocks if i < 0 else i
+        if 0 <= i < n_blocks:
+            kind = "attn" if m.group(2) == "attn" else "ffn"
+            return Site(2 * i + (1 if kind == "attn" else 2), f"{i}.{kind}")
+    raise RepdispError(
+        f"unknown site {spec!r}; valid: embed, 0.attn, 0.ffn, ..., {n_blocks - 1}.attn, "
+        f"{n_blocks - 1}.ffn, final (block index may be negative; 'all' = every block output)"
+    )
+
+
+def parse_sites(specs: str | list[str], n_blocks: int) -> list[Site]:
+    """Parse a comma list or list of sites; ``all`` = every block output, ``all.attn`` = every h_att,
+    ``everything`` = every site. Returns unique sites in forward order."""
+    items = specs.split(",") if isinstance(specs, str) else [s for x in specs for s in x.split(",")]
+    names: list[str] = []
+    for item in (s.strip() for s in items if s.strip()):
+        if item == "all":
+            names += [f"{i}.ffn" for i in range(n_blocks)]
+        elif item == "all.attn":
+            names += [f"{i}.attn" for i in range(n_blocks)]
+        elif item == "everything":
+            names += all_site_names(n_blocks)
+        else:
+            names.append(item)
+    if not names:
+        raise RepdispError("no site given")
+    return sorted({parse_site(n, n_blocks) for n in names})
+
+
+class StopForward(Exception):
+    """Raised inside a hook once the deepest needed site has been read."""
+
+
+def _first(output: Any) -> Any:
+    return output[0] if isinstance(output, tuple) else output
+
+
+class SiteReader:
+    """Context manager that records the hidden states of ``sites`` during a forward of the body.
+
+    After a forward, ``self.values[name]`` holds a (batch, seq, d) tensor per site. When
+    ``stop_early`` is set, the forward is aborted (``StopForward``) right after the deepest site.
+    """
+
+    def __init__(self, model: Any, sites: list[Site], stop_early: bool):
+        self.model, self.sites = model, sites
+        self.stop_at = max(sites).name if stop_early and max(sites).name != "final" else None
+        self.values: dict[str, Any] = {}
+        self._handles: list[Any] = []
+
+    def _store(self, name: str, tensor: Any) -> None:
+        self.values[name] = tensor
+        if name == self.stop_at:
+            raise StopForward
+
+    def __enter__(self) -> SiteReader:
+        blocks = blocks_of(self.model)
+        for site in self.sites:
+            if site.name == "embed":
+                self._on_input(blocks[0], site.name)
+            elif site.kind == "ffn":
+                self._on_output(blocks[site.block], site.name)
+            elif site.kind == "attn":
+                self._hook_attn(blocks[site.block], site.name)
+        return self
+
+    def _on_input(self, module: Any, name: str) -> None:
+        def hook(mod: Any, args: Any, kwargs: Any) -> None:
+            self._store(name, args[0] if args else kwargs["hidden_states"])
+
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _on_output(self, module: Any, name: str) -> None:
+        def hook(mod: Any, args: Any, output: Any) -> None:
+            self._store(name, _first(output))
+
+        self._handles.append(module.register_forward_hook(hook))
+
+    def _hook_attn(self, block: Any, name: str) -> None:
+        for norm in _PRE_MLP_NORMS:
+            if hasattr(block, norm):
+                self._on_input(getattr(block, norm), name)
+                return
+        # Parallel attention/MLP blocks (Phi-1/2): h_att = block input + attention output.
+        attn = getattr(block, "self_attn", None) or getattr(block, "attn", None)
+        if attn is None:
+            raise RepdispError(f"cannot find the attention sub-layer of {type(block).__name__}")
+        block_input = f"_{name}.input"
+        self._on_input(block, block_input)
+
+        def hook(mod: Any, args: Any, output: Any) -> None:
+            self._store(name, self.values.pop(block_input) + _first(output))
+
+        self._handles.append(attn.register_forward_hook(hook))
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
