@@ -1,0 +1,73 @@
+"""Algorithm 1 of the paper: equal-count perplexity bins, K of them chosen uniformly in perplexity.
+
+Sorting segments by perplexity and cutting the order into bins of B gives bins with equal
+counts but crowded at typical perplexities. To spread the selection over the whole range, K
+targets are placed uniformly between the smallest and largest bin mean,
+
+    t_k = m_min + (k - 1) / (K - 1) * (m_max - m_min),   k = 1..K,
+
+each target takes the bin whose mean is nearest, and when several targets land on the same bin
+the missing ones are filled, target by target in order of k, with the nearest bin not yet taken.
+``N mod B`` segments with the highest perplexity are left out (they cannot fill a bin). Ties go
+to the lower bin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import RepdispError
+
+
+@dataclass
+class BinSelection:
+    """The chosen bins, in increasing mean perplexity, as lists of segment indices."""
+
+    bin_size: int
+    targets: np.ndarray  # the K target perplexities t_k
+    bin_means: np.ndarray  # mean perplexity of every equal-count bin
+    chosen: np.ndarray  # indices of the selected bins among all bins, ascending
+    members: list[np.ndarray] = field(repr=False)  # segment indices of each selected bin
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    @property
+    def means(self) -> np.ndarray:
+        """Mean perplexity of each selected bin."""
+        return self.bin_means[self.chosen]
+
+
+def select_bins(values: np.ndarray, bin_size: int, n_bins: int) -> BinSelection:
+    """Algorithm 1 over per-segment ``values`` (perplexities): see the module docstring."""
+    values = np.asarray(values, dtype=np.float64)
+    if bin_size < 2:
+        raise RepdispError(f"--bin-size must be at least 2 segments, got {bin_size}")
+    if n_bins < 2:
+        raise RepdispError(f"--bins must be at least 2 to span a perplexity range, got {n_bins}")
+    if not np.isfinite(values).all():
+        raise RepdispError("perplexities contain NaN or inf; cannot bin them")
+    n_all = len(values) // bin_size
+    if n_bins > n_all:
+        raise RepdispError(
+            f"{len(values)} segments make only {n_all} bins of {bin_size}; ask for --bins "
+            f"{n_all} or fewer, a smaller --bin-size or more --segments"
+        )
+    order = np.argsort(values, kind="stable")[: n_all * bin_size].reshape(n_all, bin_size)
+    means = values[order].mean(axis=1)
+    targets = means[0] + np.arange(n_bins) / (n_bins - 1) * (means[-1] - means[0])
+    nearest = [int(np.argmin(np.abs(means - t))) for t in targets]
+    taken: list[int] = []
+    for b in nearest:
+        if b not in taken:
+            taken.append(b)
+    for k, b in enumerate(nearest):  # fill: each duplicated target takes its nearest unused bin
+        if nearest.index(b) != k:
+            free = [
+                j for j in np.argsort(np.abs(means - targets[k]), kind="stable") if j not in taken
+            ]
+            taken.append(int(free[0]))
+    chosen = np.array(sorted(taken))
+    return BinSelection(bin_size, targets, means, chosen, [order[j] for j in chosen])

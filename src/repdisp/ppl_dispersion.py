@@ -1,0 +1,279 @@
+"""Perplexity vs dispersion (§2.2(1), Fig. 3/4): bin segments by perplexity, measure each bin.
+
+Segments are binned with Algorithm 1 (``repdisp.binning``). Per selected bin, two dispersions:
+
+    across   Eq. 1 over the bin's segment vectors (one vector per segment: the last token by
+             default, or the mean of its tokens) - what the paper's text describes;
+    within   the mean, over the bin's segments, of the pairwise cosine distance among the tokens
+             inside each segment - what the authors' released analysis code computes.
+
+The correlation of bin mean perplexity with each dispersion is reported as Pearson and Spearman
+with bootstrap CIs over bins. Last-token mode (Fig. 4) bins by the perplexity of the segment's
+last token instead, once per context length. Perplexity and every vector come from one
+extraction pass per (model, data, length).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .binning import BinSelection, select_bins
+from .corpus import Segments, load_texts, make_segments
+from .errors import RepdispError
+from .extract import Extraction, extract
+from .geometry import dispersion
+from .models import LoadedModel, load_model
+from .stats import Correlation, correlation
+
+MODES = ("across", "within")
+METHODS = ("pearson", "spearman")
+ModelLike = str | LoadedModel
+
+
+@dataclass
+class Sampling:
+    """How segments are drawn and extracted; shared by every binned analysis."""
+
+    segments: int = 600
+    seq_len: int = 128
+    seed: int = 0
+    batch_size: int = 8
+    skip_first: int = 1
+    cache: bool = True
+    progress: bool = True
+    text_field: str = "text"
+    encoding_errors: str = "strict"
+
+    def run(
+        self,
+        lm: LoadedModel,
+        data: str,
+        sites: str | list[str],
+        pools: list[str],
+        docs: list[str] | None = None,
+        seq_len: int | None = None,
+    ) -> tuple[Segments, Extraction]:
+        """Sample the segments (same seed for every model) and run one extraction pass."""
+        if docs is None:
+            docs = load_texts(data, self.text_field, encoding_errors=self.encoding_errors)
+        max_len = getattr(lm.model.config, "max_position_embeddings", None)
+        segs = make_segments(
+            lm.tokenizer, data, self.segments, seq_len or self.seq_len, self.seed, docs, max_len
+        )
+        ex = extract(
+            lm,
+            segs,
+            sites,
+            pools,
+            True,
+            self.batch_size,
+            self.skip_first,
+            self.cache,
+            self.progress,
+        )
+        return segs, ex
+
+
+def loaded(model: ModelLike, load: Callable[[str], LoadedModel] = load_model) -> LoadedModel:
+    return model if isinstance(model, LoadedModel) else load(model)
+
+
+def short_name(data: str) -> str:
+    """A data source's label for legends: the file stem, or the name as given."""
+    return Path(data).stem if ("/" in data or "." in data) and not data.startswith("hf:") else data
+
+
+@dataclass
+class BinPoint:
+    """One selected bin: its index among all equal-count bins, size, mean perplexity, dispersions."""
+
+    bin: int
+    n: int
+    mean_ppl: float
+    across: float
+    within: float
+
+
+def bin_points(
+    ppl: np.ndarray, vectors: np.ndarray, within: np.ndarray, sel: BinSelection
+) -> list[BinPoint]:
+    """Mean perplexity and both dispersions of each selected bin."""
+    return [
+        BinPoint(
+            int(b), len(m), float(ppl[m].mean()), dispersion(vectors[m]), float(within[m].mean())
+        )
+        for b, m in zip(sel.chosen, sel.members, strict=True)
+    ]
+
+
+def correlate(
+    points: list[BinPoint], reps: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Correlation]]:
+    """Pearson and Spearman of bin mean perplexity vs each dispersion mode."""
+    x = [p.mean_ppl for p in points]
+    return {
+        mode: {
+            m: correlation(x, [getattr(p, mode) for p in points], m, reps, seed) for m in METHODS
+        }
+        for mode in MODES
+    }
+
+
+@dataclass
+class Series:
+    """Bins and correlations of one model on one data source at one segment length."""
+
+    model: str
+    data: str
+    perplexity: str  # "sequence" (whole segment) or "last-token"
+    seq_len: int
+    n_segments: int
+    bos: bool
+    bins: list[BinPoint]
+    correlations: dict[str, dict[str, Correlation]]
+
+    @property
+    def label(self) -> str:
+        ctx = f" ctx {self.seq_len}" if self.perplexity == "last-token" else ""
+        return f"{self.model} · {short_name(self.data)}{ctx}"
+
+
+@dataclass
+class PplDispersionResult:
+    bin_size: int
+    n_bins: int
+    pooling: str
+    site: str
+    skip_first: int
+    seed: int
+    series: list[Series] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def bin_rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "model": s.model,
+                "data": s.data,
+                "perplexity": s.perplexity,
+                "seq_len": s.seq_len,
+                **vars(p),
+            }
+            for s in self.series
+            for p in s.bins
+        ]
+
+    def correlation_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"model": s.model, "data": s.data, "perplexity": s.perplexity, "seq_len": s.seq_len}
+            | {"mode": mode}
+            | c.to_dict()
+            for s in self.series
+            for mode, by_method in s.correlations.items()
+            for c in by_method.values()
+        ]
+
+    def table(self) -> str:
+        lines = [
+            f"bins: {self.n_bins} of {self.bin_size} segments | site {self.site} | across pooling "
+            f"{self.pooling} | skip first {self.skip_first} | {self.seconds:.1f} s"
+        ]
+        for s in self.series:
+            lines.append(f"{s.label}  ({s.n_segments} segments x {s.seq_len} tokens)")
+            for mode, by_method in s.correlations.items():
+                lines += [f"  {mode:<7}{c}" for c in by_method.values()]
+        return "\n".join(lines)
+
+
+def ppl_vs_dispersion(
+    models: Sequence[ModelLike],
+    datas: Sequence[str],
+    sampling: Sampling | None = None,
+    bin_size: int = 50,
+    n_bins: int = 10,
+    pooling: str = "last",
+    site: str = "final",
+    last_token: bool = False,
+    contexts: Sequence[int] = (16, 64, 128, 256),
+    bootstrap: int = 2000,
+    load: Callable[[str], LoadedModel] = load_model,
+) -> PplDispersionResult:
+    """Bin each (model, data) by perplexity and correlate bin perplexity with dispersion.
+
+    ``last_token``: bin by the last token's perplexity, once per length in ``contexts``
+    (otherwise by sequence perplexity at ``sampling.seq_len``)."""
+    if pooling not in ("last", "mean"):
+        raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
+    sampling = sampling or Sampling()
+    start = time.perf_counter()
+    result = PplDispersionResult(
+        bin_size, n_bins, pooling, site, sampling.skip_first, sampling.seed
+    )
+    docs = {
+        d: load_texts(d, sampling.text_field, encoding_errors=sampling.encoding_errors)
+        for d in datas
+    }
+    for spec in models:
+        lm = loaded(spec, load)
+        for data in datas:
+            for length in contexts if last_token else [sampling.seq_len]:
+                segs, ex = sampling.run(lm, data, site, [pooling, "within"], docs[data], length)
+                ppl = ex.last_ppl if last_token else ex.seq_ppl
+                sel = select_bins(ppl, bin_size, n_bins)
+                points = bin_points(
+                    ppl, ex.get(ex.sites[0], pooling), ex.get(ex.sites[0], "within"), sel
+                )
+                result.series.append(
+                    Series(
+                        lm.name,
+                        data,
+                        "last-token" if last_token else "sequence",
+                        length,
+                        len(segs),
+                        segs.has_bos,
+                        points,
+                        correlate(points, bootstrap, sampling.seed),
+                    )
+                )
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def plot(result: PplDispersionResult) -> Any:
+    """Scatter of bin mean perplexity (x, log) vs dispersion (y): one panel per mode, one marker
+    series per (model, data, length), Pearson r in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    xlabel = (
+        "bin mean "
+        + ("last-token " if result.series[0].perplexity == "last-token" else "")
+        + "perplexity (log scale)"
+    )
+    titles = {
+        "across": f"across segments: Eq. 1 over {result.pooling}-token vectors",
+        "within": "within segments: mean token-level dispersion",
+    }
+    for ax, mode in zip(axes, MODES, strict=True):
+        for s in result.series:
+            x = [p.mean_ppl for p in s.bins]
+            y = [getattr(p, mode) for p in s.bins]
+            r = s.correlations[mode]["pearson"].r
+            ax.plot(x, y, "o-", ms=4, lw=1, label=f"{s.label} (r={r:+.2f})")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"dispersion ({mode}), mean cosine distance")
+        ax.set_title(f"{titles[mode]} @ {result.site}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Perplexity vs dispersion: {result.n_bins} bins of {result.bin_size} segments")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,202 @@
+"""One self-contained HTML page from every result in a folder (``repdisp report DIR``).
+
+Generic: the folder is walked recursively and files are grouped into results by folder and
+name stem. A result ``NAME`` collects ``NAME.json``, ``NAME.csv``, ``NAME_*.csv``, ``NAME.png``
+and ``NAME_*.png``; files with no JSON of their own become results of their own. Each result is
+one section: its plots embedded as base64 PNG, its CSV files as tables, and its JSON as a table
+(nested values as nested tables, long lists shortened) plus the raw JSON folded away. The page's
+own files (``report.html``, and a ``report.png`` screenshot of it) are left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RepdispError
+
+MAX_ROWS = 200  # CSV rows shown per table
+MAX_LIST = 12  # list items shown inline
+SKIP = {"report.html", "report.png"}
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-top:.6em}
+h3{font-size:1em;color:#555}
+table{border-collapse:collapse;margin:.4em 0 1em;font-size:.82em}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+nav li{margin:.15em 0}pre{font-size:.75em;background:#f8f8f8;padding:.6em;overflow-x:auto}
+.scroll{max-height:420px;overflow:auto}
+"""
+
+
+@dataclass
+class Result:
+    """The files of one result: a JSON document and the plots and tables that go with it."""
+
+    name: str  # path relative to the report folder, without suffix
+    json: Path | None = None
+    images: list[Path] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+
+
+def collect(folder: Path) -> list[Result]:
+    """Group the folder's .json/.csv/.png files into results, in path order."""
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".csv", ".png")
+    )
+    files = [p for p in files if p.relative_to(folder).as_posix() not in SKIP]
+    results: dict[Path, Result] = {}
+    for p in files:
+        if p.suffix == ".json":
+            stem = p.with_suffix("")
+            results[stem] = Result(stem.relative_to(folder).as_posix(), json=p)
+    for p in files:
+        if p.suffix == ".json":
+            continue
+        stem = p.with_suffix("")
+        owners = [
+            s
+            for s in results
+            if s == stem or (s.parent == stem.parent and stem.name.startswith(s.name + "_"))
+        ]
+        owner = max(owners, key=lambda s: len(s.name)) if owners else None
+        if owner is None:
+            owner = stem
+            results[stem] = Result(stem.relative_to(folder).as_posix())
+        (results[owner].images if p.suffix == ".png" else results[owner].tables).append(p)
+    return [results[k] for k in sorted(results)]
+
+
+class _Html(str):
+    """Already rendered HTML (not escaped again)."""
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f'<td class="num">{v:.6g}</td>'
+    if isinstance(v, (int, bool)) or v is None:
+        return f'<td class="num">{html.escape(str(v))}</td>'
+    return f"<td>{v if isinstance(v, _Html) else html.escape(str(v))}</td>"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def render_value(v: Any, depth: int = 0) -> Any:
+    """JSON value as a table cell: scalars as they are, lists of flat records as tables,
+    dicts as key/value tables, long lists of numbers shortened."""
+    if _is_scalar(v):
+        return v
+    if isinstance(v, dict):
+        return _Html(
+            _table(["key", "value"], [[k, render_value(x, depth + 1)] for k, x in v.items()])
+        )
+    if v and all(isinstance(x, dict) for x in v):
+        keys: list[str] = []
+        for x in v:
+            keys += [k for k in x if k not in keys]
+        rows = [[render_value(x.get(k), depth + 1) for k in keys] for x in v[:MAX_ROWS]]
+        more = f"<p>{len(v) - MAX_ROWS} more rows not shown</p>" if len(v) > MAX_ROWS else ""
+        return _Html(_table(keys, rows) + more)
+    if all(_is_scalar(x) for x in v):
+        shown = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v[:MAX_LIST])
+        return f"[{shown}{', ...' if len(v) > MAX_LIST else ''}] ({len(v)} values)"
+    return f"[{len(v)} nested values]"
+
+
+def _csv_table(path: Path) -> str:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return "<p>(empty)</p>"
+
+    def num(s: str) -> Any:
+        try:
+            return float(s) if any(c in s for c in ".eE") or s in ("nan", "inf") else int(s)
+        except ValueError:
+            return s
+
+    body = [[num(c) for c in r] for r in rows[1 : MAX_ROWS + 1]]
+    more = (
+        f"<p>{len(rows) - 1 - MAX_ROWS} more rows in the CSV</p>"
+        if len(rows) - 1 > MAX_ROWS
+        else ""
+    )
+    return _table(rows[0], body) + more
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+def _anchor(name: str) -> str:
+    return "r-" + "".join(c if c.isalnum() else "-" for c in name)
+
+
+def render(folder: str | Path, title: str | None = None) -> str:
+    """The HTML page for every result under ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RepdispError(f"{folder} is not a folder")
+    results = collect(folder)
+    if not results:
+        raise RepdispError(f"{folder} holds no .json, .csv or .png results")
+    title = title or f"repdisp report: {folder.resolve().name}"
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p>{len(results)} results from <code>{html.escape(str(folder.resolve()))}</code>, "
+        f"rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.</p><nav><ol>",
+    ]
+    parts += [f'<li><a href="#{_anchor(r.name)}">{html.escape(r.name)}</a></li>' for r in results]
+    parts.append("</ol></nav>")
+    for r in results:
+        parts.append(f'<section id="{_anchor(r.name)}"><h2>{html.escape(r.name)}</h2>')
+        parts += [_image(p) for p in r.images]
+        for p in r.tables:
+            parts.append(f"<h3>{html.escape(p.name)}</h3>{_csv_table(p)}")
+        if r.json is not None:
+            try:
+                doc = json.loads(r.json.read_text())
+            except json.JSONDecodeError as e:
+                parts.append(
+                    f"<p>{html.escape(r.json.name)}: invalid JSON ({html.escape(e.msg)})</p>"
+                )
+            else:
+                parts.append(f"<h3>{html.escape(r.json.name)}</h3>")
+                value = render_value(doc)
+                parts.append(
+                    value if isinstance(value, _Html) else f"<p>{html.escape(str(value))}</p>"
+                )
+                raw = html.escape(json.dumps(doc, indent=1)[:200_000])
+                parts.append(f"<details><summary>raw JSON</summary><pre>{raw}</pre></details>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(
+    folder: str | Path, out: str | Path | None = None, title: str | None = None
+) -> Path:
+    """Render ``folder`` and write the page (default ``folder/report.html``)."""
+    path = Path(out) if out else Path(folder) / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(folder, title), encoding="utf-8")
+    return path
