@@ -1,0 +1,219 @@
+"""Dispersion within semantic clusters (paper §2.3, Fig. 7).
+
+A cluster is the set of contexts that are followed by the same frequent n-gram: every occurrence
+of the n-gram (with a full left context of ``context`` tokens) contributes the vector at the last
+context token, the one that predicts the n-gram's first token. Within-cluster distance is the
+mean cosine distance of those vectors to their cluster centroid; between-cluster distance is the
+mean pairwise cosine distance among the centroids (``geometry.cluster_distances``). Computed for
+several checkpoints on identical contexts, so the two curves can be compared across training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .corpus import Segments, bos_id, load_texts, token_stream
+from .errors import RepdispError
+from .extract import extract
+from .geometry import cluster_distances
+from .models import LoadedModel, load_model
+from .ngrams import NgramCounts, mine_ngrams
+from .report_io import save_figure, write_csv, write_json
+
+
+@dataclass
+class ClusterContexts:
+    """The sampled contexts: one row of ``ids`` per occurrence, ``labels`` = its cluster index."""
+
+    segments: Segments
+    labels: np.ndarray
+    cluster_ngrams: list[int]  # rank (in the mined list) of each used n-gram
+    cluster_sizes: np.ndarray
+
+
+@dataclass
+class CheckpointDistances:
+    model: str
+    within: float
+    between: float
+    within_per_cluster: np.ndarray = field(repr=False)
+
+
+@dataclass
+class ClustersResult:
+    """Sizes of what was mined and used, and the distances per checkpoint."""
+
+    data: str
+    site: str
+    n_tokens: int
+    ngram: int
+    min_count: int
+    context: int
+    per_cluster: int
+    clusters_asked: int
+    ngrams_found: int  # distinct n-grams occurring >= min_count times
+    clusters_used: int  # of those, the most frequent ones with >= 2 full-context occurrences
+    contexts: int  # vectors embedded per checkpoint
+    checkpoints: list[CheckpointDistances]
+    clusters: list[dict[str, Any]]  # per used cluster: n-gram text, count, used, within per model
+
+    def summary(self) -> str:
+        head = (
+            f"{self.data}: {self.n_tokens:,} tokens; {self.ngrams_found} distinct {self.ngram}-grams "
+            f"occur >= {self.min_count} times; using the top {self.clusters_used} (asked "
+            f"{self.clusters_asked}) x up to {self.per_cluster} occurrences with {self.context}-token "
+            f"left context = {self.contexts} contexts; site {self.site}, last token\n"
+        )
+        rows = [f"{'checkpoint':<40}{'within':>10}{'between':>10}"]
+        rows += [f"{c.model:<40}{c.within:>10.5f}{c.between:>10.5f}" for c in self.checkpoints]
+        return head + "\n".join(rows)
+
+
+def sample_contexts(
+    stream: np.ndarray,
+    mined: NgramCounts,
+    context: int,
+    per_cluster: int,
+    clusters: int,
+    bos: int | None,
+    seed: int = 0,
+    source: str = "",
+) -> ClusterContexts:
+    """Up to ``per_cluster`` occurrences (seeded sample) of each of the ``clusters`` most frequent
+    n-grams that have a full left context; n-grams with fewer than 2 such occurrences are skipped."""
+    if context < 2:
+        raise RepdispError(f"--context must be at least 2 tokens, got {context}")
+    if per_cluster < 2:
+        raise RepdispError(f"--per-cluster must be at least 2, got {per_cluster}")
+    rng = np.random.default_rng(seed)
+    picked, labels, used = [], [], []
+    for k in range(len(mined)):
+        if len(used) == clusters:
+            break
+        pos = mined.positions(k)
+        pos = pos[pos >= context]
+        if len(pos) < 2:
+            continue
+        if len(pos) > per_cluster:
+            pos = np.sort(rng.choice(pos, per_cluster, replace=False))
+        picked.append(pos)
+        labels.append(np.full(len(pos), len(used)))
+        used.append(k)
+    if len(used) < 2:
+        raise RepdispError(
+            f"only {len(used)} n-gram(s) have 2+ occurrences after a {context}-token left context; "
+            "need 2 clusters: lower --min-count, --ngram or --context"
+        )
+    starts = np.concatenate(picked)
+    ids = np.lib.stride_tricks.sliding_window_view(stream, context)[starts - context]
+    if bos is not None:
+        ids = np.concatenate([np.full((len(ids), 1), bos, dtype=np.int64), ids], axis=1)
+    segs = Segments(np.ascontiguousarray(ids, dtype=np.int64), starts, bos is not None, source)
+    return ClusterContexts(segs, np.concatenate(labels), used, np.array([len(p) for p in picked]))
+
+
+def clusters(
+    models: list[str | LoadedModel],
+    data: str,
+    ngram: int = 10,
+    min_count: int = 100,
+    per_cluster: int = 100,
+    context: int = 100,
+    n_clusters: int = 500,
+    site: str = "final",
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype: str = "auto",
+    cache: bool = True,
+    progress: bool = True,
+    text_field: str = "text",
+    encoding_errors: str = "strict",
+) -> ClustersResult:
+    """Mine n-grams of ``data`` with the first model's tokenizer, embed the sampled contexts with
+    every model (they must tokenise the text identically), and measure the cluster distances."""
+    docs = load_texts(data, text_field=text_field, encoding_errors=encoding_errors)
+    stream = ctx = mined = None
+    results, tokenizer = [], None
+    for spec in models:
+        lm = spec if isinstance(spec, LoadedModel) else load_model(spec, device, dtype)
+        if stream is None:
+            tokenizer = lm.tokenizer
+            stream = token_stream(lm.tokenizer, docs)
+            mined = mine_ngrams(stream, ngram, min_count)
+            if len(mined) == 0:
+                best = mine_ngrams(stream, ngram, 2)
+                top = int(best.counts[0]) if len(best) else 1
+                raise RepdispError(
+                    f"no {ngram}-gram occurs {min_count}+ times in {len(stream):,} tokens of "
+                    f"{data} (the most frequent occurs {top} times): lower --min-count or --ngram"
+                )
+            ctx = sample_contexts(
+                stream, mined, context, per_cluster, n_clusters, bos_id(lm.tokenizer), seed, data
+            )
+        elif not np.array_equal(token_stream(lm.tokenizer, docs), stream):
+            raise RepdispError(f"{lm.name} tokenises {data} differently from {models[0]}")
+        ex = extract(lm, ctx.segments, site, "last", False, batch_size, 0, cache, progress)
+        d = cluster_distances(ex.get(ex.sites[0], "last"), ctx.labels)
+        results.append(CheckpointDistances(lm.name, d.within, d.between, d.within_per_cluster))
+    table = []
+    for c, k in enumerate(ctx.cluster_ngrams):
+        row = {
+            "cluster": c,
+            "ngram": tokenizer.decode(mined.ngrams[k].tolist()),
+            "count": int(mined.counts[k]),
+            "used": int(ctx.cluster_sizes[c]),
+        }
+        row.update({f"within[{r.model}]": float(r.within_per_cluster[c]) for r in results})
+        table.append(row)
+    return ClustersResult(
+        data=data,
+        site=ex.sites[0],
+        n_tokens=len(stream),
+        ngram=ngram,
+        min_count=min_count,
+        context=context,
+        per_cluster=per_cluster,
+        clusters_asked=n_clusters,
+        ngrams_found=len(mined),
+        clusters_used=len(ctx.cluster_ngrams),
+        contexts=len(ctx.labels),
+        checkpoints=results,
+        clusters=table,
+    )
+
+
+def write_outputs(result: ClustersResult, out: str | Path) -> None:
+    """clusters.json, clusters.csv (per checkpoint), clusters_ngrams.csv (per cluster) and
+    clusters.png (within and between distance across the checkpoints)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    write_json(out / "clusters.json", result)
+    write_csv(
+        out / "clusters.csv",
+        [{"model": c.model, "within": c.within, "between": c.between} for c in result.checkpoints],
+    )
+    write_csv(out / "clusters_ngrams.csv", result.clusters)
+    names = [Path(c.model).name for c in result.checkpoints]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(names)), 3.4))
+    ax.plot(x, [c.within for c in result.checkpoints], "o-", label="within-cluster (to centroid)")
+    ax.plot(x, [c.between for c in result.checkpoints], "s-", label="between-cluster (centroids)")
+    ax.set_xticks(x, names, rotation=15)
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel("mean cosine distance")
+    ax.set_title(
+        f"{result.clusters_used} clusters of {result.ngram}-gram contexts "
+        f"({result.contexts} vectors), {Path(result.data).name}"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, out / "clusters.png")

@@ -1,0 +1,326 @@
+"""A small, real fine-tuning recipe (HF Trainer; PEFT LoRA or full) that writes a loadable checkpoint.
+
+The training data are the token segments of ``corpus.make_segments`` (non-overlapping windows of
+``seq_len`` tokens, BOS prepended when the tokenizer adds one), so training sees exactly the input
+format that extraction sees. ``train_fraction`` < 1 trains only on the first part of the text and
+writes the rest to ``heldout.txt``, so dispersion and perplexity before/after can be measured on
+text the model was not trained on. LoRA adapters are merged into the base weights at the end, so
+the output folder is a plain safetensors model + tokenizer that ``models.load_model`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .corpus import load_texts, make_segments
+from .errors import RepdispError
+from .models import LoadedModel, load_model
+from .report_io import save_figure, write_csv, write_json
+
+METHODS = ("lora", "full")
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run did: settings, data sizes, loss curve and where the model is."""
+
+    base_model: str
+    data: str
+    method: str
+    steps: int
+    learning_rate: float
+    batch_size: int
+    seq_len: int
+    seed: int
+    lora_r: int | None
+    lora_alpha: int | None
+    train_fraction: float
+    train_segments: int
+    train_tokens_seen: int
+    trainable_params: int
+    total_params: int
+    checkpoint: str
+    heldout: str | None
+    seconds: float
+    loss: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def split_text(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """Cut the documents at ``fraction`` of their total characters (at the next line break):
+    the documents before the cut train, the ones after are held out. Works for one big file too."""
+    if not 0.0 < fraction <= 1.0:
+        raise RepdispError(f"--train-fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return docs, []
+    cut = int(fraction * sum(len(d) for d in docs))
+    head: list[str] = []
+    for i, doc in enumerate(docs):
+        if cut < len(doc):
+            nl = doc.find("\n", max(cut - 1, 0))
+            at = len(doc) if nl < 0 else nl + 1
+            tail = ([doc[at:]] if doc[at:].strip() else []) + docs[i + 1 :]
+            return head + ([doc[:at]] if doc[:at].strip() else []), tail
+        head.append(doc)
+        cut -= len(doc)
+    return head, []
+
+
+class _SegmentDataset:
+    """Token segments as causal-LM examples (labels = inputs; the model shifts them)."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        x = torch.from_numpy(self.ids[i].copy())
+        return {"input_ids": x, "labels": x.clone()}
+
+
+def _wrap_lora(model: Any, r: int, alpha: int, dropout: float) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    # target_modules=None: PEFT's per-architecture default (llama: q_proj, v_proj; gpt2: c_attn)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def finetune(
+    model: str | LoadedModel,
+    data: str,
+    out: str | Path,
+    method: str = "lora",
+    steps: int = 50,
+    learning_rate: float = 2e-4,
+    batch_size: int = 4,
+    seq_len: int = 128,
+    seed: int = 0,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    train_fraction: float = 1.0,
+    warmup_steps: int = 0,
+    weight_decay: float = 0.0,
+    grad_accum: int = 1,
+    device: str = "auto",
+    text_field: str = "text",
+    encoding_errors: str = "strict",
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune ``model`` on ``data`` for ``steps`` optimiser steps and save it to ``out``."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    if method not in METHODS:
+        raise RepdispError(f"unknown --method {method!r}; choose lora or full")
+    if steps < 1 or batch_size < 1 or grad_accum < 1:
+        raise RepdispError("--steps, --batch-size and --grad-accum must be at least 1")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise RepdispError(f"--out {out} exists and is not empty; choose a new folder")
+    start = time.perf_counter()
+    lm = model if isinstance(model, LoadedModel) else load_model(model, device, "float32")
+    docs = load_texts(data, text_field=text_field, encoding_errors=encoding_errors)
+    train_docs, heldout_docs = split_text(docs, train_fraction)
+    max_len = getattr(lm.model.config, "max_position_embeddings", None)
+    segs = make_segments(lm.tokenizer, data, None, seq_len, seed, docs=train_docs, max_len=max_len)
+
+    net = lm.model
+    net.train()
+    if method == "lora":
+        net = _wrap_lora(net, lora_r, lora_alpha, lora_dropout)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in net.parameters())
+    on_cpu = lm.device.type == "cpu"
+    work = out / ".trainer"
+    args = TrainingArguments(
+        output_dir=str(work),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        lr_scheduler_type="linear",
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        use_cpu=on_cpu,
+        bf16=not on_cpu and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(
+        model=net, args=args, train_dataset=_SegmentDataset(segs.ids), processing_class=lm.tokenizer
+    )
+    trainer.train()
+    loss = [
+        {
+            "step": int(r["step"]),
+            "loss": float(r["loss"]),
+            "learning_rate": float(r["learning_rate"]),
+        }
+        for r in trainer.state.log_history
+        if "loss" in r
+    ]
+    if method == "lora":
+        net = net.merge_and_unload()
+    net.eval()
+    net.save_pretrained(out, safe_serialization=True)
+    lm.tokenizer.save_pretrained(out)
+    shutil.rmtree(work, ignore_errors=True)
+    heldout = _write_heldout(out, heldout_docs) if heldout_docs else None
+    result = FinetuneResult(
+        base_model=lm.name,
+        data=data,
+        method=method,
+        steps=steps,
+        learning_rate=learning_rate,
+        batch_size=batch_size * grad_accum,
+        seq_len=seq_len,
+        seed=seed,
+        lora_r=lora_r if method == "lora" else None,
+        lora_alpha=lora_alpha if method == "lora" else None,
+        train_fraction=train_fraction,
+        train_segments=len(segs),
+        train_tokens_seen=steps * batch_size * grad_accum * segs.ids.shape[1],
+        trainable_params=trainable,
+        total_params=total,
+        checkpoint=str(out),
+        heldout=heldout,
+        seconds=time.perf_counter() - start,
+        loss=loss,
+    )
+    write_outputs(result, out)
+    return result
+
+
+def _write_heldout(out: Path, docs: list[str]) -> str:
+    """The held-out text as a file any ``--data`` option reads (one document: .txt; more: .jsonl)."""
+    if len(docs) == 1:
+        path = out / "heldout.txt"
+        path.write_text(docs[0], encoding="utf-8")
+    else:
+        path = out / "heldout.jsonl"
+        path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    return str(path)
+
+
+def write_outputs(result: FinetuneResult, out: Path) -> None:
+    """finetune.json (settings, sizes), finetune_loss.csv and finetune_loss.png (training loss)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    write_json(out / "finetune.json", result)
+    write_csv(out / "finetune_loss.csv", result.loss)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["step"] for r in result.loss], [r["loss"] for r in result.loss], marker=".")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss (mean NLL per token)")
+    ax.set_title(
+        f"{result.method} fine-tune of {Path(result.base_model).name} on {Path(result.data).name}"
+    )
+    ax.grid(alpha=0.3)
+    save_figure(fig, out / "finetune_loss.png")
+
+
+@dataclass
+class BeforeAfter:
+    """Perplexity and final-layer last-token dispersion (95% bootstrap CI) of the base and the
+    fine-tuned model on the same held-out segments."""
+
+    data: str
+    n_segments: int
+    seq_len: int
+    rows: list[dict[str, Any]]
+
+
+def before_after(
+    base: str,
+    checkpoint: str | Path,
+    data: str,
+    segments: int = 128,
+    seq_len: int = 128,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str = "auto",
+    progress: bool = True,
+) -> BeforeAfter:
+    """Measure base and fine-tuned model on identical segments of ``data`` (e.g. heldout.txt)."""
+    from .measure import measure
+
+    rows = []
+    for label, spec in (("base", base), ("fine-tuned", str(checkpoint))):
+        r = measure(
+            spec,
+            data,
+            "final",
+            segments,
+            seq_len,
+            "last",
+            seed,
+            batch_size,
+            device=device,
+            progress=progress,
+            text_field="text",  # heldout.jsonl
+        )
+        s = r.sites[0]
+        rows.append(
+            {
+                "model": label,
+                "spec": spec,
+                "mean_ppl": r.mean_ppl,
+                "token_ppl": r.token_ppl,
+                "dispersion": s.dispersion,
+                "ci_low": s.ci_low,
+                "ci_high": s.ci_high,
+            }
+        )
+    return BeforeAfter(data, segments, seq_len, rows)
+
+
+def write_before_after(result: BeforeAfter, out: Path) -> None:
+    """finetune_eval.json/.csv and a two-panel bar plot (perplexity; dispersion with CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    write_json(out / "finetune_eval.json", result)
+    write_csv(out / "finetune_eval.csv", result.rows)
+    names = [r["model"] for r in result.rows]
+    disp = np.array([r["dispersion"] for r in result.rows])
+    err = np.array(
+        [[d - r["ci_low"], r["ci_high"] - d] for d, r in zip(disp, result.rows, strict=True)]
+    ).T
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+    a.bar(names, [r["token_ppl"] for r in result.rows], color=["#888", "#37c"])
+    a.set_ylabel("token-level perplexity")
+    b.bar(names, disp, yerr=err, capsize=6, color=["#888", "#37c"])
+    b.set_ylabel("dispersion (final, last token)")
+    b.set_ylim(max(0.0, disp.min() - 3 * np.abs(err).max() - 0.02), None)
+    fig.suptitle(
+        f"held-out {Path(result.data).name}: {result.n_segments} x {result.seq_len} tokens"
+    )
+    save_figure(fig, out / "finetune_eval.png")
