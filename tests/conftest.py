@@ -58,8 +58,15 @@ def tiny_gpt2(tiny_tokenizer):
     from repdisp.models import LoadedModel
 
     torch.manual_seed(0)
+    eos = tiny_tokenizer.eos_token_id
     config = GPT2Config(
-        n_layer=2, n_embd=32, n_head=2, n_positions=256, vocab_size=len(tiny_tokenizer)
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        n_positions=256,
+        vocab_size=len(tiny_tokenizer),
+        bos_token_id=eos,
+        eos_token_id=eos,
     )
     model = GPT2LMHeadModel(config).eval()
     return LoadedModel(
