@@ -3,10 +3,13 @@ Python objects), with every reported n-gram verified exactly against the stream.
 
 Each window of n tokens gets the polynomial hash sum_j (x_{i+j}+1)·B^(n-1-j) mod 2^64 (B a fixed
 odd 64-bit constant; numpy uint64 arithmetic wraps, which is the mod). The hashes of all windows
-come from n vectorised multiply-adds over the whole stream, i.e. O(n·T) work in C. One stable
-argsort groups equal hashes (positions stay ascending inside a group), groups with at least
-``min_count`` windows are candidates, and every candidate window is compared token by token with
-its group's first window; a group that a hash collision merged is split by exact n-gram.
+come from n vectorised multiply-adds over the whole stream, i.e. O(n·T) work in C. A counting
+pass over the top hash bits (np.bincount, linear) drops every window whose bucket holds fewer than
+``min_count`` windows (a bucket count bounds the true count from above, so nothing frequent is
+lost); only the survivors are sorted. A stable argsort groups equal hashes (positions stay
+ascending inside a group), groups with at least ``min_count`` windows are candidates, and every
+candidate window is compared token by token with its group's first window; a group that a hash
+collision merged is split by exact n-gram.
 """
 
 from __future__ import annotations
@@ -79,7 +82,11 @@ def mine_ngrams(stream: np.ndarray, n: int, min_count: int) -> NgramCounts:
     if len(stream) < n:
         return empty
     h = window_hashes(stream, n)
-    order = np.argsort(h, kind="stable")
+    # linear pre-filter: a window whose hash bucket holds < min_count windows cannot be frequent
+    bits = int(np.clip(np.ceil(np.log2(len(h))) + 1, 8, 24))
+    bucket = (h >> np.uint64(64 - bits)).astype(np.intp)
+    cand = np.flatnonzero(np.bincount(bucket, minlength=1 << bits)[bucket] >= min_count)
+    order = cand[np.argsort(h[cand], kind="stable")]
     hs = h[order]
     bounds = np.flatnonzero(np.diff(hs)) + 1
     run_len = np.diff(np.concatenate([[0], bounds, [len(hs)]]))
