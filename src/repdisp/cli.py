@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import warnings
@@ -42,6 +43,7 @@ def _glue_negative_sites(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep our errors one line
     argv = _glue_negative_sites(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", module="transformers")

@@ -9,9 +9,14 @@ Poolings (over positions ``skip_first:``, so the BOS token or the outlier first 
 
 Perplexity is computed from the body's final hidden states in token chunks, so fp32 logits for
 the whole batch never exist at once. Without perplexity the forward stops after the deepest
-site and the LM head never runs. Results are written in shards (temp file + rename, with a
-manifest of checksums) under a key that covers model, exact token ids, sites and poolings, so an
-interrupted run resumes from its finished shards.
+site and the LM head never runs. Results are written in shards under a key that covers
+everything that changes them (model identity and weights hash, dtype, the exact token ids - so data
+content, tokenizer, seed, sizes and BOS -, sites, poolings, perplexity, skip_first), so an
+interrupted run resumes from its finished shards. Each shard is written atomically (temp file +
+rename) and then a small ``shard_XXXXX.json`` record of its sha256 and key (also atomic); a shard
+whose record is missing, names another key, or whose checksum does not match is recomputed, never
+used. Per-shard records (rather than one shared manifest) let several processes write shards into
+the same folder at once; ``manifest.json`` only describes the run.
 """
 
 from __future__ import annotations
@@ -168,36 +173,41 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 class ShardStore:
-    """A folder of ``shard_XXXXX.npz`` files and a ``manifest.json`` of their sha256 checksums."""
+    """A folder of ``shard_XXXXX.npz`` files, each with a ``shard_XXXXX.json`` record of its
+    sha256 and cache key, and a ``manifest.json`` describing the run (``meta``)."""
 
     def __init__(self, folder: Path, meta: dict[str, Any]):
         self.folder = folder
+        self.key = meta.get("key")
         folder.mkdir(parents=True, exist_ok=True)
         self.manifest_path = folder / "manifest.json"
-        self.manifest: dict[str, Any] = {"meta": meta, "shards": {}}
-        if self.manifest_path.exists():
-            try:
-                self.manifest = json.loads(self.manifest_path.read_text())
-            except json.JSONDecodeError:
-                pass  # a broken manifest only costs recomputation
+        text = json.dumps({"meta": meta}, indent=1).encode()
+        _atomic_write(self.manifest_path, lambda f: f.write(text))
+
+    def _paths(self, i: int) -> tuple[Path, Path]:
+        return self.folder / f"shard_{i:05d}.npz", self.folder / f"shard_{i:05d}.json"
 
     def load(self, i: int) -> dict[str, np.ndarray] | None:
-        """The shard's arrays if it exists and its checksum matches, else None (recompute)."""
-        name = f"shard_{i:05d}.npz"
-        path = self.folder / name
-        expected = self.manifest["shards"].get(name)
-        if not path.exists() or expected is None or _sha256(path) != expected:
+        """The shard's arrays if it and its record exist, the key matches and the checksum
+        matches, else None (recompute)."""
+        path, record = self._paths(i)
+        try:
+            rec = json.loads(record.read_text())
+            if rec.get("key") != self.key or _sha256(path) != rec.get("sha256"):
+                return None
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError):  # missing, partial or unreadable: recompute
             return None
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
 
     def save(self, i: int, arrays: dict[str, np.ndarray]) -> None:
-        name = f"shard_{i:05d}.npz"
-        path = self.folder / name
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
-        self.manifest["shards"][name] = _sha256(path)
-        text = json.dumps(self.manifest, indent=1).encode()
-        _atomic_write(self.manifest_path, lambda f: f.write(text))
+        path, record = self._paths(i)
+        try:
+            _atomic_write(path, lambda f: np.savez(f, **arrays))
+            text = json.dumps({"sha256": _sha256(path), "key": self.key}).encode()
+            _atomic_write(record, lambda f: f.write(text))
+        except OSError as e:  # e.g. disk full: name the shard; earlier shards stay valid
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 
 
 def cache_key(
@@ -229,7 +239,8 @@ def extract(
     """Run the model over ``segments`` once and collect everything asked for.
 
     ``cache``: True for ``$REPDISP_HOME/runs/KEY``, a folder path, or False for no cache.
-    ``rank``/``world_size``: process only shards ``rank, rank + world_size, ...`` (distributed).
+    ``rank``/``world_size``: process only shards ``rank, rank + world_size, ...`` (distributed);
+    the result then holds only this process's segments, in shard order (empty if it has none).
     """
     from tqdm.auto import tqdm
 
@@ -247,7 +258,8 @@ def extract(
     if cache:
         key = cache_key(lm, segments, names, pool_list, perplexity, skip_first)
         folder = Path(cache) if not isinstance(cache, bool) else cache_root() / "runs" / key
-        store = ShardStore(folder, {"model": lm.name, "source": segments.source, "sites": names})
+        meta = {"key": key, "model": lm.identity, "source": segments.source, "sites": names}
+        store = ShardStore(folder, meta | {"pools": pool_list, "segments": len(segments)})
     n = len(segments)
     n_shards = math.ceil(n / shard_segments)
     mine = range(rank, n_shards, world_size)

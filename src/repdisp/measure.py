@@ -1,18 +1,29 @@
-"""`repdisp measure`: perplexity and dispersion of a model on a text source, in one pass."""
+"""`repdisp measure`: perplexity and dispersion of a model on a text source, in one pass.
+
+Launched with several processes (``torchrun``/``accelerate launch``), each process extracts its
+shards into the shared shard folder; the point statistics (dispersion from the float64 sums of
+unit vectors and counts, perplexity means from NLL sums) are combined by one all-reduce of sums.
+The median perplexity and the bootstrap CIs need every value: after that all-reduce (which every
+process reaches only once its shards are written) rank 0 reads all shards back from the shard
+folder (checksummed, exact, and cheap: one pooled vector per segment and site) and broadcasts the
+finished result. A single process runs the same code with a trivial all-reduce.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import distributed
 from .corpus import make_segments
 from .errors import RepdispError
-from .extract import extract
-from .geometry import bootstrap_ci, dispersion
-from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .extract import Extraction, extract
+from .geometry import CosineStats, bootstrap_ci
+from .models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
 
 
 @dataclass
@@ -69,6 +80,42 @@ def mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _sums(ex: Extraction, sites: list[str], pooling: str, dim: int) -> np.ndarray:
+    """This process's mergeable sums: per site the float64 sum of unit vectors and the count
+    (``within``: the sum of the values and the count), then the sums of mean NLL, of segment
+    perplexity and of last-token perplexity, and the number of segments."""
+    parts = []
+    for site in sites:
+        x = ex.vectors.get(f"{site}/{pooling}")
+        if x is None or len(x) == 0:
+            parts.append(np.zeros((1 if pooling == "within" else dim) + 1))
+        elif pooling == "within":
+            parts.append(np.array([x.astype(np.float64).sum(), len(x)]))
+        else:
+            try:
+                cs = CosineStats().update(x)
+            except RepdispError as e:
+                raise RepdispError(f"site {site}: {e}") from None
+            parts.append(np.append(cs.total, cs.count))
+    nll = np.zeros(0) if ex.mean_nll is None else ex.mean_nll
+    last = np.zeros(0) if ex.last_nll is None else ex.last_nll
+    parts.append(np.array([nll.sum(), np.exp(nll).sum(), np.exp(last).sum(), len(nll)]))
+    return np.concatenate(parts)
+
+
+def _site_values(total: np.ndarray, sites: list[str], pooling: str, dim: int) -> list[float]:
+    """Dispersion (or mean ``within`` value) per site from all-reduced sums."""
+    width = (1 if pooling == "within" else dim) + 1
+    values = []
+    for k in range(len(sites)):
+        block = total[k * width : (k + 1) * width]
+        if pooling == "within":
+            values.append(float(block[0] / block[1]))
+        else:
+            values.append(CosineStats(total=block[:-1], count=int(round(block[-1]))).dispersion)
+    return values
+
+
 def measure(
     model: str | LoadedModel = DEFAULT_MODEL,
     data: str = "python-docs",
@@ -82,57 +129,89 @@ def measure(
     dtype: str = "auto",
     bootstrap: int = 1000,
     skip_first: int = 1,
-    cache: bool = True,
+    cache: bool | str | Path = True,
     progress: bool = True,
     text_field: str = "text",
     encoding_errors: str = "strict",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    shard_segments: int = 256,
 ) -> MeasureResult:
     """Sample ``segments`` windows of ``seq_len`` tokens from ``data``, run ``model`` once, and
-    return per-segment perplexity statistics and the dispersion at each site."""
+    return per-segment perplexity statistics and the dispersion at each site.
+
+    ``cache``: True (``$REPDISP_HOME/runs/KEY``), a shard folder, or False. Under a multi-process
+    launcher the folder must be shared by all processes, so ``cache=False`` is refused there."""
     if pooling not in ("last", "mean", "within"):
         raise RepdispError(f"unknown pooling {pooling!r}; choose last, mean or within")
     if bootstrap < 1:
         raise RepdispError("--bootstrap must be at least 1")
     start = time.perf_counter()
-    lm = (
-        model
-        if isinstance(model, LoadedModel)
-        else load_model(model, device, dtype, trust_remote_code, allow_pickle)
-    )
-    max_len = getattr(lm.model.config, "max_position_embeddings", None)
-    segs = make_segments(
-        lm.tokenizer,
-        data,
-        segments,
-        seq_len,
-        seed,
-        max_len=max_len,
-        text_field=text_field,
-        encoding_errors=encoding_errors,
-    )
-    ex = extract(lm, segs, sites, pooling, True, batch_size, skip_first, cache, progress)
+    if distributed.from_env().world_size > 1 and not cache:
+        raise RepdispError("a multi-process run needs the shard cache; drop --no-cache")
+    dev = model.device if isinstance(model, LoadedModel) else resolve_device(device)
+    dist, created = distributed.setup(dev)
+    try:
+        lm = (
+            model
+            if isinstance(model, LoadedModel)
+            else load_model(model, device, dtype, trust_remote_code, allow_pickle)
+        )
+        max_len = getattr(lm.model.config, "max_position_embeddings", None)
+        segs = make_segments(
+            lm.tokenizer,
+            data,
+            segments,
+            seq_len,
+            seed,
+            max_len=max_len,
+            text_field=text_field,
+            encoding_errors=encoding_errors,
+        )
+        args = (lm, segs, sites, pooling, True, batch_size, skip_first, cache)
+        ex = extract(*args, progress and dist.is_main, shard_segments, dist.rank, dist.world_size)
+        dim = lm.model.get_input_embeddings().embedding_dim
+        total = dist.all_reduce_sum(_sums(ex, ex.sites, pooling, dim), lm.device)
+        result = None
+        if dist.is_main:
+            if dist.world_size > 1:  # every shard is written by now: read them all back
+                ex = extract(*args, False, shard_segments, 0, 1)
+            site_results, ppl = _summaries(ex, total, pooling, dim, bootstrap, seed)
+            result = MeasureResult(
+                model=lm.name,
+                data=data,
+                n_segments=len(segs),
+                seq_len=seq_len,
+                seed=seed,
+                bos=segs.has_bos,
+                **ppl,
+                sites=site_results,
+                seconds=time.perf_counter() - start,
+            )
+        return dist.broadcast(result, lm.device)
+    finally:
+        if created:
+            distributed.teardown()
+
+
+def _summaries(
+    ex: Extraction, total: np.ndarray, pooling: str, dim: int, bootstrap: int, seed: int
+) -> tuple[list[SiteDispersion], dict[str, float]]:
+    """Per-site results and perplexity statistics: point values from the summed ``total``,
+    the median and the CIs from all of ``ex``."""
+    values = _site_values(total, ex.sites, pooling, dim)
     results = []
-    for site in ex.sites:
+    for site, value in zip(ex.sites, values, strict=True):
         x = ex.get(site, pooling)
-        if pooling == "within":
-            value, (lo, hi) = float(x.mean()), mean_ci(x, bootstrap, seed)
-        else:
-            value, (lo, hi) = dispersion(x), bootstrap_ci(x, bootstrap, seed)
+        lo, hi = (
+            mean_ci(x, bootstrap, seed) if pooling == "within" else bootstrap_ci(x, bootstrap, seed)
+        )
         results.append(SiteDispersion(site, pooling, value, lo, hi))
-    ppl = ex.seq_ppl
-    return MeasureResult(
-        model=lm.name,
-        data=data,
-        n_segments=len(segs),
-        seq_len=seq_len,
-        seed=seed,
-        bos=segs.has_bos,
-        mean_ppl=float(ppl.mean()),
-        median_ppl=float(np.median(ppl)),
-        token_ppl=float(np.exp(ex.mean_nll.mean())),
-        mean_last_token_ppl=float(ex.last_ppl.mean()),
-        sites=results,
-        seconds=time.perf_counter() - start,
-    )
+    nll_sum, ppl_sum, last_sum, n = total[-4:]
+    ppl = {
+        "mean_ppl": float(ppl_sum / n),
+        "median_ppl": float(np.median(ex.seq_ppl)),
+        "token_ppl": float(np.exp(nll_sum / n)),
+        "mean_last_token_ppl": float(last_sum / n),
+    }
+    return results, ppl

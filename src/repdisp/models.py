@@ -2,7 +2,10 @@
 
 Bundled GGUF models are dequantised once into a safetensors cache (``repdisp models prepare``);
 later loads read the cache in seconds. Pickled weights (``.bin``/``.pt``) are refused unless
-``allow_pickle=True``; remote code runs only with ``trust_remote_code=True``.
+``allow_pickle=True`` (and then go through transformers' ``torch.load(weights_only=True)``, which
+unpickles tensors only, never arbitrary objects); remote code runs only with
+``trust_remote_code=True``. Under ``torchrun``/``accelerate launch`` each process takes the GPU
+of its ``LOCAL_RANK``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +96,8 @@ def resolve_device(device: str) -> Any:
         raise RepdispError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per launched process
+        device = f"cuda:{int(os.environ['LOCAL_RANK']) % max(1, torch.cuda.device_count())}"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RepdispError("--device cuda asked for, but torch sees no CUDA device")
     return torch.device(device)
@@ -172,6 +178,11 @@ def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
     return target
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else 'no details'}"
+
+
 def _from_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -179,12 +190,15 @@ def _from_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    except (ValueError, OSError, KeyError, EOFError) as e:
-        raise RepdispError(f"cannot read GGUF {path}: {str(e).splitlines()[0]}") from e
+    except (ValueError, OSError, KeyError, EOFError, IndexError, struct.error) as e:
+        raise RepdispError(
+            f"cannot read GGUF {path} (truncated or corrupt?): {_first_line(e)}"
+        ) from e
     return model, tok
 
 
 def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> Any:
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (folder / "config.json").exists():
@@ -197,9 +211,10 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             use_safetensors=weights[0].suffix == ".safetensors",
+            weights_only=True,
         )
-    except (ValueError, OSError, RuntimeError) as e:
-        raise RepdispError(f"cannot load model from {folder}: {str(e).splitlines()[0]}") from e
+    except (ValueError, OSError, RuntimeError, SafetensorError) as e:
+        raise RepdispError(f"cannot load model from {folder}: {_first_line(e)}") from e
     identity = hashlib.sha256("".join(_file_fingerprint(w) for w in weights).encode()).hexdigest()
     return model, tok, identity[:16]
 
@@ -214,6 +229,7 @@ def _from_hub(repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
+            weights_only=True,
         )
     except Exception as e:  # network, auth and missing-file errors all arrive here
         raise RepdispError(

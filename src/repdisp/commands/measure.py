@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..distributed import from_env
 from ..measure import measure
 from ..report_io import write_json
 from ..sites import blocks_of
@@ -28,6 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
     p.add_argument("--out", help="write the result as JSON here")
+    p.add_argument(
+        "--cache-dir",
+        help="folder for this run's extraction shards (default $REPDISP_HOME/runs/KEY); "
+        "must be shared by all processes of a multi-process run",
+    )
+    p.add_argument(
+        "--shard-segments",
+        type=int,
+        default=256,
+        help="segments per shard, the unit of resumption and of work per process (256)",
+    )
     p.set_defaults(func=run_measure)
 
     s = sub.add_parser("sites", help="list the site names of a model")
@@ -47,11 +59,14 @@ def run_measure(args: argparse.Namespace) -> int:
         args.batch_size,
         bootstrap=args.bootstrap,
         skip_first=args.skip_first,
-        cache=not args.no_cache,
+        cache=False if args.no_cache else (args.cache_dir or True),
         progress=not args.quiet,
         text_field=args.text_field,
         encoding_errors=args.encoding_errors,
+        shard_segments=args.shard_segments,
     )
+    if not from_env().is_main:  # rank 0 of a multi-process run reports
+        return 0
     print(result.table())
     if args.out:
         write_json(args.out, result.to_dict())
