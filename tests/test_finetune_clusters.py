@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -166,6 +167,26 @@ def test_finetune_checkpoint_reloads_with_changed_weights(tokenizer, tmp_path, m
         assert any("mlp" in k for k in changed)
     with pytest.raises(RepdispError, match="not empty"):
         finetune(lm, "python-docs", out, method, steps=1, progress=False)
+
+
+def test_finetune_cli_eval_only_before_after(tokenizer, tmp_path, capsys):
+    base = tmp_path / "base"
+    lm = tiny_lm(tokenizer)
+    lm.model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    out = tmp_path / "ft"
+    args = ["finetune", "--model", str(base), "--out", str(out), "--seq-len", "16", "--quiet"]
+    assert main(args + ["--data", "python-docs", "--method", "full", "--steps", "2",
+                        "--lr", "1e-2", "--batch-size", "2", "--train-fraction", "0.9"]) == 0  # fmt: skip
+    assert main(args + ["--eval-only", "--eval-segments", "6"]) == 0
+    assert "paired 95% CI" in capsys.readouterr().out
+    ev = json.loads((out / "finetune_eval.json").read_text())
+    base_row, ft_row = ev["rows"]
+    assert ev["n_segments"] == 6 and (out / "finetune_eval.png").exists()
+    assert ev["dispersion_change"] == pytest.approx(ft_row["dispersion"] - base_row["dispersion"])
+    assert ev["change_ci_low"] <= ev["change_ci_high"] and 0 <= ev["ppl_lower_fraction"] <= 1
+    assert base_row["token_ppl"] != ft_row["token_ppl"]
+    assert main(args + ["--eval-only", "--eval-segments", "6", "--out", str(base)]) == 2
 
 
 def synthetic_corpus(path, seed=0):

@@ -21,6 +21,8 @@ import numpy as np
 
 from .corpus import load_texts, make_segments
 from .errors import RepdispError
+from .extract import extract
+from .geometry import bootstrap_ci, dispersion, unit_rows, weighted_dispersion
 from .models import LoadedModel, load_model
 from .report_io import save_figure, write_csv, write_json
 
@@ -248,12 +250,17 @@ def write_outputs(result: FinetuneResult, out: Path) -> None:
 @dataclass
 class BeforeAfter:
     """Perplexity and final-layer last-token dispersion (95% bootstrap CI) of the base and the
-    fine-tuned model on the same held-out segments."""
+    fine-tuned model on the same held-out segments, and the paired bootstrap CI of the change
+    (both models' vectors resampled with the same segment indices)."""
 
     data: str
     n_segments: int
     seq_len: int
     rows: list[dict[str, Any]]
+    dispersion_change: float  # fine-tuned minus base
+    change_ci_low: float
+    change_ci_high: float
+    ppl_lower_fraction: float  # share of segments whose perplexity went down
 
 
 def before_after(
@@ -265,39 +272,40 @@ def before_after(
     seed: int = 0,
     batch_size: int = 8,
     device: str = "auto",
+    bootstrap: int = 1000,
     progress: bool = True,
 ) -> BeforeAfter:
-    """Measure base and fine-tuned model on identical segments of ``data`` (e.g. heldout.txt)."""
-    from .measure import measure
-
-    rows = []
+    """Measure base and fine-tuned model on identical segments of ``data`` (e.g. heldout.txt);
+    the checkpoint keeps the base tokenizer, so the base model's segments serve both."""
+    segs, rows, units, ppl = None, [], [], []
     for label, spec in (("base", base), ("fine-tuned", str(checkpoint))):
-        r = measure(
-            spec,
-            data,
-            "final",
-            segments,
-            seq_len,
-            "last",
-            seed,
-            batch_size,
-            device=device,
-            progress=progress,
-            text_field="text",  # heldout.jsonl
-        )
-        s = r.sites[0]
+        lm = load_model(spec, device)
+        if segs is None:
+            max_len = getattr(lm.model.config, "max_position_embeddings", None)
+            segs = make_segments(lm.tokenizer, data, segments, seq_len, seed, max_len=max_len)
+        ex = extract(lm, segs, "final", "last", True, batch_size, 1, True, progress)
+        x = ex.get(ex.sites[0], "last")
+        lo, hi = bootstrap_ci(x, bootstrap, seed)
         rows.append(
             {
                 "model": label,
                 "spec": spec,
-                "mean_ppl": r.mean_ppl,
-                "token_ppl": r.token_ppl,
-                "dispersion": s.dispersion,
-                "ci_low": s.ci_low,
-                "ci_high": s.ci_high,
+                "mean_ppl": float(ex.seq_ppl.mean()),
+                "token_ppl": float(np.exp(ex.mean_nll.mean())),
+                "dispersion": dispersion(x),
+                "ci_low": lo,
+                "ci_high": hi,
             }
         )
-    return BeforeAfter(data, segments, seq_len, rows)
+        units.append(unit_rows(x))
+        ppl.append(ex.seq_ppl)
+    n = len(segs)
+    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=bootstrap)
+    diffs = weighted_dispersion(units[1], weights) - weighted_dispersion(units[0], weights)
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    change = rows[1]["dispersion"] - rows[0]["dispersion"]
+    lower = float((ppl[1] < ppl[0]).mean())
+    return BeforeAfter(data, n, seq_len, rows, change, float(lo), float(hi), lower)
 
 
 def write_before_after(result: BeforeAfter, out: Path) -> None:
@@ -321,6 +329,8 @@ def write_before_after(result: BeforeAfter, out: Path) -> None:
     b.set_ylabel("dispersion (final, last token)")
     b.set_ylim(max(0.0, disp.min() - 3 * np.abs(err).max() - 0.02), None)
     fig.suptitle(
-        f"held-out {Path(result.data).name}: {result.n_segments} x {result.seq_len} tokens"
+        f"held-out {Path(result.data).name}: {result.n_segments} x {result.seq_len} tokens; "
+        f"dispersion change {result.dispersion_change:+.4f} "
+        f"[{result.change_ci_low:+.4f}, {result.change_ci_high:+.4f}]"
     )
     save_figure(fig, out / "finetune_eval.png")

@@ -34,13 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fine-tune a model (LoRA merged, or full) into a safetensors checkpoint folder",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default {DEFAULT_MODEL})")
-    p.add_argument("--data", required=True, help="training text: built-in, file, folder or hf:")
+    p.add_argument("--data", help="training text: built-in, file, folder or hf: (required)")
     p.add_argument("--out", required=True, help="new folder for the checkpoint and results")
     p.add_argument("--config", help="YAML file of option values (e.g. configs/finetune_paper.yaml)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto|cpu|cuda")
     p.add_argument("--text-field", default="text", help="field holding the text in jsonl/csv")
     p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="no training: compare --model with the checkpoint in --out on its held-out text",
+    )
     for name, (kind, default) in _OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if name == "method":
@@ -75,6 +80,10 @@ def _settings(args: argparse.Namespace) -> dict:
 
 def run_finetune(args: argparse.Namespace) -> int:
     o = _settings(args)
+    if args.eval_only:
+        return _evaluate(args, o, _heldout_of(Path(args.out)))
+    if not args.data:
+        raise RepdispError("--data is required (the training text)")
     if o["eval_segments"] and o["train_fraction"] >= 1.0:
         raise RepdispError("--eval-segments needs held-out text: pass --train-fraction < 1")
     r = finetune(
@@ -106,22 +115,38 @@ def run_finetune(args: argparse.Namespace) -> int:
         f"{r.total_params:,} parameters trained; loss {first:.3f} -> {last:.3f}; {r.seconds:.0f} s"
     )
     print(f"checkpoint: {r.checkpoint}" + (f"  held-out text: {r.heldout}" if r.heldout else ""))
-    if o["eval_segments"]:
-        ev = before_after(
-            args.model,
-            args.out,
-            r.heldout,
-            o["eval_segments"],
-            o["seq_len"],
-            o["seed"],
-            device=args.device,
-            progress=not args.quiet,
+    return _evaluate(args, o, r.heldout) if o["eval_segments"] else 0
+
+
+def _heldout_of(out: Path) -> str:
+    for name in ("heldout.txt", "heldout.jsonl"):
+        if (out / name).exists():
+            return str(out / name)
+    raise RepdispError(f"{out} has no heldout.txt/.jsonl: fine-tune with --train-fraction < 1")
+
+
+def _evaluate(args: argparse.Namespace, o: dict, heldout: str) -> int:
+    if o["eval_segments"] < 2:
+        raise RepdispError("--eval-segments must be at least 2")
+    ev = before_after(
+        args.model,
+        args.out,
+        heldout,
+        o["eval_segments"],
+        o["seq_len"],
+        o["seed"],
+        device=args.device,
+        progress=not args.quiet,
+    )
+    write_before_after(ev, Path(args.out))
+    print(f"held-out {heldout}: {ev.n_segments} segments x {ev.seq_len} tokens")
+    for row in ev.rows:
+        print(
+            f"  {row['model']:<11} token ppl {row['token_ppl']:8.3f}  mean ppl {row['mean_ppl']:8.3f}"
+            f"  dispersion {row['dispersion']:.5f} [{row['ci_low']:.5f}, {row['ci_high']:.5f}]"
         )
-        write_before_after(ev, Path(args.out))
-        print(f"held-out: {ev.n_segments} segments x {ev.seq_len} tokens")
-        for row in ev.rows:
-            print(
-                f"  {row['model']:<11} token ppl {row['token_ppl']:8.3f}  dispersion "
-                f"{row['dispersion']:.5f} [{row['ci_low']:.5f}, {row['ci_high']:.5f}]"
-            )
+    print(
+        f"  dispersion change {ev.dispersion_change:+.5f} (paired 95% CI [{ev.change_ci_low:+.5f}, "
+        f"{ev.change_ci_high:+.5f}]); perplexity lower on {ev.ppl_lower_fraction:.0%} of segments"
+    )
     return 0
