@@ -43,7 +43,9 @@ def _glue_negative_sites(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep our errors one line
+    # Keep errors to one line: no transformers warnings or weight-loading bars around them.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     argv = _glue_negative_sites(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", module="transformers")

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
 import shutil
 import struct
 import tempfile
@@ -213,8 +214,14 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
             use_safetensors=weights[0].suffix == ".safetensors",
             weights_only=True,
         )
+    except pickle.UnpicklingError as e:  # weights_only=True met something other than tensors
+        raise RepdispError(
+            f"refused to unpickle {weights[0]}: it holds objects other than tensors, which could "
+            "run code (torch.load weights_only=True)"
+        ) from e
     except (ValueError, OSError, RuntimeError, SafetensorError) as e:
-        raise RepdispError(f"cannot load model from {folder}: {_first_line(e)}") from e
+        hint = "; pass --trust-remote-code if you trust it" if "custom code" in str(e) else ""
+        raise RepdispError(f"cannot load model from {folder}: {_first_line(e)}{hint}") from e
     identity = hashlib.sha256("".join(_file_fingerprint(w) for w in weights).encode()).hexdigest()
     return model, tok, identity[:16]
 
