@@ -36,6 +36,7 @@ from .corpus import Segments, bos_id, load_texts, token_stream
 from .errors import RepdispError
 from .extract import _atomic_write, token_nll
 from .knn_keys import KeyProfile, profile_keys
+from .measure import mean_ci
 from .models import LoadedModel
 from .sites import Site, SiteReader, StopForward, blocks_of, parse_sites
 
@@ -174,7 +175,9 @@ def _on_gpu(index: Any) -> Any:
     """The index cloned onto all GPUs when GPU FAISS sees any, else the index itself."""
     faiss = _faiss()
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        return faiss.index_cpu_to_all_gpus(index)
+        options = faiss.GpuMultipleClonerOptions()
+        options.useFloat16 = True  # fp16 lookup tables: needed for 64-byte PQ codes on GPU
+        return faiss.index_cpu_to_all_gpus(index, options)
     return index
 
 
@@ -193,30 +196,32 @@ def build_index(
     """A FAISS index over float16 keys (added in float32 chunks) and a summary of how it was made.
 
     ``auto``: exact ``IndexFlatL2`` up to FLAT_MAX_KEYS keys, else IVF-PQ (nlist ≈ 4·√n lists,
-    64-byte codes) trained on a random sample of ``train_size`` keys."""
+    at most train_size/39; 64-byte codes) trained on a random sample of ``train_size`` keys.
+    Training and adding run on the GPUs when GPU FAISS sees any."""
     faiss = _faiss()
     n, d = keys.shape
     if kind == "auto":
         kind = "flat" if n <= FLAT_MAX_KEYS else "ivfpq"
     info: dict[str, Any] = {"kind": kind, "n_keys": n, "dim": d, "train_seconds": 0.0}
-    if kind == "flat":
-        index = faiss.IndexFlatL2(d)
-    elif kind == "ivfpq":
-        nlist = nlist or int(min(max(1, n // 39), 2 ** round(math.log2(4 * math.sqrt(n)))))
-        m = _pq_subquantizers(d)
-        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, nlist, m, 8)
-        rows = np.sort(np.random.default_rng(seed).choice(n, min(n, train_size), replace=False))
-        t0 = time.perf_counter()
-        gpu = _on_gpu(index)
-        gpu.train(np.ascontiguousarray(keys[rows], dtype=np.float32))
-        index = faiss.index_gpu_to_cpu(gpu) if gpu is not index else index
-        info.update(nlist=nlist, pq_bytes=m, train_keys=len(rows))
-        info["train_seconds"] = time.perf_counter() - t0
-    else:
+    if kind not in ("flat", "ivfpq"):
         raise RepdispError(f"unknown index {kind!r}; choose auto, flat or ivfpq")
+    index = faiss.IndexFlatL2(d)
+    if kind == "ivfpq":
+        rows = np.sort(np.random.default_rng(seed).choice(n, min(n, train_size), replace=False))
+        lists = 2 ** round(math.log2(4 * math.sqrt(n)))
+        nlist = nlist or max(1, min(len(rows) // 39, lists))
+        m = _pq_subquantizers(d)
+        index = faiss.IndexIVFPQ(index, d, nlist, m, 8)
+        info.update(nlist=nlist, pq_bytes=m, train_keys=len(rows))
+    work = _on_gpu(index)
+    if kind == "ivfpq":
+        t0 = time.perf_counter()
+        work.train(np.ascontiguousarray(keys[rows], dtype=np.float32))
+        info["train_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for s in range(0, n, _ADD_CHUNK):
-        index.add(np.ascontiguousarray(keys[s : s + _ADD_CHUNK], dtype=np.float32))
+        work.add(np.ascontiguousarray(keys[s : s + _ADD_CHUNK], dtype=np.float32))
+    index = index if work is index else faiss.index_gpu_to_cpu(work)
     info["add_seconds"] = time.perf_counter() - t0
     return index, info
 
@@ -492,9 +497,11 @@ class KnnEval:
     forward_seconds: float = 0.0
     search_seconds: float = 0.0
     seconds: float = 0.0
+    # per-target log p: "base" and each site at its best grid point (not written to JSON)
+    log_p: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "log_p"}
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -598,7 +605,7 @@ def evaluate(
     bar.close()
     base = np.concatenate(lp_lm)
     lmbdas = sorted({lmbda, *(lmbda_grid or [])})
-    results = []
+    results, log_p = [], {"base": base}
     for s in names:
         knn = np.concatenate(lp_knn[s], axis=1)
         grid = [
@@ -607,6 +614,7 @@ def evaluate(
             for lm_ in lmbdas
         ]
         best = min(grid, key=lambda r: r["ppl"])
+        log_p[s] = interpolate(knn[temps.index(best["temperature"])], base, best["lmbda"])
         chosen = next(r for r in grid if r["lmbda"] == lmbda and r["temperature"] == temperature)
         results.append(
             SiteEval(
@@ -637,6 +645,7 @@ def evaluate(
         fwd_s,
         search_s,
         time.perf_counter() - t_start,
+        log_p,
     )
 
 
@@ -678,9 +687,13 @@ class SelectReport:
     profile: KeyProfile
     evaluation: KnnEval
     build: BuildReport
+    # winner minus runner-up: mean log p per target (nats) and its 95% bootstrap CI over targets
+    margin_nats: float | None = None
+    margin_ci: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "evaluation"}
+        return {**out, "evaluation": self.evaluation.to_dict()}
 
     def rows(self) -> list[dict[str, Any]]:
         n = self.profile.chunks[-1]
@@ -718,6 +731,11 @@ class SelectReport:
             )
         verdict = "yes" if self.picked_winner else "no"
         lines.append(f"highest-dispersion site gave the best kNN-LM perplexity: {verdict}")
+        if self.margin_ci is not None:
+            lines.append(
+                f"winner vs runner-up: {self.margin_nats:+.4f} nats/target, 95% bootstrap CI "
+                f"[{self.margin_ci[0]:+.4f}, {self.margin_ci[1]:+.4f}] (targets resampled; λ, T tuned on them)"
+            )
         return "\n".join(lines)
 
 
@@ -762,7 +780,12 @@ def select_key(
         progress=progress,
         **(eval_kwargs or {}),
     )
-    winner = min(result.sites, key=lambda s: s.best_ppl).site
-    return SelectReport(
+    ranked = sorted(result.sites, key=lambda s: s.best_ppl)
+    winner = ranked[0].site
+    report = SelectReport(
         lm.name, profile.recommended, winner, winner == profile.recommended, profile, result, build
     )
+    if len(ranked) > 1:
+        diff = result.log_p[winner] - result.log_p[ranked[1].site]
+        report.margin_nats, report.margin_ci = float(diff.mean()), mean_ci(diff, 2000, 0)
+    return report
