@@ -180,6 +180,15 @@ def test_ppl_vs_dispersion_cli_matches_brute_force(tiny, tmp_path, monkeypatch):
     assert [s["seq_len"] for s in doc["series"]] == [6, 12]
     assert {s["perplexity"] for s in doc["series"]} == {"last-token"}
 
+    # merge: both results' series in one figure, numbers unchanged
+    assert main(["merge-ppl", str(out / "ppl_vs_dispersion.json"), str(out / "last.json"),
+                 "--out", str(out), "--name", "merged"]) == 0  # fmt: skip
+    merged = json.loads((out / "merged.json").read_text())
+    assert [s["seq_len"] for s in merged["series"]] == [12, 6, 12]
+    assert merged["series"][0] == series and merged["series"][1:] == doc["series"]
+    assert (out / "merged.png").exists()
+    assert main(["merge-ppl", str(data), "--out", str(out)]) == 2
+
 
 def test_layers_and_compare_cli(tiny, tmp_path, monkeypatch, capsys):
     from repdisp.compare import compare

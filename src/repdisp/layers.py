@@ -117,6 +117,7 @@ def plot(result: LayersResult) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FuncFormatter
 
     sites = [layer.site for layer in result.layers]
     x = list(range(len(sites)))
@@ -126,7 +127,10 @@ def plot(result: LayersResult) -> Any:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     for k, m in enumerate(means):
         left.plot(x, [layer.bins[k].across for layer in result.layers], lw=1.2, color=cmap(norm(m)))
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=left, label="bin mean perplexity")
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=left)
+    bar.set_label("bin mean perplexity")
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    bar.ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     left.set_ylabel(f"dispersion (across, {result.pooling} token)")
     left.set_title("dispersion per perplexity bin along depth", fontsize=10)
     for mode, colour in zip(MODES, ("C0", "C3"), strict=True):

@@ -134,6 +134,8 @@ class Series:
     perplexity: str  # "sequence" (whole segment) or "last-token"
     seq_len: int
     n_segments: int
+    bin_size: int
+    n_bins: int
     bos: bool
     bins: list[BinPoint]
     correlations: dict[str, dict[str, Correlation]]
@@ -143,17 +145,29 @@ class Series:
         ctx = f" ctx {self.seq_len}" if self.perplexity == "last-token" else ""
         return f"{self.model} · {short_name(self.data)}{ctx}"
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Series:
+        d = dict(d)
+        d["bins"] = [BinPoint(**b) for b in d["bins"]]
+        d["correlations"] = {
+            mode: {m: Correlation(**c) for m, c in by_method.items()}
+            for mode, by_method in d["correlations"].items()
+        }
+        return cls(**d)
+
 
 @dataclass
 class PplDispersionResult:
-    bin_size: int
-    n_bins: int
     pooling: str
     site: str
     skip_first: int
     seed: int
     series: list[Series] = field(default_factory=list)
     seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PplDispersionResult:
+        return cls(**(d | {"series": [Series.from_dict(s) for s in d["series"]]}))
 
     def bin_rows(self) -> list[dict[str, Any]]:
         return [
@@ -162,6 +176,7 @@ class PplDispersionResult:
                 "data": s.data,
                 "perplexity": s.perplexity,
                 "seq_len": s.seq_len,
+                "n_segments": s.n_segments,
                 **vars(p),
             }
             for s in self.series
@@ -180,11 +195,14 @@ class PplDispersionResult:
 
     def table(self) -> str:
         lines = [
-            f"bins: {self.n_bins} of {self.bin_size} segments | site {self.site} | across pooling "
-            f"{self.pooling} | skip first {self.skip_first} | {self.seconds:.1f} s"
+            f"site {self.site} | across pooling {self.pooling} | skip first {self.skip_first} | "
+            f"{self.seconds:.1f} s"
         ]
         for s in self.series:
-            lines.append(f"{s.label}  ({s.n_segments} segments x {s.seq_len} tokens)")
+            lines.append(
+                f"{s.label}  ({s.n_segments} segments x {s.seq_len} tokens, "
+                f"{s.n_bins} bins of {s.bin_size})"
+            )
             for mode, by_method in s.correlations.items():
                 lines += [f"  {mode:<7}{c}" for c in by_method.values()]
         return "\n".join(lines)
@@ -211,9 +229,7 @@ def ppl_vs_dispersion(
         raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
     sampling = sampling or Sampling()
     start = time.perf_counter()
-    result = PplDispersionResult(
-        bin_size, n_bins, pooling, site, sampling.skip_first, sampling.seed
-    )
+    result = PplDispersionResult(pooling, site, sampling.skip_first, sampling.seed)
     docs = {
         d: load_texts(d, sampling.text_field, encoding_errors=sampling.encoding_errors)
         for d in datas
@@ -235,6 +251,8 @@ def ppl_vs_dispersion(
                         "last-token" if last_token else "sequence",
                         length,
                         len(segs),
+                        bin_size,
+                        n_bins,
                         segs.has_bos,
                         points,
                         correlate(points, bootstrap, sampling.seed),
@@ -244,6 +262,25 @@ def ppl_vs_dispersion(
     return result
 
 
+def merge(results: Sequence[PplDispersionResult]) -> PplDispersionResult:
+    """The series of several results (same site, pooling and skip) as one, to plot together."""
+    first = results[0]
+    for r in results[1:]:
+        if (r.site, r.pooling, r.skip_first) != (first.site, first.pooling, first.skip_first):
+            raise RepdispError(
+                f"cannot merge results at different site/pooling/skip-first: "
+                f"{(first.site, first.pooling, first.skip_first)} vs {(r.site, r.pooling, r.skip_first)}"
+            )
+    return PplDispersionResult(
+        first.pooling,
+        first.site,
+        first.skip_first,
+        first.seed,
+        [s for r in results for s in r.series],
+        sum(r.seconds for r in results),
+    )
+
+
 def plot(result: PplDispersionResult) -> Any:
     """Scatter of bin mean perplexity (x, log) vs dispersion (y): one panel per mode, one marker
     series per (model, data, length), Pearson r in the legend."""
@@ -251,6 +288,7 @@ def plot(result: PplDispersionResult) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     xlabel = (
@@ -269,11 +307,21 @@ def plot(result: PplDispersionResult) -> Any:
             r = s.correlations[mode]["pearson"].r
             ax.plot(x, y, "o-", ms=4, lw=1, label=f"{s.label} (r={r:+.2f})")
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"dispersion ({mode}), mean cosine distance")
         ax.set_title(f"{titles[mode]} @ {result.site}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Perplexity vs dispersion: {result.n_bins} bins of {result.bin_size} segments")
+    sizes = {(s.n_segments, s.n_bins, s.bin_size) for s in result.series}
+    what = (
+        "{} segments, {} bins of {}".format(*sizes.pop())
+        if len(sizes) == 1
+        else "segments and bins per series in the table"
+    )
+    fig.suptitle(f"Perplexity vs dispersion (Algorithm 1 bins): {what}")
     fig.tight_layout()
     return fig

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from .. import compare as compare_mod
 from .. import layers as layers_mod
 from .. import ppl_dispersion as ppl_mod
+from ..errors import RepdispError
 from ..report import write_report
 from ..report_io import save_figure, write_csv, write_json
 from . import add_data_args, add_model_args, model_from_args
@@ -85,6 +87,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--site", default="final", help="site to read (final)")
     c.set_defaults(func=run_compare)
 
+    m = sub.add_parser(
+        "merge-ppl", help="plot the series of several ppl-vs-dispersion results in one figure"
+    )
+    m.add_argument("results", nargs="+", help="ppl-vs-dispersion JSON files")
+    m.add_argument("--out", required=True, help="folder for the JSON, CSV and PNG files")
+    m.add_argument("--name", default="ppl_vs_dispersion_merged", help="file name stem in --out")
+    m.set_defaults(func=run_merge)
+
     r = sub.add_parser("report", help="render every result in a folder into one HTML page")
     r.add_argument("folder", help="folder of JSON/CSV/PNG results (searched recursively)")
     r.add_argument("--out", help="HTML file to write (default FOLDER/report.html)")
@@ -116,6 +126,21 @@ def run_ppl(args: argparse.Namespace) -> int:
         args.bootstrap,
         _loader(args),
     )
+    tables = {"": result.bin_rows(), "_correlations": result.correlation_rows()}
+    _write(args, result, ppl_mod.plot(result), tables)
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    results = []
+    for path in args.results:
+        try:
+            results.append(
+                ppl_mod.PplDispersionResult.from_dict(json.loads(Path(path).read_text()))
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RepdispError(f"{path}: not a ppl-vs-dispersion result ({e})") from None
+    result = ppl_mod.merge(results)
     tables = {"": result.bin_rows(), "_correlations": result.correlation_rows()}
     _write(args, result, ppl_mod.plot(result), tables)
     return 0
