@@ -215,6 +215,16 @@ def test_corrupt_partial_or_foreign_shards_are_recomputed(tiny_gpt2, tiny_segmen
     np.testing.assert_array_equal(again, clean)
 
 
+def test_changed_shard_size_never_reuses_misaligned_shards(tiny_gpt2, tiny_segments, tmp_path):
+    kw = dict(sites="final", progress=False, cache=tmp_path)
+    first = extract(tiny_gpt2, tiny_segments, batch_size=2, shard_segments=2, **kw)
+    # same key and folder, but shard 0 now covers rows 0-3 instead of 0-1
+    second = extract(tiny_gpt2, tiny_segments, batch_size=2, shard_segments=4, **kw)
+    assert second.get("final").shape == (6, 32)
+    np.testing.assert_allclose(second.get("final"), first.get("final"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(second.mean_nll, first.mean_nll, rtol=1e-6)
+
+
 def test_cache_key_covers_everything_that_changes_results(tiny_gpt2_dir, tmp_path):
     import shutil
 

@@ -13,10 +13,11 @@ site and the LM head never runs. Results are written in shards under a key that 
 everything that changes them (model identity and weights hash, dtype, the exact token ids - so data
 content, tokenizer, seed, sizes and BOS -, sites, poolings, perplexity, skip_first), so an
 interrupted run resumes from its finished shards. Each shard is written atomically (temp file +
-rename) and then a small ``shard_XXXXX.json`` record of its sha256 and key (also atomic); a shard
-whose record is missing, names another key, or whose checksum does not match is recomputed, never
-used. Per-shard records (rather than one shared manifest) let several processes write shards into
-the same folder at once; ``manifest.json`` only describes the run.
+rename) and then a small ``shard_XXXXX.json`` record of its sha256, key and segment range (also
+atomic); a shard whose record is missing, names another key or another range (a different shard
+size), or whose checksum does not match is recomputed, never used. Per-shard records (rather
+than one shared manifest) let several processes write shards into the same folder at once;
+``manifest.json`` only describes the run.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 class ShardStore:
     """A folder of ``shard_XXXXX.npz`` files, each with a ``shard_XXXXX.json`` record of its
-    sha256 and cache key, and a ``manifest.json`` describing the run (``meta``)."""
+    sha256, cache key and segment range, and a ``manifest.json`` describing the run (``meta``)."""
 
     def __init__(self, folder: Path, meta: dict[str, Any]):
         self.folder = folder
@@ -187,24 +188,29 @@ class ShardStore:
     def _paths(self, i: int) -> tuple[Path, Path]:
         return self.folder / f"shard_{i:05d}.npz", self.folder / f"shard_{i:05d}.json"
 
-    def load(self, i: int) -> dict[str, np.ndarray] | None:
-        """The shard's arrays if it and its record exist, the key matches and the checksum
-        matches, else None (recompute)."""
+    def load(self, i: int, rows: tuple[int, int] | None = None) -> dict[str, np.ndarray] | None:
+        """The shard's arrays if it and its record exist and the key, the segment range ``rows``
+        (when given) and the checksum all match, else None (recompute)."""
         path, record = self._paths(i)
         try:
             rec = json.loads(record.read_text())
-            if rec.get("key") != self.key or _sha256(path) != rec.get("sha256"):
+            if rec.get("key") != self.key or (rows and rec.get("rows") != list(rows)):
+                return None
+            if _sha256(path) != rec.get("sha256"):
                 return None
             with np.load(path) as z:
                 return {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError):  # missing, partial or unreadable: recompute
             return None
 
-    def save(self, i: int, arrays: dict[str, np.ndarray]) -> None:
+    def save(
+        self, i: int, arrays: dict[str, np.ndarray], rows: tuple[int, int] | None = None
+    ) -> None:
         path, record = self._paths(i)
         try:
             _atomic_write(path, lambda f: np.savez(f, **arrays))
-            text = json.dumps({"sha256": _sha256(path), "key": self.key}).encode()
+            rec = {"sha256": _sha256(path), "key": self.key, "rows": rows and list(rows)}
+            text = json.dumps(rec).encode()
             _atomic_write(record, lambda f: f.write(text))
         except OSError as e:  # e.g. disk full: name the shard; earlier shards stay valid
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
@@ -272,18 +278,19 @@ def extract(
     )
     try:
         for i in mine:
-            cached = store.load(i) if store else None
+            rows = (i * shard_segments, min(n, (i + 1) * shard_segments))
+            cached = store.load(i, rows) if store else None
             if cached is None:
                 parts = []
-                for b in range(i * shard_segments, min(n, (i + 1) * shard_segments), batch_size):
-                    ids = segments.ids[b : min(b + batch_size, n, (i + 1) * shard_segments)]
+                for b in range(*rows, batch_size):
+                    ids = segments.ids[b : min(b + batch_size, rows[1])]
                     parts.append(
                         _forward_batch(lm, ids, site_list, pool_list, perplexity, skip_first)
                     )
                     bar.update(len(ids))
                 cached = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
                 if store:
-                    store.save(i, cached)
+                    store.save(i, cached, rows)
             else:
                 bar.update(len(next(iter(cached.values()))))
             shards[i] = cached
