@@ -301,6 +301,7 @@ def test_cli_build_eval_select(tiny_gpt2_dir, tmp_path, capsys):
                 "16",
                 "--k",
                 "16",
+                "--no-cache",
                 "--out",
                 str(tmp_path / "sel"),
             ]

@@ -763,12 +763,14 @@ def select_key(
     eval_source: str = "",
     build_kwargs: dict[str, Any] | None = None,
     eval_kwargs: dict[str, Any] | None = None,
+    cache: bool | str | Path = True,
     progress: bool = True,
 ) -> SelectReport:
     """Dispersion profile on the training text, one datastore with every candidate site (one
-    forward pass), one evaluation pass, and whether the highest-dispersion site won."""
+    forward pass), one evaluation pass, and whether the highest-dispersion site won.
+    ``cache`` is the profile's extraction cache (see ``repdisp.extract``)."""
     windows = chunk_windows(train, chunk_len, bos_id(lm.tokenizer), train_source)
-    profile = profile_keys(lm, windows, [chunks], seeds, sites, cache=False, progress=progress)
+    profile = profile_keys(lm, windows, [chunks], seeds, sites, cache=cache, progress=progress)
     build = build_datastore(
         lm, train, folder, profile.sites, train_source, progress=progress, **(build_kwargs or {})
     )

@@ -78,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--chunks", type=int, default=100, help="N chunks for the dispersion (100)")
     s.add_argument("--seeds", type=int, default=5)
     s.add_argument("--chunk-len", type=int, default=256)
+    s.add_argument("--no-cache", action="store_true", help="do not cache the profile's extraction")
     s.add_argument("--out", required=True, help="folder: datastore/ + knnlm_select.*")
     _text_args(s)
     _build_args(s)
@@ -178,6 +179,7 @@ def run_select(args: argparse.Namespace) -> int:
             "index": args.index,
         },
         eval_kwargs=_eval_kwargs(args),
+        cache=not args.no_cache,
         progress=not args.quiet,
     )
     print(report.table())
