@@ -1,0 +1,432 @@
+"""Dispersion gap for model selection (§3.2): rank checkpoints from one weight matrix.
+
+Only the output-embedding matrix is read (``lm_head.weight``; the input embeddings when they are
+tied), and only the rows of the tokens used:
+
+    safetensors  ``safe_open`` memory-maps the file; ``get_slice`` reads single rows
+    GGUF         ``GGUFReader`` memory-maps the file; only the needed rows of ``output.weight``
+                 (or ``token_embd.weight``) are dequantised with ``gguf.quants.dequantize``
+
+No model object is built and nothing is run through the network.
+
+Token sets: a domain set T and a reference set T' (everyday words by default), given as words.
+Each word maps to ONE token id through the checkpoint's own tokenizer: `` word`` (with a leading
+space, how words appear inside text) if that is a single token, else ``word`` if that is; words
+that are several tokens either way are skipped and counted (``skipped``). Duplicate ids count once.
+
+Per checkpoint, for cosine distance (the paper's metric) and Euclidean distance:
+
+    within(T)       mean pairwise distance among the domain rows (i < j)
+    within(T')      the same among the reference rows
+    between(T, T')  mean distance over all pairs (t in T, t' in T')
+    G               within(T) + between(T, T')
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import RepdispError
+from .geometry import CosineStats, dispersion, mean_euclidean
+from .models import BUNDLED, prepare
+
+METRICS = ("cosine", "euclidean")
+
+_LEGAL = """plaintiff defendant court judge jury verdict statute contract tort liability
+negligence appeal appellate counsel attorney lawyer litigation lawsuit damages injunction
+jurisdiction precedent testimony witness evidence hearing trial indictment prosecution
+prosecutor felony misdemeanor sentence parole probation custody warrant subpoena affidavit
+deposition settlement arbitration mediation clause breach remedy covenant easement lease
+landlord tenant copyright patent trademark infringement fraud perjury bail acquittal
+conviction habeas amendment constitution legislation regulation ordinance enforcement
+compliance fiduciary trustee estate probate heir plea guilty innocent lawful unlawful legal
+illegal rights claim claimant respondent petitioner petition motion docket ruling
+statutory liable indemnity"""
+
+_EVERYDAY = """house water food table chair door window car street city tree dog cat bird
+book paper phone friend family mother father child school work money time day night morning
+evening week year today tomorrow yesterday home room bed kitchen bread milk coffee tea apple
+sugar salt shirt shoe hat coat rain snow sun wind cold hot warm happy sad good bad big small
+long short new old young fast slow walk run eat drink sleep talk read write sing play cook
+clean buy sell open close give take come go see look hear listen feel think know want like
+love help start stop wait ask answer call live music movie game ball garden park shop store
+market bus train road bridge river hill sea beach flower grass color red blue green white
+black light dark hand head face eye ear mouth hair foot leg heart smile laugh"""
+
+DOMAINS = {
+    "digits": [str(i) for i in range(100)],
+    "python": sorted(
+        set(keyword.kwlist)
+        | {n for n in dir(builtins) if n.islower() and not n.startswith("_") and n.isalpha()}
+    ),
+    "legal": _LEGAL.split(),
+}
+REFERENCES = {"everyday": _EVERYDAY.split()}
+
+_HEAD_KEYS = ("lm_head.weight", "embed_out.weight", "output.weight")
+_EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+
+
+def load_words(spec: str, builtin: dict[str, list[str]]) -> tuple[str, list[str]]:
+    """A built-in list name or a text file (whitespace- or line-separated words)."""
+    if spec in builtin:
+        return spec, builtin[spec]
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise RepdispError(f"word list {spec!r}: not built in ({', '.join(builtin)}) nor a file")
+    words = path.read_text(encoding="utf-8").split()
+    if not words:
+        raise RepdispError(f"word list {path} is empty")
+    return path.stem, words
+
+
+@dataclass
+class TokenSet:
+    name: str
+    ids: np.ndarray
+    words: list[str]  # the word kept for each id
+    skipped: list[str] = field(default_factory=list)  # multi-token words
+
+
+def token_set(tokenizer: Any, name: str, words: list[str]) -> TokenSet:
+    """Map words to single token ids (`` word`` first, then ``word``); skip multi-token words."""
+    ids: list[int] = []
+    kept: list[str] = []
+    skipped: list[str] = []
+    for w in dict.fromkeys(words):
+        for variant in (" " + w, w):
+            enc = tokenizer(variant, add_special_tokens=False).input_ids
+            if len(enc) == 1:
+                if enc[0] not in ids:
+                    ids.append(enc[0])
+                    kept.append(w)
+                break
+        else:
+            skipped.append(w)
+    if len(ids) < 2:
+        raise RepdispError(f"token set {name!r} has {len(ids)} single-token words; need 2+")
+    return TokenSet(name, np.array(ids, dtype=np.int64), kept, skipped)
+
+
+class EmbeddingRows:
+    """Lazy reader of the output-embedding rows of one checkpoint (safetensors or GGUF)."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        path = Path(spec).expanduser()
+        if spec in BUNDLED:
+            path = prepare(spec)  # the converted safetensors folder (made once)
+        if path.is_file() and path.suffix == ".gguf":
+            self._open_gguf(path)
+        elif path.is_dir():
+            self._open_safetensors(path)
+        else:
+            raise RepdispError(
+                f"{spec!r}: not a bundled name ({', '.join(BUNDLED)}), a model folder with "
+                "*.safetensors, or a .gguf file"
+            )
+        self.path = path
+
+    def _open_safetensors(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise RepdispError(f"{folder} has no *.safetensors file")
+        found: dict[str, Path] = {}
+        for f in files:
+            with safe_open(f, framework="pt") as h:
+                for k in h.keys():
+                    if k in _HEAD_KEYS or k.endswith(_EMBED_SUFFIXES):
+                        found[k] = f
+        head = next((k for k in _HEAD_KEYS if k in found), None)
+        emb = next((k for k in sorted(found) if k.endswith(_EMBED_SUFFIXES)), None)
+        self.tensor = head or emb
+        if self.tensor is None:
+            raise RepdispError(f"{folder}: no lm_head.weight nor input embedding tensor found")
+        self.tied = head is None
+        self._file = found[self.tensor]
+        self.kind = "safetensors"
+
+    def _open_gguf(self, path: Path) -> None:
+        import gguf
+
+        try:
+            reader = gguf.GGUFReader(path)
+        except (ValueError, OSError) as e:
+            raise RepdispError(f"cannot read GGUF {path}: {e}") from None
+        tensors = {t.name: t for t in reader.tensors}
+        self.tensor = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+        if self.tensor not in tensors:
+            raise RepdispError(f"{path}: no output.weight nor token_embd.weight tensor")
+        self.tied = self.tensor == "token_embd.weight"
+        self._gguf = tensors[self.tensor]
+        self.kind = "gguf"
+
+    def tokenizer(self) -> Any:
+        """The checkpoint's own tokenizer (from the folder, or from the GGUF metadata)."""
+        from transformers import AutoTokenizer
+
+        try:
+            if self.kind == "gguf":
+                return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+            return AutoTokenizer.from_pretrained(self.path)
+        except (ValueError, OSError) as e:
+            raise RepdispError(f"cannot load the tokenizer of {self.spec}: {e}") from None
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """float64 rows ``ids`` of the matrix; nothing else is read or dequantised."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.kind == "gguf":
+            from gguf.quants import dequantize
+
+            data = self._gguf.data
+            if ids.max() >= len(data):
+                raise RepdispError(f"token id {ids.max()} outside the {len(data)}-row matrix")
+            return dequantize(np.asarray(data[ids]), self._gguf.tensor_type).astype(np.float64)
+        from safetensors import safe_open
+
+        with safe_open(self._file, framework="pt") as h:
+            sl = h.get_slice(self.tensor)
+            n = sl.get_shape()[0]
+            if ids.max() >= n:
+                raise RepdispError(f"token id {ids.max()} outside the {n}-row matrix")
+            return np.stack([sl[i : i + 1].double().numpy()[0] for i in ids])
+
+
+def cosine_between(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine distance over all pairs (a_i, b_j), O((n + m)·d): 1 - (Σû)·(Σv̂)/(n m)."""
+    sa, sb = CosineStats().update(a), CosineStats().update(b)
+    return 1.0 - float(sa.total @ sb.total) / (sa.count * sb.count)
+
+
+def euclidean_between(a: np.ndarray, b: np.ndarray, block: int = 1024) -> float:
+    """Exact mean Euclidean distance over all pairs (a_i, b_j), in blocks of rows."""
+    total = 0.0
+    sb = (b * b).sum(1)
+    for i in range(0, len(a), block):
+        x = a[i : i + block]
+        d2 = (x * x).sum(1)[:, None] + sb[None, :] - 2.0 * x @ b.T
+        total += float(np.sqrt(np.maximum(d2, 0.0)).sum())
+    return total / (len(a) * len(b))
+
+
+@dataclass
+class GapComponents:
+    within_domain: float
+    within_reference: float
+    between: float
+    gap: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gap = self.within_domain + self.between
+
+
+def gap_components(domain: np.ndarray, reference: np.ndarray, metric: str) -> GapComponents:
+    if metric == "cosine":
+        return GapComponents(
+            dispersion(domain), dispersion(reference), cosine_between(domain, reference)
+        )
+    if metric == "euclidean":
+        return GapComponents(
+            mean_euclidean(domain), mean_euclidean(reference), euclidean_between(domain, reference)
+        )
+    raise RepdispError(f"unknown metric {metric!r}; choose {', '.join(METRICS)}")
+
+
+@dataclass
+class CheckpointGap:
+    model: str
+    source: str  # safetensors | gguf
+    tensor: str
+    tied: bool
+    matrix_shape: tuple[int, int]
+    n_domain: int
+    n_reference: int
+    skipped_domain: list[str]
+    skipped_reference: list[str]
+    cosine: GapComponents
+    euclidean: GapComponents
+    accuracy: float | None = None
+
+    def row(self) -> dict[str, Any]:
+        out = {
+            "model": self.model,
+            "source": self.source,
+            "tensor": self.tensor,
+            "n_domain": self.n_domain,
+            "n_reference": self.n_reference,
+            "n_skipped_domain": len(self.skipped_domain),
+            "n_skipped_reference": len(self.skipped_reference),
+        }
+        for m in METRICS:
+            c: GapComponents = getattr(self, m)
+            out |= {
+                f"{m}_within_domain": c.within_domain,
+                f"{m}_within_reference": c.within_reference,
+                f"{m}_between": c.between,
+                f"{m}_gap": c.gap,
+            }
+        return out | {"accuracy": self.accuracy}
+
+
+def _matrix_shape(src: EmbeddingRows) -> tuple[int, int]:
+    if src.kind == "gguf":
+        return (len(src._gguf.data), int(src._gguf.shape[0]))
+    from safetensors import safe_open
+
+    with safe_open(src._file, framework="pt") as h:
+        return tuple(h.get_slice(src.tensor).get_shape())
+
+
+def checkpoint_gap(
+    spec: str,
+    domain_words: tuple[str, list[str]],
+    reference_words: tuple[str, list[str]],
+    tokenizer: Any = None,
+) -> CheckpointGap:
+    """Gap components of one checkpoint, reading only the rows of the two token sets."""
+    src = EmbeddingRows(spec)
+    tok = tokenizer if tokenizer is not None else src.tokenizer()
+    t, r = token_set(tok, *domain_words), token_set(tok, *reference_words)
+    rows = src.rows(np.concatenate([t.ids, r.ids]))
+    dom, ref = rows[: len(t.ids)], rows[len(t.ids) :]
+    return CheckpointGap(
+        spec,
+        src.kind,
+        src.tensor,
+        src.tied,
+        _matrix_shape(src),
+        len(t.ids),
+        len(r.ids),
+        t.skipped,
+        r.skipped,
+        gap_components(dom, ref, "cosine"),
+        gap_components(dom, ref, "euclidean"),
+    )
+
+
+@dataclass
+class GapResult:
+    domain: str
+    reference: str
+    metric: str  # the one used for ranking and correlations
+    checkpoints: list[CheckpointGap]
+    ranking: list[str]  # highest gap first
+    spearman: Any = None
+    kendall: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        m = self.metric
+        lines = [
+            f"domain {self.domain} vs reference {self.reference}; metric {m}; G = within(T) + "
+            "between(T,T')",
+            f"{'model':<44} {'src':<11} {'|T|':>4} {'|T`|':>4} {'within T':>9} {'within T`':>9} "
+            f"{'between':>9} {'G':>9} {'acc':>6}",
+        ]
+        for c in self.checkpoints:
+            g: GapComponents = getattr(c, m)
+            acc = "" if c.accuracy is None else f"{c.accuracy:6.2f}"
+            lines.append(
+                f"{c.model[-44:]:<44} {c.source:<11} {c.n_domain:>4} {c.n_reference:>4} "
+                f"{g.within_domain:9.4f} {g.within_reference:9.4f} {g.between:9.4f} "
+                f"{g.gap:9.4f} {acc:>6}"
+            )
+        lines.append("ranking (G, high to low): " + " > ".join(self.ranking))
+        for c in (self.spearman, self.kendall):
+            if c is not None:
+                lines.append(f"G vs accuracy: {c}")
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def gap(
+    models: list[str],
+    domain: str,
+    reference: str = "everyday",
+    metric: str = "cosine",
+    accuracy: dict[str, float] | None = None,
+) -> GapResult:
+    """Gap of every checkpoint, their ranking by G, and G-vs-accuracy rank correlations."""
+    from .stats import correlation
+
+    if metric not in METRICS:
+        raise RepdispError(f"unknown metric {metric!r}; choose {', '.join(METRICS)}")
+    dom, ref = load_words(domain, DOMAINS), load_words(reference, REFERENCES)
+    accuracy = accuracy or {}
+    unknown = set(accuracy) - set(models)
+    if unknown:
+        raise RepdispError(f"--accuracy names models not given with --model: {sorted(unknown)}")
+    ckpts = []
+    for spec in models:
+        c = checkpoint_gap(spec, dom, ref)
+        c.accuracy = accuracy.get(spec)
+        ckpts.append(c)
+    ranking = [c.model for c in sorted(ckpts, key=lambda c: -getattr(c, metric).gap)]
+    res = GapResult(dom[0], ref[0], metric, ckpts, ranking)
+    with_acc = [c for c in ckpts if c.accuracy is not None]
+    if len(with_acc) >= 3:
+        g = [getattr(c, metric).gap for c in with_acc]
+        a = [c.accuracy for c in with_acc]
+        res.spearman = correlation(g, a, "spearman")
+        res.kendall = correlation(g, a, "kendall")
+    elif accuracy:
+        res.notes.append(f"{len(with_acc)} models with accuracy: correlation needs at least 3")
+    if len({c.matrix_shape for c in ckpts}) > 1:
+        res.notes.append(
+            "checkpoints have different vocabularies/widths: token sets differ (see n_domain, "
+            "skipped) and Euclidean values depend on each model's embedding scale"
+        )
+    return res
+
+
+def plot_gap(res: GapResult):
+    """Fig. 9 style: D-D (within T), D-NM (between T, T') and gap bars; accuracy as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(res.checkpoints)), 3.6))
+    x = np.arange(len(res.checkpoints))
+    comps = [getattr(c, res.metric) for c in res.checkpoints]
+    for k, (label, vals) in enumerate(
+        (
+            ("D-D (within T)", [g.within_domain for g in comps]),
+            ("D-NM (between T,T')", [g.between for g in comps]),
+            ("Gap G", [g.gap for g in comps]),
+        )
+    ):
+        ax.bar(x + (k - 1) * 0.27, vals, width=0.27, label=label)
+    names = [f"{Path(c.model).name}\n({c.source})" for c in res.checkpoints]
+    ax.set_xticks(x, names, fontsize=7)
+    ax.set_ylabel(f"{res.metric} distance")
+    ax.set_title(f"dispersion gap: {res.domain} vs {res.reference}")
+    ax.legend(fontsize=7, loc="upper left")
+    if any(c.accuracy is not None for c in res.checkpoints):
+        ax2 = ax.twinx()
+        acc = [np.nan if c.accuracy is None else c.accuracy for c in res.checkpoints]
+        ax2.plot(x, acc, "k-o", label="accuracy")
+        ax2.set_ylabel("accuracy")
+        ax2.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def parse_accuracy(items: list[str] | None) -> dict[str, float]:
+    """``A=35.0,B=49.8`` (repeatable) into {model: accuracy}."""
+    out: dict[str, float] = {}
+    for part in (p for item in items or [] for p in item.split(",") if p.strip()):
+        name, sep, value = part.rpartition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise RepdispError(f"--accuracy entries look like MODEL=NUMBER, got {part!r}") from None
+    return out

@@ -1,0 +1,463 @@
+"""Multiple-choice QA: loaders, prompt formats and lm-evaluation-harness style scoring.
+
+Loaders give ``MCItem`` (question, choice texts, gold index, subject):
+
+    ARC jsonl    {"question": {"stem", "choices": [{"label", "text"}]}, "answerKey"}
+    MMLU csv     header-less rows ``question, A, B, C, D, answer`` (file or folder of *.csv;
+                 the subject is the file name without ``_val``/``_dev``/``_test``)
+    generic      jsonl/csv file or ``hf:NAME[:CONFIG]`` with column options (question, choices as a
+                 list of strings or of {"text"} dicts, answer as index or label letter)
+
+Prompt formats (as lm-evaluation-harness tasks ``arc_challenge`` and ``mmlu``):
+
+    qa     context ``Question: {q}\\nAnswer:``, continuations `` {choice text}``
+    mmlu   context ``The following are multiple choice questions (with answers) about {subject}.
+           \\n\\n{q}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}\\nAnswer:``, continuations `` A`` .. `` D``
+
+k-shot: k solved examples (prompt + gold continuation) joined by a blank line before the
+question; for ``mmlu`` the first k dev items of the same subject (harness ``first_n``), else a
+seeded sample of the shot pool.
+
+Scoring (harness ``loglikelihood``): trailing spaces of the context move to the continuation;
+continuation tokens = tokens(context + continuation) minus the tokens(context) prefix; the score is
+the summed log-probability of those tokens. ``acc`` takes the argmax of the sums, ``acc_norm``
+the argmax of sum / UTF-8 byte length of the choice text (``len(choice)`` in the harness; with
+letter continuations all lengths are equal, so acc_norm = acc). A BOS token is prepended when
+the tokenizer adds one by default (Gemma), as repdisp does everywhere.
+
+Every (question, choice) pair is one right-padded sequence; the LM head runs only on the
+continuation positions. The same pass reads the query embedding: the hidden state at the chosen
+site of the last context token (identical for every choice of a question, since the model is
+causal and the context tokens are a shared prefix).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .corpus import bos_id
+from .errors import RepdispError
+from .extract import token_nll
+from .models import LoadedModel
+from .sites import SiteReader, blocks_of, parse_sites
+
+FORMATS = ("qa", "mmlu")
+TASKS = ("arc-challenge", "mmlu", "jsonl")
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass
+class MCItem:
+    """One multiple-choice question; ``answer`` is the gold index (-1 when unknown)."""
+
+    id: str
+    question: str
+    choices: list[str]
+    answer: int
+    subject: str = ""
+
+
+@dataclass
+class MCPrompt:
+    """A formatted question: the context and one continuation per choice."""
+
+    context: str
+    continuations: list[str]
+    choice_texts: list[str]  # what acc_norm divides by (harness: the doc_to_choice strings)
+
+
+@dataclass
+class MCResult:
+    """Per-question log-likelihoods, predictions and query embeddings."""
+
+    items: list[MCItem] = field(repr=False)
+    loglik: list[np.ndarray] = field(repr=False)
+    pred: np.ndarray = field(repr=False)
+    pred_norm: np.ndarray = field(repr=False)
+    embeddings: np.ndarray = field(repr=False)
+    site: str = "final"
+    model: str = ""
+
+    @property
+    def gold(self) -> np.ndarray:
+        return np.array([it.answer for it in self.items])
+
+    @property
+    def has_labels(self) -> bool:
+        return bool((self.gold >= 0).all())
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.pred == self.gold
+
+    @property
+    def correct_norm(self) -> np.ndarray:
+        return self.pred_norm == self.gold
+
+    @property
+    def acc(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def acc_norm(self) -> float:
+        return float(self.correct_norm.mean())
+
+    def save(self, path: str | Path) -> Path:
+        """Write everything to one ``.npz`` (items as JSON), so later commands skip the model."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        width = max(len(ll) for ll in self.loglik)
+        ll = np.full((len(self.loglik), width), np.nan)
+        for i, row in enumerate(self.loglik):
+            ll[i, : len(row)] = row
+        items = json.dumps([asdict(it) for it in self.items])
+        np.savez(
+            path,
+            loglik=ll,
+            pred=self.pred,
+            pred_norm=self.pred_norm,
+            embeddings=self.embeddings,
+            model=np.array(self.model),
+            items=np.array(items),
+            site=np.array(self.site),
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> MCResult:
+        try:
+            with np.load(path) as z:
+                items = [MCItem(**d) for d in json.loads(str(z["items"]))]
+                loglik = [row[~np.isnan(row)] for row in z["loglik"]]
+                return cls(
+                    items,
+                    loglik,
+                    z["pred"],
+                    z["pred_norm"],
+                    z["embeddings"],
+                    str(z["site"]),
+                    str(z["model"]) if "model" in z.files else "",
+                )
+        except (OSError, KeyError, ValueError) as e:
+            raise RepdispError(f"cannot read scored questions from {path}: {e}") from None
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise RepdispError(f"{path}: invalid JSON line ({e.msg})") from None
+
+
+def _files(path: Path, suffix: str) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.glob(f"*{suffix}"))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise RepdispError(f"data {path} not found")
+    if not files:
+        raise RepdispError(f"no *{suffix} files in {path}")
+    return files
+
+
+def _answer_index(answer: Any, labels: list[str], where: str) -> int:
+    key = str(answer).strip()
+    if key in labels:
+        return labels.index(key)
+    if key.isdigit() and int(key) < len(labels):  # a 0-based index
+        return int(key)
+    raise RepdispError(f"{where}: answer {answer!r} is not one of the labels {labels}")
+
+
+def load_arc(path: str | Path) -> list[MCItem]:
+    """ARC jsonl file(s) (a folder loads every *.jsonl in it, e.g. Dev + Test)."""
+    items = []
+    for f in _files(Path(path), ".jsonl"):
+        for i, rec in enumerate(_jsonl(f)):
+            try:
+                q = rec["question"]
+                labels = [c["label"] for c in q["choices"]]
+                texts = [c["text"] for c in q["choices"]]
+                where = f"{f.name} line {i + 1}"
+                ans = _answer_index(rec["answerKey"], labels, where) if "answerKey" in rec else -1
+                items.append(MCItem(str(rec.get("id", f"{f.stem}-{i}")), q["stem"], texts, ans))
+            except (KeyError, TypeError) as e:
+                raise RepdispError(f"{f} line {i + 1}: not ARC format (missing {e})") from None
+    return items
+
+
+def _subject(path: Path) -> str:
+    return re.sub(r"_(val|dev|test)$", "", path.stem)
+
+
+def load_mmlu(path: str | Path) -> list[MCItem]:
+    """MMLU csv file(s) without header: question, A, B, C, D, answer letter."""
+    items = []
+    for f in _files(Path(path), ".csv"):
+        with open(f, newline="", encoding="utf-8") as fh:
+            for i, row in enumerate(csv.reader(fh)):
+                if len(row) != 6:
+                    raise RepdispError(f"{f} row {i + 1}: expected 6 columns, got {len(row)}")
+                ans = _answer_index(row[5], list("ABCD"), f"{f.name} row {i + 1}")
+                items.append(MCItem(f"{f.stem}-{i}", row[0], row[1:5], ans, _subject(f)))
+    return items
+
+
+def load_generic(
+    source: str,
+    question_field: str = "question",
+    choices_field: str = "choices",
+    answer_field: str = "answer",
+    subject_field: str | None = None,
+    split: str = "test",
+) -> list[MCItem]:
+    """A jsonl file or ``hf:NAME[:CONFIG]`` dataset with the given columns."""
+    if source.startswith("hf:"):
+        try:
+            import datasets
+        except ImportError:
+            raise RepdispError("hf: sources need the `datasets` package") from None
+        name, _, config = source[3:].partition(":")
+        try:
+            records = list(datasets.load_dataset(name, config or None, split=split))
+        except Exception as e:
+            raise RepdispError(f"cannot load dataset {name!r} ({type(e).__name__})") from e
+    else:
+        records = [r for f in _files(Path(source), ".jsonl") for r in _jsonl(f)]
+    items = []
+    for i, rec in enumerate(records):
+        missing = [k for k in (question_field, choices_field) if k not in rec]
+        if missing:
+            raise RepdispError(f"{source} record {i + 1}: no field {missing[0]!r} ({sorted(rec)})")
+        raw = rec[choices_field]
+        if isinstance(raw, dict) and "text" in raw:  # datasets' {"text": [...], "label": [...]}
+            texts, labels = list(raw["text"]), list(raw.get("label", LETTERS[: len(raw["text"])]))
+        else:
+            texts = [c["text"] if isinstance(c, dict) else str(c) for c in raw]
+            labels = [
+                c.get("label", LETTERS[j]) if isinstance(c, dict) else LETTERS[j]
+                for j, c in enumerate(raw)
+            ]
+        ans = rec.get(answer_field)
+        gold = -1 if ans is None else _answer_index(ans, labels, f"{source} record {i + 1}")
+        subject = str(rec.get(subject_field, "")) if subject_field else ""
+        items.append(MCItem(str(rec.get("id", i)), str(rec[question_field]), texts, gold, subject))
+    return items
+
+
+def load_task(task: str, data: str, **columns: Any) -> list[MCItem]:
+    """Items of ``task`` (arc-challenge | mmlu | jsonl) from ``data``."""
+    if task == "arc-challenge":
+        items = load_arc(data)
+    elif task == "mmlu":
+        items = load_mmlu(data)
+    elif task == "jsonl":
+        items = load_generic(data, **columns)
+    else:
+        raise RepdispError(f"unknown task {task!r}; choose {', '.join(TASKS)}")
+    if not items:
+        raise RepdispError(f"{data} holds no questions")
+    return items
+
+
+def default_format(task: str) -> str:
+    return "mmlu" if task == "mmlu" else "qa"
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def _body(item: MCItem, fmt: str) -> tuple[str, list[str], list[str]]:
+    if fmt == "qa":
+        return f"Question: {item.question}\nAnswer:", [f" {c}" for c in item.choices], item.choices
+    if fmt == "mmlu":
+        letters = list(LETTERS[: len(item.choices)])
+        lines = [item.question.strip()] + [
+            f"{k}. {c}" for k, c in zip(letters, item.choices, strict=True)
+        ]
+        return "\n".join(lines) + "\nAnswer:", [f" {k}" for k in letters], letters
+    raise RepdispError(f"unknown prompt format {fmt!r}; choose {', '.join(FORMATS)}")
+
+
+def _header(item: MCItem, fmt: str) -> str:
+    if fmt != "mmlu":
+        return ""
+    subject = f" about {item.subject.replace('_', ' ')}" if item.subject else ""
+    return f"The following are multiple choice questions (with answers){subject}.\n\n"
+
+
+def _shots_for(item: MCItem, pool: list[MCItem], k: int, fmt: str, seed: int) -> list[MCItem]:
+    if k == 0:
+        return []
+    if fmt == "mmlu":  # first k dev items of the same subject, as the harness
+        same = [s for s in pool if s.subject == item.subject and s.id != item.id]
+        return same[:k]
+    rng = np.random.default_rng([seed, zlib.crc32(item.id.encode())])
+    cands = [s for s in pool if s.id != item.id]
+    return [cands[j] for j in rng.choice(len(cands), min(k, len(cands)), replace=False)]
+
+
+def make_prompts(
+    items: list[MCItem],
+    fmt: str = "qa",
+    shots: int = 0,
+    shot_pool: list[MCItem] | None = None,
+    seed: int = 1234,
+) -> list[MCPrompt]:
+    """Format items as prompts, with ``shots`` solved examples from ``shot_pool`` in front."""
+    if shots and not shot_pool:
+        raise RepdispError("k-shot prompts need a pool of solved examples (--shots-data)")
+    prompts = []
+    for item in items:
+        parts = []
+        for s in _shots_for(item, shot_pool or [], shots, fmt, seed):
+            ctx, conts, _ = _body(s, fmt)
+            parts.append(ctx + conts[s.answer])
+        ctx, conts, texts = _body(item, fmt)
+        prompts.append(MCPrompt(_header(item, fmt) + "\n\n".join(parts + [ctx]), conts, texts))
+    return prompts
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Harness ``_encode_pair``: context ids (with BOS when the tokenizer adds one) and the
+    continuation ids = tokens(context + continuation) past the tokens(context) prefix."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    ctx = tokenizer(context, add_special_tokens=False).input_ids
+    whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
+    bos = bos_id(tokenizer)
+    return ([bos] if bos is not None else []) + ctx, whole[len(ctx) :]
+
+
+def _requests(tokenizer: Any, qi: int, prompt: MCPrompt) -> list[tuple[int, list[int], int, list]]:
+    """Sequences to run for one question: (question, token ids, context length, targets), with
+    targets = [(choice, positions predicting its tokens, its tokens)]. When every continuation is a
+    single token (letter answers), the context alone is run once and all choices are read from
+    its last position; otherwise one sequence per choice."""
+    pairs = [encode_pair(tokenizer, prompt.context, c) for c in prompt.continuations]
+    ctx = pairs[0][0]
+    for ci, (_, cont) in enumerate(pairs):
+        if not cont:
+            raise RepdispError(f"question {qi}: choice {ci} encodes to no tokens")
+    if all(len(cont) == 1 for _, cont in pairs):
+        return [
+            (qi, ctx, len(ctx), [(ci, [len(ctx) - 1], cont) for ci, (_, cont) in enumerate(pairs)])
+        ]
+    return [
+        (
+            qi,
+            ctx + cont,
+            len(ctx),
+            [(ci, list(range(len(ctx) - 1, len(ctx) + len(cont) - 1)), cont)],
+        )
+        for ci, (_, cont) in enumerate(pairs)
+    ]
+
+
+def score(
+    lm: LoadedModel,
+    items: list[MCItem],
+    prompts: list[MCPrompt],
+    site: str = "final",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> MCResult:
+    """Log-likelihood of every choice continuation and the query embedding at ``site``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    site_obj = parse_sites(site, len(blocks_of(lm.model)))
+    if len(site_obj) != 1:
+        raise RepdispError(f"give exactly one site for the query embedding, got {site!r}")
+    site_obj = site_obj[0]
+    bos = bos_id(lm.tokenizer)
+    requests = [_requests(lm.tokenizer, qi, p) for qi, p in enumerate(prompts)]
+    requests = [r for rs in requests for r in rs]
+    # Longest first: batches of similar length waste little padding.
+    requests.sort(key=lambda r: -len(r[1]))
+    loglik = [np.zeros(len(p.continuations)) for p in prompts]
+    emb = np.full((len(prompts), lm.model.config.hidden_size), np.nan, dtype=np.float32)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else (bos or 0)
+    bar = tqdm(total=len(requests), unit="seq", disable=not progress, desc=f"score {lm.name}")
+    for b in range(0, len(requests), batch_size):
+        batch = requests[b : b + batch_size]
+        ids = torch.full((len(batch), len(batch[0][1])), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (_, seq, _, _) in enumerate(batch):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        # One row per scored token: (batch row, position predicting it, token, question, choice).
+        rows, pos, tok, owner = [], [], [], []
+        for row, (qi, _, _, targets) in enumerate(batch):
+            for ci, positions, tokens in targets:
+                rows += [row] * len(tokens)
+                pos += positions
+                tok += tokens
+                owner += [(qi, ci)] * len(tokens)
+        rows_t, pos_t = torch.tensor(rows), torch.tensor(pos)
+        with torch.inference_mode(), SiteReader(lm.model, [site_obj], stop_early=False) as reader:
+            final = lm.model.base_model(
+                input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False
+            )[0]
+            at_site = final if site_obj.name == "final" else reader.values[site_obj.name]
+            # token_nll scores ids[:, 1] from hidden[:, 0]: pack each scored token as one row.
+            hid = final[rows_t, pos_t][:, None].expand(-1, 2, -1)
+            tgt = torch.stack([torch.tensor(tok), torch.tensor(tok)], 1).to(lm.device)
+            nll = token_nll(lm.model, hid, tgt)[:, 0].double().cpu().numpy()
+            last_ctx = torch.tensor([n_ctx - 1 for _, _, n_ctx, _ in batch])
+            vecs = at_site[torch.arange(len(batch)), last_ctx].float().cpu().numpy()
+        for (qi, ci), v in zip(owner, nll, strict=True):
+            loglik[qi][ci] -= v
+        for row, (qi, _, _, _) in enumerate(batch):
+            emb[qi] = vecs[row]
+        bar.update(len(batch))
+    bar.close()
+    if not np.isfinite(emb).all():
+        raise RepdispError(f"NaN/inf query embeddings at {site_obj.name} (overflow in {lm.dtype}?)")
+    pred = np.array([int(np.argmax(ll)) for ll in loglik])
+    norm = [
+        ll / np.array([max(1, len(t.encode("utf-8"))) for t in p.choice_texts])
+        for ll, p in zip(loglik, prompts, strict=True)
+    ]
+    pred_norm = np.array([int(np.argmax(v)) for v in norm])
+    return MCResult(items, loglik, pred, pred_norm, emb, site_obj.name, lm.name)
+
+
+def evaluate(
+    lm: LoadedModel,
+    task: str,
+    data: str,
+    fmt: str | None = None,
+    shots: int = 0,
+    shots_data: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    site: str = "final",
+    batch_size: int = 16,
+    progress: bool = True,
+    **columns: Any,
+) -> MCResult:
+    """Load, format and score a task; ``limit`` keeps a seeded random subset of that size."""
+    items = load_task(task, data, **columns)
+    if limit is not None and limit < len(items):
+        keep = np.sort(np.random.default_rng(seed).choice(len(items), limit, replace=False))
+        items = [items[i] for i in keep]
+    pool = load_task(task, shots_data, **columns) if shots and shots_data else None
+    prompts = make_prompts(items, fmt or default_format(task), shots, pool)
+    return score(lm, items, prompts, site, batch_size, progress)
