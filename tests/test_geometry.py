@@ -75,7 +75,7 @@ def test_dispersion_anisotropic_narrow_cone():
     )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(
     arrays(
         np.float64,
