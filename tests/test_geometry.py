@@ -220,3 +220,18 @@ def test_weighted_dispersion_vs_multiset_brute_force():
     for w, g in zip(weights, got, strict=True):
         multiset = np.repeat(x, w, axis=0)  # repeated vectors are distinct elements at distance 0
         assert g == pytest.approx(brute_dispersion(multiset), rel=1e-9, abs=1e-12)
+
+
+def test_zero_rows_in_later_block_and_other_dtypes():
+    x = cone(600, 2048, 1.0, seed=10)  # three blocks of rows inside CosineStats.update
+    x[[5, 300, 599]] = 0.0
+    with pytest.warns(UserWarning, match="dropping 1 zero"):  # one warning per block
+        stats = CosineStats(zero="drop").update(x)
+    kept = np.delete(x, [5, 300, 599], axis=0)
+    assert stats.count == 597
+    assert stats.dispersion == pytest.approx(brute_dispersion(kept), rel=1e-9, abs=0)
+    small = np.random.default_rng(11).integers(-5, 6, size=(40, 7))
+    small[np.abs(small).sum(1) == 0, 0] = 9  # no zero rows
+    assert dispersion(small) == pytest.approx(brute_dispersion(small), rel=1e-9)
+    half = cone(50, 8, 1.0, seed=12).astype(np.float16)
+    assert dispersion(half) == pytest.approx(brute_dispersion(half), rel=1e-9)
