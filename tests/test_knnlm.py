@@ -197,6 +197,10 @@ def test_evaluation_vs_brute_force(tiny_gpt2, stream, tmp_path):
     assert r.n_targets == len(held) - 1
     assert r.base_ppl == pytest.approx(np.exp(-np.mean(lp_lm)), rel=1e-5)
     assert r.sites[0].knn_ppl == pytest.approx(np.exp(-np.mean(lp_mix)), rel=1e-4)
+    freq = np.bincount(vals, minlength=512)[held[1:]] / len(vals)
+    uni = {x: np.exp(-np.mean(np.log(x * freq + (1 - x) * np.exp(lp_lm)))) for x in (0.0, 0.3, 0.6)}
+    best = min(uni, key=uni.get)
+    assert (r.unigram_lmbda, r.unigram_ppl) == (best, pytest.approx(uni[best], rel=1e-5))
     grid = {g["lmbda"]: g["ppl"] for g in r.sites[0].grid}
     assert grid[0.0] == pytest.approx(r.base_ppl, rel=1e-12)
     assert r.sites[0].best_ppl == min(grid.values())
@@ -205,12 +209,12 @@ def test_evaluation_vs_brute_force(tiny_gpt2, stream, tmp_path):
 def test_ivfpq_index_recall():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(20, 16))
-    keys = (centers[rng.integers(0, 20, 6000)] + 0.1 * rng.normal(size=(6000, 16))).astype(
+    keys = (centers[rng.integers(0, 20, 3000)] + 0.1 * rng.normal(size=(3000, 16))).astype(
         np.float16
     )
-    index, info = build_index(keys, "ivfpq", nlist=16)
-    assert info["kind"] == "ivfpq" and index.ntotal == 6000 and info["pq_bytes"] == 16
-    index.nprobe = 16
+    index, info = build_index(keys, "ivfpq", nlist=8)
+    assert info["kind"] == "ivfpq" and index.ntotal == 3000 and info["pq_bytes"] == 16
+    index.nprobe = 8
     flat, _ = build_index(keys, "auto")
     q = keys[:50].astype(np.float32)
     _, approx = index.search(q, 1)

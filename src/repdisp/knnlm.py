@@ -493,6 +493,9 @@ class KnnEval:
     lmbda: float
     temperature: float
     base_ppl: float
+    # control: the LM mixed with the datastore's unigram distribution (no retrieval), best λ
+    unigram_ppl: float
+    unigram_lmbda: float
     sites: list[SiteEval] = field(default_factory=list)
     forward_seconds: float = 0.0
     search_seconds: float = 0.0
@@ -510,6 +513,7 @@ class KnnEval:
                 "n_keys": s.n_keys,
                 "index": s.index,
                 "base_ppl": self.base_ppl,
+                "unigram_ppl": self.unigram_ppl,
                 "knn_ppl": s.knn_ppl,
                 "best_ppl": s.best_ppl,
                 "best_lmbda": s.best_lmbda,
@@ -524,7 +528,8 @@ class KnnEval:
             f"model {self.model} | datastore {self.datastore} | eval {self.data}: {self.n_targets} "
             f"targets (context {self.context}, stride {self.stride}) | k={self.k} "
             f"λ={self.lmbda} T={self.temperature} | {self.seconds:.1f} s\n"
-            f"base perplexity {self.base_ppl:.3f}\n"
+            f"base perplexity {self.base_ppl:.3f} | LM + datastore unigram (no retrieval) "
+            f"{self.unigram_ppl:.3f} at λ={self.unigram_lmbda:g}\n"
         )
         lines = [
             f"{'site':<10}{'keys':>9}  {'index':<6}{'kNN-LM ppl':>11}{'best ppl':>10}  best λ, T   coverage"
@@ -604,7 +609,12 @@ def evaluate(
         bar.update(len(batch))
     bar.close()
     base = np.concatenate(lp_lm)
+    all_targets = np.concatenate([tokens[n:e] for _, e, n in windows])
+    counts = np.bincount(store_values, minlength=int(all_targets.max()) + 1)
+    with np.errstate(divide="ignore"):
+        lp_uni = np.log(counts[all_targets] / len(store_values))
     lmbdas = sorted({lmbda, *(lmbda_grid or [])})
+    uni_ppl, uni_lmbda = min((perplexity(interpolate(lp_uni, base, x)), x) for x in lmbdas)
     results, log_p = [], {"base": base}
     for s in names:
         knn = np.concatenate(lp_knn[s], axis=1)
@@ -641,6 +651,8 @@ def evaluate(
         lmbda,
         temperature,
         perplexity(base),
+        uni_ppl,
+        uni_lmbda,
         results,
         fwd_s,
         search_s,
@@ -729,6 +741,9 @@ class SelectReport:
                 f"{r['site']:<10}{r['dispersion']:>9.4f}±{r['dispersion_std']:.4f}{r['base_ppl']:>10.3f}"
                 f"{r['knn_ppl']:>12.3f}{r['best_ppl']:>10.3f}  {r['best_lmbda']:.2f}, {r['best_temperature']:g}{mark}"
             )
+        lines.append(
+            f"control, LM + datastore unigram (no retrieval): {ev.unigram_ppl:.3f} at λ={ev.unigram_lmbda:g}"
+        )
         verdict = "yes" if self.picked_winner else "no"
         lines.append(f"highest-dispersion site gave the best kNN-LM perplexity: {verdict}")
         if self.margin_ci is not None:
