@@ -25,10 +25,12 @@ the argmax of sum / UTF-8 byte length of the choice text (``len(choice)`` in the
 letter continuations all lengths are equal, so acc_norm = acc). A BOS token is prepended when
 the tokenizer adds one by default (Gemma), as repdisp does everywhere.
 
-Every (question, choice) pair is one right-padded sequence; the LM head runs only on the
-continuation positions. The same pass reads the query embedding: the hidden state at the chosen
-site of the last context token (identical for every choice of a question, since the model is
-causal and the context tokens are a shared prefix).
+Each question is ONE sequence (right-padded in the batch): the context, then every choice's
+continuation tokens as a separate block that sees the context and itself only (4-D attention
+mask, position ids restarting after the context), so the context is computed once for all
+choices and the numbers equal running each context + continuation alone. The LM head runs only
+on the positions that predict continuation tokens. The same pass gives the query embedding:
+the hidden state at the chosen site of the last context token.
 """
 
 from __future__ import annotations
@@ -345,29 +347,53 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     return ([bos] if bos is not None else []) + ctx, whole[len(ctx) :]
 
 
-def _requests(tokenizer: Any, qi: int, prompt: MCPrompt) -> list[tuple[int, list[int], int, list]]:
-    """Sequences to run for one question: (question, token ids, context length, targets), with
-    targets = [(choice, positions predicting its tokens, its tokens)]. When every continuation is a
-    single token (letter answers), the context alone is run once and all choices are read from
-    its last position; otherwise one sequence per choice."""
+@dataclass
+class _Packed:
+    """One question as one sequence: the context, then each choice's continuation minus its last
+    token (nothing is predicted from that one), each block attending to the context and to
+    itself only and positioned right after the context, as if it were run alone."""
+
+    qi: int
+    ids: list[int]
+    n_ctx: int
+    blocks: list[tuple[int, int]]  # (start, length) of each choice's block
+    targets: list[tuple[int, list[int], list[int]]]  # (choice, predicting positions, tokens)
+
+
+def _pack(tokenizer: Any, qi: int, prompt: MCPrompt) -> _Packed:
     pairs = [encode_pair(tokenizer, prompt.context, c) for c in prompt.continuations]
     ctx = pairs[0][0]
+    ids, blocks, targets = list(ctx), [], []
     for ci, (_, cont) in enumerate(pairs):
         if not cont:
             raise RepdispError(f"question {qi}: choice {ci} encodes to no tokens")
-    if all(len(cont) == 1 for _, cont in pairs):
-        return [
-            (qi, ctx, len(ctx), [(ci, [len(ctx) - 1], cont) for ci, (_, cont) in enumerate(pairs)])
-        ]
-    return [
-        (
-            qi,
-            ctx + cont,
-            len(ctx),
-            [(ci, list(range(len(ctx) - 1, len(ctx) + len(cont) - 1)), cont)],
-        )
-        for ci, (_, cont) in enumerate(pairs)
-    ]
+        start = len(ids)
+        ids += cont[:-1]
+        blocks.append((start, len(cont) - 1))
+        targets.append((ci, [len(ctx) - 1] + list(range(start, start + len(cont) - 1)), cont))
+    return _Packed(qi, ids, len(ctx), blocks, targets)
+
+
+def _masks(batch: list[_Packed], dtype: Any) -> tuple[Any, Any]:
+    """Additive 4-D attention masks (B, 1, T, T) and position ids (B, T) of packed sequences.
+    Padding positions attend to themselves only, so no row is fully masked (no NaN)."""
+    import torch
+
+    width = max(len(p.ids) for p in batch)
+    allowed = torch.zeros((len(batch), width, width), dtype=torch.bool)
+    pos = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, p in enumerate(batch):
+        n = p.n_ctx
+        allowed[row, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+        pos[row, :n] = torch.arange(n)
+        for start, length in p.blocks:
+            end = start + length
+            allowed[row, start:end, :n] = True
+            allowed[row, start:end, start:end] = torch.ones(length, length, dtype=torch.bool).tril()
+            pos[row, start:end] = torch.arange(n, n + length)
+    allowed |= torch.eye(width, dtype=torch.bool)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[:, None], pos
 
 
 def score(
@@ -387,45 +413,46 @@ def score(
         raise RepdispError(f"give exactly one site for the query embedding, got {site!r}")
     site_obj = site_obj[0]
     bos = bos_id(lm.tokenizer)
-    requests = [_requests(lm.tokenizer, qi, p) for qi, p in enumerate(prompts)]
-    requests = [r for rs in requests for r in rs]
-    # Longest first: batches of similar length waste little padding.
-    requests.sort(key=lambda r: -len(r[1]))
+    packed = sorted(
+        (_pack(lm.tokenizer, qi, p) for qi, p in enumerate(prompts)), key=lambda p: -len(p.ids)
+    )  # longest first: batches of similar length waste little padding
     loglik = [np.zeros(len(p.continuations)) for p in prompts]
     emb = np.full((len(prompts), lm.model.config.hidden_size), np.nan, dtype=np.float32)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else (bos or 0)
-    bar = tqdm(total=len(requests), unit="seq", disable=not progress, desc=f"score {lm.name}")
-    for b in range(0, len(requests), batch_size):
-        batch = requests[b : b + batch_size]
-        ids = torch.full((len(batch), len(batch[0][1])), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, (_, seq, _, _) in enumerate(batch):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+    bar = tqdm(total=len(packed), unit="q", disable=not progress, desc=f"score {lm.name}")
+    for b in range(0, len(packed), batch_size):
+        batch = packed[b : b + batch_size]
+        ids = torch.full((len(batch), len(batch[0].ids)), pad, dtype=torch.long)
+        for row, p in enumerate(batch):
+            ids[row, : len(p.ids)] = torch.tensor(p.ids)
+        mask, pos_ids = _masks(batch, lm.dtype)
         # One row per scored token: (batch row, position predicting it, token, question, choice).
         rows, pos, tok, owner = [], [], [], []
-        for row, (qi, _, _, targets) in enumerate(batch):
-            for ci, positions, tokens in targets:
+        for row, p in enumerate(batch):
+            for ci, positions, tokens in p.targets:
                 rows += [row] * len(tokens)
                 pos += positions
                 tok += tokens
-                owner += [(qi, ci)] * len(tokens)
+                owner += [(p.qi, ci)] * len(tokens)
         rows_t, pos_t = torch.tensor(rows), torch.tensor(pos)
         with torch.inference_mode(), SiteReader(lm.model, [site_obj], stop_early=False) as reader:
             final = lm.model.base_model(
-                input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False
+                input_ids=ids.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                position_ids=pos_ids.to(lm.device),
+                use_cache=False,
             )[0]
             at_site = final if site_obj.name == "final" else reader.values[site_obj.name]
             # token_nll scores ids[:, 1] from hidden[:, 0]: pack each scored token as one row.
             hid = final[rows_t, pos_t][:, None].expand(-1, 2, -1)
-            tgt = torch.stack([torch.tensor(tok), torch.tensor(tok)], 1).to(lm.device)
+            tgt = torch.tensor(tok)[:, None].expand(-1, 2).to(lm.device)
             nll = token_nll(lm.model, hid, tgt)[:, 0].double().cpu().numpy()
-            last_ctx = torch.tensor([n_ctx - 1 for _, _, n_ctx, _ in batch])
+            last_ctx = torch.tensor([p.n_ctx - 1 for p in batch])
             vecs = at_site[torch.arange(len(batch)), last_ctx].float().cpu().numpy()
         for (qi, ci), v in zip(owner, nll, strict=True):
             loglik[qi][ci] -= v
-        for row, (qi, _, _, _) in enumerate(batch):
-            emb[qi] = vecs[row]
+        for row, p in enumerate(batch):
+            emb[p.qi] = vecs[row]
         bar.update(len(batch))
     bar.close()
     if not np.isfinite(emb).all():
