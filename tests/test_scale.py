@@ -139,8 +139,8 @@ _SLOW_SAVES = """
 import sys, time
 from repdisp.extract import ShardStore
 save = ShardStore.save
-def slow_save(self, i, arrays):
-    save(self, i, arrays)
+def slow_save(self, *args):
+    save(self, *args)
     time.sleep(0.4)
 ShardStore.save = slow_save
 from repdisp.cli import main
