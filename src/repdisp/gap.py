@@ -25,6 +25,7 @@ Per checkpoint, for cosine distance (the paper's metric) and Euclidean distance:
 from __future__ import annotations
 
 import builtins
+import hashlib
 import keyword
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,13 @@ class TokenSet:
     skipped: list[str] = field(default_factory=list)  # multi-token words
 
 
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids without special tokens, from a ``tokenizers.Tokenizer`` or a transformers one."""
+    if hasattr(tokenizer, "encode_batch"):  # tokenizers.Tokenizer
+        return tokenizer.encode(text, add_special_tokens=False).ids
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
 def token_set(tokenizer: Any, name: str, words: list[str]) -> TokenSet:
     """Map words to single token ids (`` word`` first, then ``word``); skip multi-token words."""
     ids: list[int] = []
@@ -101,7 +109,7 @@ def token_set(tokenizer: Any, name: str, words: list[str]) -> TokenSet:
     skipped: list[str] = []
     for w in dict.fromkeys(words):
         for variant in (" " + w, w):
-            enc = tokenizer(variant, add_special_tokens=False).input_ids
+            enc = _encode(tokenizer, variant)
             if len(enc) == 1:
                 if enc[0] not in ids:
                     ids.append(enc[0])
@@ -169,15 +177,27 @@ class EmbeddingRows:
         self._gguf = tensors[self.tensor]
         self.kind = "gguf"
 
+    def tokenizer_key(self) -> str:
+        """Identifies the tokenizer: checkpoints with equal keys share one tokenizer load."""
+        tj = self.path / "tokenizer.json" if self.kind == "safetensors" else None
+        if tj is not None and tj.exists():
+            return hashlib.sha256(tj.read_bytes()).hexdigest()
+        return str(self.path.resolve())
+
     def tokenizer(self) -> Any:
-        """The checkpoint's own tokenizer (from the folder, or from the GGUF metadata)."""
+        """The checkpoint's own tokenizer: ``tokenizer.json`` through the ``tokenizers`` library
+        (fastest), else transformers (from the folder, or from the GGUF metadata)."""
         from transformers import AutoTokenizer
 
         try:
+            if self.kind == "safetensors" and (self.path / "tokenizer.json").exists():
+                from tokenizers import Tokenizer
+
+                return Tokenizer.from_file(str(self.path / "tokenizer.json"))
             if self.kind == "gguf":
                 return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
             return AutoTokenizer.from_pretrained(self.path)
-        except (ValueError, OSError) as e:
+        except Exception as e:  # tokenizers raises its own types
             raise RepdispError(f"cannot load the tokenizer of {self.spec}: {e}") from None
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
@@ -289,11 +309,16 @@ def checkpoint_gap(
     spec: str,
     domain_words: tuple[str, list[str]],
     reference_words: tuple[str, list[str]],
-    tokenizer: Any = None,
+    tokenizers: dict[str, Any] | None = None,
 ) -> CheckpointGap:
-    """Gap components of one checkpoint, reading only the rows of the two token sets."""
+    """Gap components of one checkpoint, reading only the rows of the two token sets.
+    ``tokenizers`` caches loaded tokenizers by ``tokenizer_key`` across checkpoints."""
     src = EmbeddingRows(spec)
-    tok = tokenizer if tokenizer is not None else src.tokenizer()
+    cache = tokenizers if tokenizers is not None else {}
+    key = src.tokenizer_key()
+    if key not in cache:
+        cache[key] = src.tokenizer()
+    tok = cache[key]
     t, r = token_set(tok, *domain_words), token_set(tok, *reference_words)
     rows = src.rows(np.concatenate([t.ids, r.ids]))
     dom, ref = rows[: len(t.ids)], rows[len(t.ids) :]
@@ -363,9 +388,9 @@ def gap(
     unknown = set(accuracy) - set(models)
     if unknown:
         raise RepdispError(f"--accuracy names models not given with --model: {sorted(unknown)}")
-    ckpts = []
+    ckpts, tokenizers = [], {}
     for spec in models:
-        c = checkpoint_gap(spec, dom, ref)
+        c = checkpoint_gap(spec, dom, ref, tokenizers)
         c.accuracy = accuracy.get(spec)
         ckpts.append(c)
     ranking = [c.model for c in sorted(ckpts, key=lambda c: -getattr(c, metric).gap)]
