@@ -85,6 +85,7 @@ def bad_files(tmp_path_factory, tiny_gpt2_dir):
         (["--seq-len", "0"], ["--seq-len must be at least 2"]),
         (["--seq-len", "4096"], ["exceeds the model's context of 256"]),
         (["--skip-first", "15"], ["--skip-first 15 leaves no tokens"]),
+        (["--batch-size", "0"], ["--batch-size must be at least 1"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, measure_tiny, bad_files, extra, words):
@@ -100,6 +101,7 @@ def test_non_utf8_is_accepted_with_replace(capsys, measure_tiny, bad_files):
     assert "dispersion" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_real_cli_stderr_is_exactly_one_line(bad_files):
     """In a fresh process (no pytest capture), nothing but our line reaches stderr."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))

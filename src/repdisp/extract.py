@@ -256,6 +256,8 @@ def extract(
     for p in pool_list:
         if p not in POOLS:
             raise RepdispError(f"unknown pooling {p!r}; choose from {', '.join(POOLS)}")
+    if batch_size < 1:
+        raise RepdispError(f"--batch-size must be at least 1, got {batch_size}")
     if not 0 <= skip_first < segments.ids.shape[1] - 1:
         raise RepdispError(f"--skip-first {skip_first} leaves no tokens to pool")
     names = [s.name for s in site_list]
