@@ -228,6 +228,7 @@ def test_clusters_end_to_end_matches_direct_computation(tokenizer, tmp_path):
         between = np.mean([1 - cu[i] @ cu[j] for i in range(3) for j in range(i + 1, 3)])
         assert res.within == pytest.approx(within, abs=1e-5)
         assert res.between == pytest.approx(between, abs=1e-5)
+        assert res.within_ci[0] <= res.within_ci[1] and res.between_ci[0] <= res.between_ci[1]
     assert r.checkpoints[0].within != r.checkpoints[1].within
     write_outputs(r, tmp_path / "out")
     for name in ("clusters.json", "clusters.csv", "clusters_ngrams.csv", "clusters.png"):

@@ -19,7 +19,8 @@ import numpy as np
 from .corpus import Segments, bos_id, load_texts, token_stream
 from .errors import RepdispError
 from .extract import extract
-from .geometry import cluster_distances
+from .geometry import bootstrap_ci, cluster_distances
+from .measure import mean_ci
 from .models import LoadedModel, load_model
 from .ngrams import NgramCounts, mine_ngrams
 from .report_io import save_figure, write_csv, write_json
@@ -37,9 +38,14 @@ class ClusterContexts:
 
 @dataclass
 class CheckpointDistances:
+    """Distances of one checkpoint; 95% bootstrap CIs resample clusters (within: the clusters'
+    mean distances; between: the centroids)."""
+
     model: str
     within: float
     between: float
+    within_ci: tuple[float, float]
+    between_ci: tuple[float, float]
     within_per_cluster: np.ndarray = field(repr=False)
 
 
@@ -68,8 +74,12 @@ class ClustersResult:
             f"{self.clusters_asked}) x up to {self.per_cluster} occurrences with {self.context}-token "
             f"left context = {self.contexts} contexts; site {self.site}, last token\n"
         )
-        rows = [f"{'checkpoint':<40}{'within':>10}{'between':>10}"]
-        rows += [f"{c.model:<40}{c.within:>10.5f}{c.between:>10.5f}" for c in self.checkpoints]
+        rows = [f"{'checkpoint':<40}{'within [95% CI]':<28}between [95% CI]"]
+        rows += [
+            f"{c.model:<40}{c.within:.5f} [{c.within_ci[0]:.5f}, {c.within_ci[1]:.5f}]   "
+            f"{c.between:.5f} [{c.between_ci[0]:.5f}, {c.between_ci[1]:.5f}]"
+            for c in self.checkpoints
+        ]
         return head + "\n".join(rows)
 
 
@@ -133,6 +143,7 @@ def clusters(
     progress: bool = True,
     text_field: str = "text",
     encoding_errors: str = "strict",
+    bootstrap: int = 1000,
 ) -> ClustersResult:
     """Mine n-grams of ``data`` with the first model's tokenizer, embed the sampled contexts with
     every model (they must tokenise the text identically), and measure the cluster distances."""
@@ -158,8 +169,21 @@ def clusters(
         elif not np.array_equal(token_stream(lm.tokenizer, docs), stream):
             raise RepdispError(f"{lm.name} tokenises {data} differently from {models[0]}")
         ex = extract(lm, ctx.segments, site, "last", False, batch_size, 0, cache, progress)
-        d = cluster_distances(ex.get(ex.sites[0], "last"), ctx.labels)
-        results.append(CheckpointDistances(lm.name, d.within, d.between, d.within_per_cluster))
+        x = ex.get(ex.sites[0], "last")
+        d = cluster_distances(x, ctx.labels)
+        centroids = np.stack(
+            [x[ctx.labels == k].mean(axis=0) for k in range(len(ctx.cluster_sizes))]
+        )
+        results.append(
+            CheckpointDistances(
+                lm.name,
+                d.within,
+                d.between,
+                mean_ci(d.within_per_cluster, bootstrap, seed),
+                bootstrap_ci(centroids, bootstrap, seed),
+                d.within_per_cluster,
+            )
+        )
     table = []
     for c, k in enumerate(ctx.cluster_ngrams):
         row = {
@@ -199,17 +223,33 @@ def write_outputs(result: ClustersResult, out: str | Path) -> None:
     write_json(out / "clusters.json", result)
     write_csv(
         out / "clusters.csv",
-        [{"model": c.model, "within": c.within, "between": c.between} for c in result.checkpoints],
+        [
+            {
+                "model": c.model,
+                "within": c.within,
+                "within_ci_low": c.within_ci[0],
+                "within_ci_high": c.within_ci[1],
+                "between": c.between,
+                "between_ci_low": c.between_ci[0],
+                "between_ci_high": c.between_ci[1],
+            }
+            for c in result.checkpoints
+        ],
     )
     write_csv(out / "clusters_ngrams.csv", result.clusters)
     names = [Path(c.model).name for c in result.checkpoints]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(names)), 3.4))
-    ax.plot(x, [c.within for c in result.checkpoints], "o-", label="within-cluster (to centroid)")
-    ax.plot(x, [c.between for c in result.checkpoints], "s-", label="between-cluster (centroids)")
+    for key, mark, label in (
+        ("within", "o-", "within-cluster (to centroid)"),
+        ("between", "s-", "between-cluster (centroids)"),
+    ):
+        y = np.array([getattr(c, key) for c in result.checkpoints])
+        ci = np.array([getattr(c, f"{key}_ci") for c in result.checkpoints])
+        ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], fmt=mark, capsize=4, label=label)
     ax.set_xticks(x, names, rotation=15)
     ax.set_xlabel("checkpoint")
-    ax.set_ylabel("mean cosine distance")
+    ax.set_ylabel("mean cosine distance (95% CI)")
     ax.set_title(
         f"{result.clusters_used} clusters of {result.ngram}-gram contexts "
         f"({result.contexts} vectors), {Path(result.data).name}"

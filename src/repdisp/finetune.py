@@ -322,7 +322,7 @@ def write_before_after(result: BeforeAfter, out: Path) -> None:
     err = np.array(
         [[d - r["ci_low"], r["ci_high"] - d] for d, r in zip(disp, result.rows, strict=True)]
     ).T
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     a.bar(names, [r["token_ppl"] for r in result.rows], color=["#888", "#37c"])
     a.set_ylabel("token-level perplexity")
     b.bar(names, disp, yerr=err, capsize=6, color=["#888", "#37c"])

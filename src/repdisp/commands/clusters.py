@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clusters", type=int, default=500, help="most frequent n-grams used (500)")
     p.add_argument("--site", default="final", help="site of the context vector (final)")
     p.add_argument("--seed", type=int, default=0, help="occurrence sampling seed (0)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of clusters for CIs")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-cache", action="store_true", help="do not read or write extraction shards")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -49,6 +50,7 @@ def run_clusters(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         text_field=args.text_field,
         encoding_errors=args.encoding_errors,
+        bootstrap=args.bootstrap,
     )
     print(result.summary())
     write_outputs(result, args.out)
