@@ -197,8 +197,8 @@ def test_config_errors(tmp_path):
 
 def _fake_run(lr, w, seed, val, test):
     evals = [
-        {"step": 10, "domain": "a", "split": "val", "ppl": val},
-        {"step": 10, "domain": "a", "split": "test", "ppl": test},
+        {"step": 10, "domain": "a", "split": "val", "ppl": val, "dispersion": 0.5},
+        {"step": 10, "domain": "a", "split": "test", "ppl": test, "dispersion": 0.5},
     ]
     return RunResult("x", "single", ["a"], lr, w, seed, 10, 4, 8, 1, 1, {}, [], evals, 0.0)
 

@@ -53,6 +53,7 @@ def run_train(args: argparse.Namespace) -> int:
     write_json(out / "run.json", run.to_dict())
     write_csv(out / "history.csv", run.history)
     write_csv(out / "evals.csv", run.evals)
+    run.plot(out / "curves.png")
     for e in run.evals:
         print(
             f"step {e['step']:>5} {e['domain']:<10} {e['split']:<4} ppl {e['ppl']:9.2f}  "

@@ -326,6 +326,23 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def plot(self, path: str | Path) -> Path:
+        """Training CE and batch dispersion against the step."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from ..report_io import save_figure
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+        steps = [h["step"] for h in self.history]
+        ax1.plot(steps, [h["ce"] for h in self.history])
+        ax1.set(xlabel="step", ylabel="training CE", title=f"{self.name}, λ={self.aux_weight:g}")
+        ax2.plot(steps, [h["dispersion"] for h in self.history])
+        ax2.set(xlabel="step", ylabel=f"batch dispersion ({self.mode})")
+        return save_figure(fig, path)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
         return cls(**d)

@@ -33,16 +33,18 @@ class SweepResult:
 
     def markdown(self) -> str:
         lines = [
-            f"Table 2 ({self.config}): test perplexity, mean ± sd over seeds",
+            f"Table 2 ({self.config}): test perplexity, mean ± sd over seeds; λ chosen per lr on "
+            "validation perplexity; dispersion = mean token-level dispersion of the test set",
             "",
-            "| domain | lr | step | base | +aux | λ | Δ | seeds |",
-            "|---|---|---|---|---|---|---|---|",
+            "| domain | lr | step | base | +aux | λ | Δ | dispersion base → +aux | seeds |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.table:
             lines.append(
                 f"| {r['domain']} | {r['lr']:g} | {r['step']} | {r['base_mean']:.2f} ± "
                 f"{r['base_sd']:.2f} | {r['aux_mean']:.2f} ± {r['aux_sd']:.2f} | "
-                f"{r['aux_weight']:g} | {r['aux_mean'] - r['base_mean']:+.2f} | {r['n_seeds']} |"
+                f"{r['aux_weight']:g} | {r['aux_mean'] - r['base_mean']:+.2f} | "
+                f"{r['base_dispersion']:.3f} → {r['aux_dispersion']:.3f} | {r['n_seeds']} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -52,11 +54,11 @@ def _run_path(out: Path, lr: float, w: float, seed: int) -> Path:
 
 
 def _summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
-    groups: dict[tuple, list[float]] = {}
+    groups: dict[tuple, list[tuple[float, float]]] = {}
     for r in runs:
         for e in r.evals:
             key = (r.lr, r.aux_weight, e["step"], e["domain"], e["split"])
-            groups.setdefault(key, []).append(e["ppl"])
+            groups.setdefault(key, []).append((e["ppl"], e["dispersion"]))
     return [
         {
             "lr": lr,
@@ -64,9 +66,10 @@ def _summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
             "step": step,
             "domain": dom,
             "split": split,
-            "mean": float(np.mean(v)),
-            "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-            "values": v,
+            "mean": float(np.mean([p for p, _ in v])),
+            "sd": float(np.std([p for p, _ in v], ddof=1)) if len(v) > 1 else 0.0,
+            "dispersion": float(np.mean([d for _, d in v])),
+            "values": [p for p, _ in v],
         }
         for (lr, w, step, dom, split), v in sorted(groups.items())
     ]
@@ -107,6 +110,8 @@ def table2(grid: list[dict[str, Any]], chosen: dict[str, float]) -> list[dict[st
                 "base_sd": base["sd"],
                 "aux_mean": aux["mean"],
                 "aux_sd": aux["sd"],
+                "base_dispersion": base["dispersion"],
+                "aux_dispersion": aux["dispersion"],
                 "base_values": base["values"],
                 "aux_values": aux["values"],
                 "n_seeds": len(base["values"]),
