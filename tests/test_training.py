@@ -1,5 +1,5 @@
 """Push-away training: the O(N·d) loss against a brute-force N×N float64 reference, the Trainer
-integration, the recipe pieces, the sweep's selection, and 2-process training (torchrun, gloo)."""
+integration, the recipe pieces, the sweep's selection, and 2-process training (accelerate, gloo)."""
 
 from __future__ import annotations
 
@@ -240,8 +240,8 @@ aux_weight: 0.5
 
 
 def test_two_processes_match_one_process(tmp_path, monkeypatch):
-    """torchrun, 2 CPU processes (gloo), all-reduced cross-domain loss: the same curve and
-    gradient norms as one process with the same global batch of 8."""
+    """accelerate launch, 2 CPU processes (gloo), all-reduced cross-domain loss: the same curve
+    and gradient norms as one process with the same global batch of 8."""
     home = tmp_path / "home"
     monkeypatch.setenv("REPDISP_HOME", str(home))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -249,9 +249,16 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
     conf.write_text(TINY_YAML)
     cfg = load_config(conf)
     one = train_run(cfg, prepare_data(cfg))  # also fills the data cache the workers read
-    env = {**os.environ, "REPDISP_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + os.getpid() % 1000), "-m", "repdisp", "train",
+    # `accelerate launch --cpu` runs one process (accelerate 1.15); `--multi_gpu` goes through
+    # torchrun and, with no visible GPU, the Trainer joins a gloo group on CPU.
+    env = {
+        **os.environ,
+        "REPDISP_HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "repdisp", "train",
            "--config", str(conf), "--out", str(tmp_path / "two"), "--quiet"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
