@@ -4,8 +4,10 @@ Only the output-embedding matrix is read (``lm_head.weight``; the input embeddin
 tied), and only the rows of the tokens used:
 
     safetensors  ``safe_open`` memory-maps the file; ``get_slice`` reads single rows
-    GGUF         ``GGUFReader`` memory-maps the file; only the needed rows of ``output.weight``
-                 (or ``token_embd.weight``) are dequantised with ``gguf.quants.dequantize``
+    GGUF         the header is parsed for the tensor table only (``GGUFReader`` would also
+                 materialise the whole tokenizer vocabulary, seconds to minutes); the needed rows
+                 of ``output.weight`` (or ``token_embd.weight``) are read through a memory map
+                 and dequantised with ``gguf.quants.dequantize``
 
 No model object is built and nothing is run through the network.
 
@@ -122,6 +124,87 @@ def token_set(tokenizer: Any, name: str, words: list[str]) -> TokenSet:
     return TokenSet(name, np.array(ids, dtype=np.int64), kept, skipped)
 
 
+@dataclass
+class _GGUFTensor:
+    shape: tuple[int, int]  # (rows, cols) in numpy order
+    qtype: Any  # gguf.GGMLQuantizationType
+    offset: int  # absolute byte offset of the data in the file
+    row_bytes: int
+
+
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _gguf_tensor_infos(path: Path) -> dict[str, _GGUFTensor]:
+    """Where each 2-D tensor's data lies in a GGUF file, from its header alone.
+
+    ``gguf.GGUFReader`` builds numpy views of every metadata value, including the tokenizer's
+    vocabulary (seconds to minutes for large vocabularies); here the metadata is skipped over
+    and only the tensor table is read. The row layout follows ``gguf.GGML_QUANT_SIZES``."""
+    import mmap
+    import struct
+
+    import gguf
+
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise RepdispError(f"{path} is not a GGUF file (bad magic bytes)")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+        if version < 2:
+            raise RepdispError(f"{path}: GGUF version {version} is not supported")
+        pos, alignment = 24, 32
+
+        def string(pos: int) -> tuple[str, int]:
+            (n,) = struct.unpack_from("<Q", buf, pos)
+            return bytes(buf[pos + 8 : pos + 8 + n]).decode("utf-8", "replace"), pos + 8 + n
+
+        def skip(vtype: int, pos: int) -> int:
+            if vtype == 8:  # string
+                return pos + 8 + struct.unpack_from("<Q", buf, pos)[0]
+            if vtype == 9:  # array: item type, count, items
+                itype, count = struct.unpack_from("<IQ", buf, pos)
+                pos += 12
+                if itype in _GGUF_SIZES:
+                    return pos + count * _GGUF_SIZES[itype]
+                for _ in range(count):
+                    pos = skip(itype, pos)
+                return pos
+            return pos + _GGUF_SIZES[vtype]
+
+        for _ in range(n_kv):
+            key, pos = string(pos)
+            (vtype,) = struct.unpack_from("<I", buf, pos)
+            pos += 4
+            if key == "general.alignment":
+                (alignment,) = struct.unpack_from("<I", buf, pos)
+            pos = skip(vtype, pos)
+        raw = {}
+        for _ in range(n_tensors):
+            name, pos = string(pos)
+            (n_dims,) = struct.unpack_from("<I", buf, pos)
+            dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
+            qtype, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
+            pos += 4 + 8 * n_dims + 12
+            raw[name] = (dims, qtype, offset)
+    except (struct.error, KeyError) as e:
+        raise RepdispError(f"{path}: malformed GGUF header ({e})") from None
+    finally:
+        buf.close()
+    start = pos + (-pos) % alignment
+    out = {}
+    for name, (dims, qtype, offset) in raw.items():
+        if len(dims) != 2:
+            continue
+        qt = gguf.GGMLQuantizationType(qtype)
+        block, size = gguf.GGML_QUANT_SIZES[qt]
+        out[name] = _GGUFTensor(
+            (int(dims[1]), int(dims[0])), qt, start + offset, dims[0] // block * size
+        )
+    return out
+
+
 class EmbeddingRows:
     """Lazy reader of the output-embedding rows of one checkpoint (safetensors or GGUF)."""
 
@@ -163,18 +246,12 @@ class EmbeddingRows:
         self.kind = "safetensors"
 
     def _open_gguf(self, path: Path) -> None:
-        import gguf
-
-        try:
-            reader = gguf.GGUFReader(path)
-        except (ValueError, OSError) as e:
-            raise RepdispError(f"cannot read GGUF {path}: {e}") from None
-        tensors = {t.name: t for t in reader.tensors}
-        self.tensor = "output.weight" if "output.weight" in tensors else "token_embd.weight"
-        if self.tensor not in tensors:
+        infos = _gguf_tensor_infos(path)
+        self.tensor = "output.weight" if "output.weight" in infos else "token_embd.weight"
+        if self.tensor not in infos:
             raise RepdispError(f"{path}: no output.weight nor token_embd.weight tensor")
         self.tied = self.tensor == "token_embd.weight"
-        self._gguf = tensors[self.tensor]
+        self._gguf = infos[self.tensor]
         self.kind = "gguf"
 
     def tokenizer_key(self) -> str:
@@ -206,10 +283,11 @@ class EmbeddingRows:
         if self.kind == "gguf":
             from gguf.quants import dequantize
 
-            data = self._gguf.data
-            if ids.max() >= len(data):
-                raise RepdispError(f"token id {ids.max()} outside the {len(data)}-row matrix")
-            return dequantize(np.asarray(data[ids]), self._gguf.tensor_type).astype(np.float64)
+            info = self._gguf
+            if ids.max() >= info.shape[0]:
+                raise RepdispError(f"token id {ids.max()} outside the {info.shape[0]}-row matrix")
+            data = np.memmap(self.path, np.uint8, "r", info.offset, (info.shape[0], info.row_bytes))
+            return dequantize(np.asarray(data[ids]), info.qtype).astype(np.float64)
         from safetensors import safe_open
 
         with safe_open(self._file, framework="pt") as h:
@@ -298,7 +376,7 @@ class CheckpointGap:
 
 def _matrix_shape(src: EmbeddingRows) -> tuple[int, int]:
     if src.kind == "gguf":
-        return (len(src._gguf.data), int(src._gguf.shape[0]))
+        return src._gguf.shape
     from safetensors import safe_open
 
     with safe_open(src._file, framework="pt") as h:
