@@ -496,7 +496,7 @@ def plot_gap(res: GapResult):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(res.checkpoints)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(4.5, 2.2 * len(res.checkpoints)), 3.6))
     x = np.arange(len(res.checkpoints))
     comps = [getattr(c, res.metric) for c in res.checkpoints]
     for k, (label, vals) in enumerate(
@@ -507,7 +507,7 @@ def plot_gap(res: GapResult):
         )
     ):
         ax.bar(x + (k - 1) * 0.27, vals, width=0.27, label=label)
-    names = [f"{Path(c.model).name}\n({c.source})" for c in res.checkpoints]
+    names = [f"{Path(c.model).stem[:24]}\n({c.source})" for c in res.checkpoints]
     ax.set_xticks(x, names, fontsize=7)
     ax.set_ylabel(f"{res.metric} distance")
     ax.set_title(f"dispersion gap: {res.domain} vs {res.reference}")
