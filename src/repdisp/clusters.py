@@ -74,9 +74,10 @@ class ClustersResult:
             f"{self.clusters_asked}) x up to {self.per_cluster} occurrences with {self.context}-token "
             f"left context = {self.contexts} contexts; site {self.site}, last token\n"
         )
-        rows = [f"{'checkpoint':<40}{'within [95% CI]':<28}between [95% CI]"]
+        w = max(len("checkpoint"), *(len(c.model) for c in self.checkpoints)) + 2
+        rows = [f"{'checkpoint':<{w}}{'within [95% CI]':<29}between [95% CI]"]
         rows += [
-            f"{c.model:<40}{c.within:.5f} [{c.within_ci[0]:.5f}, {c.within_ci[1]:.5f}]   "
+            f"{c.model:<{w}}{c.within:.5f} [{c.within_ci[0]:.5f}, {c.within_ci[1]:.5f}]   "
             f"{c.between:.5f} [{c.between_ci[0]:.5f}, {c.between_ci[1]:.5f}]"
             for c in self.checkpoints
         ]
