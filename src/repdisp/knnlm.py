@@ -536,7 +536,7 @@ class KnnEval:
         ]
         lines += [
             f"{s.site:<10}{s.n_keys:>9}  {s.index:<6}{s.knn_ppl:>11.3f}{s.best_ppl:>10.3f}  "
-            f"{s.best_lmbda:.2f}, {s.best_temperature:<6g} {s.knn_only_coverage:8.3f}"
+            f"{s.best_lmbda:g}, {s.best_temperature:<6g} {s.knn_only_coverage:8.3f}"
             for s in self.sites
         ]
         return head + "\n".join(lines)
@@ -739,7 +739,7 @@ class SelectReport:
             )
             lines.append(
                 f"{r['site']:<10}{r['dispersion']:>9.4f}±{r['dispersion_std']:.4f}{r['base_ppl']:>10.3f}"
-                f"{r['knn_ppl']:>12.3f}{r['best_ppl']:>10.3f}  {r['best_lmbda']:.2f}, {r['best_temperature']:g}{mark}"
+                f"{r['knn_ppl']:>12.3f}{r['best_ppl']:>10.3f}  {r['best_lmbda']:g}, {r['best_temperature']:g}{mark}"
             )
         lines.append(
             f"control, LM + datastore unigram (no retrieval): {ev.unigram_ppl:.3f} at λ={ev.unigram_lmbda:g}"
