@@ -93,7 +93,7 @@ def window_segments(stream, windows):
 @pytest.mark.parametrize("stride", [24, 10])
 def test_datastore_keys_equal_extraction(tiny_gpt2, stream, tmp_path, stride):
     tokens = stream[: 24 * 12]
-    sites = ["0.attn", "1.ffn"]
+    sites = ["0.attn", "1.ffn", "final"]
     build_datastore(
         tiny_gpt2,
         tokens,

@@ -145,7 +145,9 @@ def _forward(
         except StopForward:
             body_out = None
         values = dict(reader.values)
-        nll = token_nll(lm.model, body_out[0], x) if with_nll else None
+        if body_out is not None:
+            values["final"] = body_out[0]
+        nll = token_nll(lm.model, values["final"], x) if with_nll else None
     return values, nll
 
 
