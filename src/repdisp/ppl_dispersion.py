@@ -310,7 +310,7 @@ def plot(result: PplDispersionResult) -> Any:
         plain = FuncFormatter(lambda v, _: f"{v:g}")
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.tick_params(axis="x", which="both", labelsize=8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"dispersion ({mode}), mean cosine distance")
         ax.set_title(f"{titles[mode]} @ {result.site}", fontsize=10)
