@@ -277,3 +277,25 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
     assert len(err) == 2 and all(e.startswith("repdisp: error:") for e in err)
     with pytest.raises(RepdispError):
         parse_accuracy(["a=1,b"])
+
+
+def test_gap_ranking_and_correlations(tiny: LoadedModel, tmp_path: Path) -> None:
+    from scipy.stats import kendalltau, spearmanr
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    specs = []
+    for k in range(4):
+        torch.manual_seed(k)
+        folder = tmp_path / f"m{k}"
+        cfg = GPT2Config(
+            n_layer=1, n_embd=16, n_head=2, vocab_size=400, initializer_range=0.02 * (k + 1)
+        )
+        GPT2LMHeadModel(cfg).save_pretrained(folder)
+        tiny.tokenizer.save_pretrained(folder)
+        specs.append(str(folder))
+    acc = {s: a for s, a in zip(specs, [10.0, 30.0, 20.0, 40.0], strict=True)}
+    res = gap(specs, "python", "everyday", "euclidean", acc)
+    g = [c.euclidean.gap for c in res.checkpoints]
+    assert res.ranking == [specs[i] for i in np.argsort(g)[::-1]]
+    assert res.spearman.r == pytest.approx(spearmanr(g, list(acc.values()))[0])
+    assert res.kendall.r == pytest.approx(kendalltau(g, list(acc.values()))[0])
