@@ -70,7 +70,12 @@ def _scored(args: argparse.Namespace) -> tuple[MCResult, str]:
         **columns,
     )
     path = result.save(Path(args.out) / "queries.npz")
-    print(f"{len(result.items)} questions: acc {result.acc:.4f}, acc_norm {result.acc_norm:.4f}")
+    if result.has_labels:
+        print(
+            f"{len(result.items)} questions: acc {result.acc:.4f}, acc_norm {result.acc_norm:.4f}"
+        )
+    else:
+        print(f"{len(result.items)} questions scored (no gold answers: no accuracy)")
     print(f"wrote {path} (reuse it with --scores)")
     return result, args.model
 
