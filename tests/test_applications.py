@@ -224,8 +224,15 @@ def test_gap_components_brute_force(metric: str) -> None:
     assert g.gap == pytest.approx(within_t + db.mean(), rel=1e-10)
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "home"))
+
+
 @pytest.mark.parametrize("tied", [True, False])
-def test_lazy_read_matches_from_pretrained(tiny: LoadedModel, tmp_path: Path, tied: bool) -> None:
+def test_lazy_read_matches_from_pretrained(
+    tiny: LoadedModel, tmp_path: Path, tied: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=400, tie_word_embeddings=tied)
@@ -240,6 +247,10 @@ def test_lazy_read_matches_from_pretrained(tiny: LoadedModel, tmp_path: Path, ti
     np.testing.assert_array_equal(src.rows(ids), held[ids].double().numpy())
     res = gap([str(tmp_path)], "python", "everyday")
     assert res.checkpoints[0].n_domain >= 2 and res.ranking == [str(tmp_path)]
+    # The token sets are now cached: a second run needs no tokenizer and gives the same result.
+    monkeypatch.setattr(EmbeddingRows, "tokenizer", lambda self: 1 / 0)
+    again = gap([str(tmp_path)], "python", "everyday")
+    assert again.checkpoints[0] == res.checkpoints[0]
 
 
 def test_gguf_lazy_read_dequantizes_rows(tmp_path: Path) -> None:

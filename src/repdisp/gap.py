@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import json
 import keyword
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ import numpy as np
 
 from .errors import RepdispError
 from .geometry import CosineStats, dispersion, mean_euclidean
-from .models import BUNDLED, prepare
+from .models import BUNDLED, _file_fingerprint, cache_root, prepare
 
 METRICS = ("cosine", "euclidean")
 
@@ -255,11 +257,12 @@ class EmbeddingRows:
         self.kind = "gguf"
 
     def tokenizer_key(self) -> str:
-        """Identifies the tokenizer: checkpoints with equal keys share one tokenizer load."""
+        """Identifies the tokenizer: checkpoints with equal keys share one tokenizer load and
+        the cached token sets. The sha256 of ``tokenizer.json``, else the file's fingerprint."""
         tj = self.path / "tokenizer.json" if self.kind == "safetensors" else None
         if tj is not None and tj.exists():
             return hashlib.sha256(tj.read_bytes()).hexdigest()
-        return str(self.path.resolve())
+        return _file_fingerprint(self.path) if self.kind == "gguf" else str(self.path.resolve())
 
     def tokenizer(self) -> Any:
         """The checkpoint's own tokenizer: ``tokenizer.json`` through the ``tokenizers`` library
@@ -383,6 +386,35 @@ def _matrix_shape(src: EmbeddingRows) -> tuple[int, int]:
         return tuple(h.get_slice(src.tensor).get_shape())
 
 
+def _token_sets(
+    src: EmbeddingRows,
+    domain_words: tuple[str, list[str]],
+    reference_words: tuple[str, list[str]],
+    tokenizers: dict[str, Any],
+) -> tuple[TokenSet, TokenSet]:
+    """Token sets of a checkpoint, cached on disk under ``$REPDISP_HOME/gap_tokens`` by
+    (tokenizer, word lists): loading a large tokenizer costs more than the whole gap."""
+    key = src.tokenizer_key()
+    spec = json.dumps([key, domain_words, reference_words])
+    path = cache_root() / "gap_tokens" / f"{hashlib.sha256(spec.encode()).hexdigest()[:20]}.json"
+    if path.exists():
+        try:
+            return tuple(
+                TokenSet(d["name"], np.array(d["ids"], dtype=np.int64), d["words"], d["skipped"])
+                for d in json.loads(path.read_text())
+            )
+        except (ValueError, KeyError, TypeError):
+            pass  # a broken cache file only costs the tokenizer load
+    if key not in tokenizers:
+        tokenizers[key] = src.tokenizer()
+    sets = (token_set(tokenizers[key], *domain_words), token_set(tokenizers[key], *reference_words))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps([{**vars(t), "ids": t.ids.tolist()} for t in sets]))
+    os.replace(tmp, path)
+    return sets
+
+
 def checkpoint_gap(
     spec: str,
     domain_words: tuple[str, list[str]],
@@ -392,12 +424,7 @@ def checkpoint_gap(
     """Gap components of one checkpoint, reading only the rows of the two token sets.
     ``tokenizers`` caches loaded tokenizers by ``tokenizer_key`` across checkpoints."""
     src = EmbeddingRows(spec)
-    cache = tokenizers if tokenizers is not None else {}
-    key = src.tokenizer_key()
-    if key not in cache:
-        cache[key] = src.tokenizer()
-    tok = cache[key]
-    t, r = token_set(tok, *domain_words), token_set(tok, *reference_words)
+    t, r = _token_sets(src, domain_words, reference_words, tokenizers if tokenizers else {})
     rows = src.rows(np.concatenate([t.ids, r.ids]))
     dom, ref = rows[: len(t.ids)], rows[len(t.ids) :]
     return CheckpointGap(
