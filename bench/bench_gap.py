@@ -2,7 +2,7 @@
 
 Targets (issue 4): scoring takes at most 10% of the ``from_pretrained`` time, and its peak memory
 is at most 1.5x the size of the one tensor it reads, plus the interpreter. Every measurement runs
-in a fresh subprocess; memory is ``ru_maxrss`` minus that of a baseline subprocess with the same
+in a fresh subprocess; end to end is measured without and with the cached token sets; memory is ``ru_maxrss`` minus that of a baseline subprocess with the same
 imports. Times exclude imports (both sides import torch/transformers first).
 
     python bench/bench_gap.py [--model smollm2-135m --model gemma3-270m --model FILE.gguf ...]
@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+from repdisp.models import BUNDLED, converted_dir
 
 IMPORTS = """
 import json, resource, time
@@ -75,8 +79,11 @@ print(json.dumps({{'load_s': time.perf_counter() - t, 'rss': rss()}}))
 )
 
 
-def _run(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+def _run(code: str, home: str | None = None) -> dict:
+    env = dict(os.environ, REPDISP_HOME=home) if home else None
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env
+    )
     if out.returncode != 0:
         raise SystemExit(f"subprocess failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -85,10 +92,13 @@ def _run(code: str) -> dict:
 def bench(spec: str, load: bool) -> dict:
     base = _run(BASELINE)["rss"]
     s = _run(SCORE.format(spec=spec))
-    e = _run(E2E.format(spec=spec))
+    # End to end in a fresh $REPDISP_HOME: first without, then with the cached token sets.
+    path = str(converted_dir(spec)) if spec in BUNDLED else spec
+    with tempfile.TemporaryDirectory() as home:
+        e = _run(E2E.format(spec=path), home)
+        warm = _run(E2E.format(spec=path), home)
     rows, cols = s["shape"]
-    item = 4  # float32 tensor (safetensors) / dequantised float32 (GGUF)
-    tensor_bytes = rows * cols * item
+    tensor_bytes = rows * cols * 4  # float32 (safetensors) / dequantised float32 (GGUF)
     res = {
         "model": spec,
         "kind": s["kind"],
@@ -99,6 +109,8 @@ def bench(spec: str, load: bool) -> dict:
         "score_extra_rss_mib": (s["rss"] - s["rss_before"]) / 2**20,
         "e2e_s": e["e2e_s"],
         "e2e_rss_over_baseline_mib": (e["rss"] - base) / 2**20,
+        "e2e_cached_tokens_s": warm["e2e_s"],
+        "e2e_cached_tokens_rss_over_baseline_mib": (warm["rss"] - base) / 2**20,
         "baseline_rss_mib": base / 2**20,
     }
     if load:
@@ -108,6 +120,7 @@ def bench(spec: str, load: bool) -> dict:
             "from_pretrained_rss_over_baseline_mib": (ld["rss"] - base) / 2**20,
             "score_over_load": s["score_s"] / ld["load_s"],
             "e2e_over_load": e["e2e_s"] / ld["load_s"],
+            "e2e_cached_over_load": warm["e2e_s"] / ld["load_s"],
         }
     return res
 
@@ -126,13 +139,16 @@ def main() -> None:
             f"{Path(spec).name}: {r['kind']} {r['tensor']} {r['shape']} "
             f"({r['tensor_mib_fp32']:.0f} MiB fp32) | score {r['score_s'] * 1000:.1f} ms, "
             f"+{r['score_extra_rss_mib']:.1f} MiB | end-to-end (with tokenizer) "
-            f"{r['e2e_s']:.2f} s, +{r['e2e_rss_over_baseline_mib']:.0f} MiB over baseline"
+            f"{r['e2e_s']:.2f} s, +{r['e2e_rss_over_baseline_mib']:.0f} MiB over baseline | "
+            f"cached token sets {r['e2e_cached_tokens_s']:.3f} s, "
+            f"+{r['e2e_cached_tokens_rss_over_baseline_mib']:.0f} MiB"
         )
         if "from_pretrained_s" in r:
             line += (
                 f" | from_pretrained {r['from_pretrained_s']:.2f} s "
                 f"(+{r['from_pretrained_rss_over_baseline_mib']:.0f} MiB): score/load "
-                f"{r['score_over_load']:.4f}, end-to-end/load {r['e2e_over_load']:.3f}"
+                f"{r['score_over_load']:.4f}, end-to-end/load {r['e2e_over_load']:.3f} "
+                f"(cached {r['e2e_cached_over_load']:.3f})"
             )
         print(line, flush=True)
     if args.out:
