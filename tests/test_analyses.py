@@ -220,6 +220,10 @@ def test_layers_and_compare_cli(tiny, tmp_path, monkeypatch, capsys):
     for m in (a, b):
         assert m["across_ci_low"] <= m["across"] <= m["across_ci_high"]
         assert m["within_ci_low"] <= m["within"] <= m["within_ci_high"]
+    assert a["across_diff"] is None and a["within_diff"] is None  # the reference model
+    for mode in ("across", "within"):  # paired difference: same segments resampled for both
+        assert b[f"{mode}_diff"] == pytest.approx(b[mode] - a[mode], abs=1e-9)
+        assert b[f"{mode}_diff_ci_low"] <= b[f"{mode}_diff"] <= b[f"{mode}_diff_ci_high"]
     assert (out / "compare.png").exists() and (out / "compare.csv").exists()
     assert "identical" in capsys.readouterr().out
     with pytest.raises(RepdispError, match="at least 2 models"):

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from .errors import RepdispError
-from .geometry import bootstrap_ci, dispersion
+from .geometry import as_matrix, bootstrap_ci, dispersion, unit_rows, weighted_dispersion
 from .measure import mean_ci
 from .models import LoadedModel, load_model
-from .ppl_dispersion import ModelLike, Sampling, loaded, short_name
+from .ppl_dispersion import ModelLike, Sampling, loaded, model_label, short_name
 
 
 @dataclass
@@ -37,6 +37,36 @@ class ModelDispersion:
     within: float
     within_ci_low: float
     within_ci_high: float
+    # paired difference to the first model (this - first) with a 95% CI from resampling the same
+    # segments for both; only when the segments are identical, else None
+    across_diff: float | None = None
+    across_diff_ci_low: float | None = None
+    across_diff_ci_high: float | None = None
+    within_diff: float | None = None
+    within_diff_ci_low: float | None = None
+    within_diff_ci_high: float | None = None
+
+
+def paired_differences(
+    a: np.ndarray, b: np.ndarray, wa: np.ndarray, wb: np.ndarray, reps: int, seed: int
+) -> tuple[float, float, float, float, float, float]:
+    """``b - a`` for the across dispersion (vectors ``a``, ``b`` of the same segments) and the
+    mean within value (``wa``, ``wb``), each with a 95% CI from one shared segment resampling."""
+    ua, ub = unit_rows(as_matrix(a)), unit_rows(as_matrix(b))
+    n = len(ua)
+    rng = np.random.default_rng(seed)
+    across, within = [], []
+    block = max(1, min(reps, 2_000_000 // n))
+    for start in range(0, reps, block):
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=min(block, reps - start))
+        across.append(weighted_dispersion(ub, weights) - weighted_dispersion(ua, weights))
+        within.append(weights @ (np.asarray(wb, float) - np.asarray(wa, float)) / n)
+    (alo, ahi), (wlo, whi) = (
+        np.quantile(np.concatenate(v), [0.025, 0.975]) for v in (across, within)
+    )
+    d_across = dispersion(b) - dispersion(a)
+    d_within = float(np.mean(wb) - np.mean(wa))
+    return d_across, float(alo), float(ahi), d_within, float(wlo), float(whi)
 
 
 @dataclass
@@ -64,10 +94,16 @@ class CompareResult:
         ]
         for m in self.models:
             lines.append(
-                f"{m.model:<28}{m.mean_ppl:>10.3f}  "
+                f"{model_label(m.model):<28}{m.mean_ppl:>10.3f}  "
                 f"{f'{m.across:.4f} [{m.across_ci_low:.4f}, {m.across_ci_high:.4f}]':<28}"
                 f"{m.within:.4f} [{m.within_ci_low:.4f}, {m.within_ci_high:.4f}]"
             )
+            if m.across_diff is not None:
+                lines.append(
+                    f"{'  minus first model':<38}"
+                    f"{f'{m.across_diff:+.4f} [{m.across_diff_ci_low:+.4f}, {m.across_diff_ci_high:+.4f}]':<28}"
+                    f"{m.within_diff:+.4f} [{m.within_diff_ci_low:+.4f}, {m.within_diff_ci_high:+.4f}]"
+                )
         return "\n".join(lines)
 
 
@@ -87,7 +123,7 @@ def compare(
         raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
     sampling = sampling or Sampling()
     start = time.perf_counter()
-    rows, prints = [], set()
+    rows, prints, first = [], set(), None
     for spec in models:
         lm = loaded(spec, load)
         segs, ex = sampling.run(lm, data, site, [pooling, "within"])
@@ -95,6 +131,11 @@ def compare(
         lo, hi = bootstrap_ci(x, bootstrap, sampling.seed)
         wlo, whi = mean_ci(w, bootstrap, sampling.seed)
         prints.add(segs.fingerprint)
+        diffs = ()
+        if first is None:
+            first = (x, w)
+        elif len(prints) == 1:
+            diffs = paired_differences(first[0], x, first[1], w, bootstrap, sampling.seed)
         rows.append(
             ModelDispersion(
                 lm.name,
@@ -107,6 +148,7 @@ def compare(
                 float(w.mean()),
                 wlo,
                 whi,
+                *diffs,
             )
         )
     return CompareResult(
@@ -130,7 +172,7 @@ def plot(result: CompareResult) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [m.model for m in result.models]
+    names = [model_label(m.model) for m in result.models]
     x = np.arange(len(names))
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(names) + 4), 4.5))
     for ax, mode in zip(axes, ("across", "within"), strict=True):

@@ -89,6 +89,11 @@ def short_name(data: str) -> str:
     return Path(data).stem if ("/" in data or "." in data) and not data.startswith("hf:") else data
 
 
+def model_label(name: str) -> str:
+    """A model's label for plots: a folder's last component, or the name as given."""
+    return Path(name).name if "/" in name else name
+
+
 @dataclass
 class BinPoint:
     """One selected bin: its index among all equal-count bins, size, mean perplexity, dispersions."""
@@ -143,7 +148,7 @@ class Series:
     @property
     def label(self) -> str:
         ctx = f" ctx {self.seq_len}" if self.perplexity == "last-token" else ""
-        return f"{self.model} · {short_name(self.data)}{ctx}"
+        return f"{model_label(self.model)} · {short_name(self.data)}{ctx}"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Series:
