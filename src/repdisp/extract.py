@@ -159,7 +159,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through ``write(file)`` into a temp file in the same folder, then rename into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -183,7 +183,7 @@ class ShardStore:
         folder.mkdir(parents=True, exist_ok=True)
         self.manifest_path = folder / "manifest.json"
         text = json.dumps({"meta": meta}, indent=1).encode()
-        _atomic_write(self.manifest_path, lambda f: f.write(text))
+        atomic_write(self.manifest_path, lambda f: f.write(text))
 
     def _paths(self, i: int) -> tuple[Path, Path]:
         return self.folder / f"shard_{i:05d}.npz", self.folder / f"shard_{i:05d}.json"
@@ -208,10 +208,10 @@ class ShardStore:
     ) -> None:
         path, record = self._paths(i)
         try:
-            _atomic_write(path, lambda f: np.savez(f, **arrays))
+            atomic_write(path, lambda f: np.savez(f, **arrays))
             rec = {"sha256": _sha256(path), "key": self.key, "rows": rows and list(rows)}
             text = json.dumps(rec).encode()
-            _atomic_write(record, lambda f: f.write(text))
+            atomic_write(record, lambda f: f.write(text))
         except OSError as e:  # e.g. disk full: name the shard; earlier shards stay valid
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 

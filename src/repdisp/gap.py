@@ -39,7 +39,7 @@ import numpy as np
 
 from .errors import RepdispError
 from .geometry import CosineStats, dispersion, mean_euclidean
-from .models import BUNDLED, _file_fingerprint, cache_root, prepare
+from .models import BUNDLED, cache_root, file_fingerprint, prepare
 
 METRICS = ("cosine", "euclidean")
 
@@ -262,7 +262,7 @@ class EmbeddingRows:
         tj = self.path / "tokenizer.json" if self.kind == "safetensors" else None
         if tj is not None and tj.exists():
             return hashlib.sha256(tj.read_bytes()).hexdigest()
-        return _file_fingerprint(self.path) if self.kind == "gguf" else str(self.path.resolve())
+        return file_fingerprint(self.path) if self.kind == "gguf" else str(self.path.resolve())
 
     def tokenizer(self) -> Any:
         """The checkpoint's own tokenizer: ``tokenizer.json`` through the ``tokenizers`` library

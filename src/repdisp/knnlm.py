@@ -34,7 +34,7 @@ from scipy.special import logsumexp
 
 from .corpus import Segments, bos_id, load_texts, token_stream
 from .errors import RepdispError
-from .extract import _atomic_write, token_nll
+from .extract import atomic_write, token_nll
 from .knn_keys import KeyProfile, profile_keys
 from .measure import mean_ci
 from .models import LoadedModel
@@ -303,7 +303,7 @@ class BuildReport:
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=1).encode()
-    _atomic_write(folder / "manifest.json", lambda f: f.write(text))
+    atomic_write(folder / "manifest.json", lambda f: f.write(text))
 
 
 def _open_rows(path: Path, shape: tuple[int, ...], dtype: Any, fresh: bool) -> np.ndarray:

@@ -116,7 +116,7 @@ def resolve_dtype(dtype: str, device: Any) -> Any:
     return getattr(torch, dtype)
 
 
-def _file_fingerprint(path: Path) -> str:
+def file_fingerprint(path: Path) -> str:
     """Cheap content hash: size plus the first and last MiB (weights differ there if anywhere)."""
     h = hashlib.sha256(str(path.stat().st_size).encode())
     with open(path, "rb") as f:
@@ -222,7 +222,7 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
     except (ValueError, OSError, RuntimeError, SafetensorError) as e:
         hint = "; pass --trust-remote-code if you trust it" if "custom code" in str(e) else ""
         raise RepdispError(f"cannot load model from {folder}: {_first_line(e)}{hint}") from e
-    identity = hashlib.sha256("".join(_file_fingerprint(w) for w in weights).encode()).hexdigest()
+    identity = hashlib.sha256("".join(file_fingerprint(w) for w in weights).encode()).hexdigest()
     return model, tok, identity[:16]
 
 
@@ -262,7 +262,7 @@ def load_model(
         model, tok, identity = _from_folder(folder, torch_dtype, False, False)
     elif path.is_file() and path.suffix == ".gguf":
         model, tok = _from_gguf(path, torch_dtype)
-        identity = _file_fingerprint(path)
+        identity = file_fingerprint(path)
     elif path.is_dir():
         model, tok, identity = _from_folder(path, torch_dtype, trust_remote_code, allow_pickle)
     elif path.exists():
