@@ -286,16 +286,25 @@ def merge(results: Sequence[PplDispersionResult]) -> PplDispersionResult:
     )
 
 
+def _log_label(v: float, _: Any = None) -> str:
+    """Tick label on a log axis: 1, 2, 3 and 5 times powers of ten, others blank."""
+    lead = round(v / 10 ** np.floor(np.log10(v))) if v > 0 else 0
+    return f"{v:g}" if lead in (1, 2, 3, 5) else ""
+
+
 def plot(result: PplDispersionResult) -> Any:
-    """Scatter of bin mean perplexity (x, log) vs dispersion (y): one panel per mode, one marker
-    series per (model, data, length), Pearson r in the legend."""
+    """Scatter of bin mean perplexity (x, log) vs dispersion (y): one panel per mode, one line
+    per (model, data, length): colour by data and length, line style by model, Pearson r in the
+    legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    models = list(dict.fromkeys(s.model for s in result.series))  # line style per model
+    keys = list(dict.fromkeys((s.data, s.seq_len) for s in result.series))  # colour per data
     xlabel = (
         "bin mean "
         + ("last-token " if result.series[0].perplexity == "last-token" else "")
@@ -310,17 +319,26 @@ def plot(result: PplDispersionResult) -> Any:
             x = [p.mean_ppl for p in s.bins]
             y = [getattr(p, mode) for p in s.bins]
             r = s.correlations[mode]["pearson"].r
-            ax.plot(x, y, "o-", ms=4, lw=1, label=f"{s.label} (r={r:+.2f})")
+            k = models.index(s.model)
+            ax.plot(
+                x,
+                y,
+                marker="os^vD"[k % 5],
+                ls=("-", "--", ":", "-.")[k % 4],
+                color=f"C{keys.index((s.data, s.seq_len)) % 10}",
+                ms=4,
+                lw=1,
+                label=f"{s.label} (r={r:+.2f})",
+            )
         ax.set_xscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
+        ax.xaxis.set_major_formatter(FuncFormatter(_log_label))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_log_label))
         ax.tick_params(axis="x", which="both", labelsize=8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"dispersion ({mode}), mean cosine distance")
         ax.set_title(f"{titles[mode]} @ {result.site}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     sizes = {(s.n_segments, s.n_bins, s.bin_size) for s in result.series}
     what = (
         "{} segments, {} bins of {}".format(*sizes.pop())
