@@ -301,6 +301,7 @@ def test_report_structure(tmp_path):
     assert first == (tmp_path / "alpha.png").read_bytes()
     assert s.tables >= 5  # two CSV tables, alpha's JSON and its nested rows, beta's JSON
     assert "0.5" in page and "-0.3" in page and "(50 values)" in page
+    assert "<td>m</td>" in page and '<td class="num">1</td>' in page  # JSON value, CSV number
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched
     with pytest.raises(RepdispError):
         render(tmp_path / "sub" / "nothing")

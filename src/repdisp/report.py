@@ -49,7 +49,8 @@ class Result:
 
 
 def collect(folder: Path) -> list[Result]:
-    """Group the folder's .json/.csv/.png files into results, in path order."""
+    """Group the folder's .json/.csv/.png files into results: the folder's own first (summaries),
+    then those of subfolders, each in name order."""
     files = sorted(
         p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".csv", ".png")
     )
@@ -73,24 +74,24 @@ def collect(folder: Path) -> list[Result]:
             owner = stem
             results[stem] = Result(stem.relative_to(folder).as_posix())
         (results[owner].images if p.suffix == ".png" else results[owner].tables).append(p)
-    return [results[k] for k in sorted(results)]
+    return [results[k] for k in sorted(results, key=lambda s: (len(s.parts), s))]
 
 
 class _Html(str):
     """Already rendered HTML (not escaped again)."""
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any, align: bool = True) -> str:
+    """A table cell; numbers right-aligned in column tables (``align``), as written otherwise."""
+    num = ' class="num"' if align and (v is None or isinstance(v, (int, float))) else ""
     if isinstance(v, float):
-        return f'<td class="num">{v:.6g}</td>'
-    if isinstance(v, (int, bool)) or v is None:
-        return f'<td class="num">{html.escape(str(v))}</td>'
-    return f"<td>{v if isinstance(v, _Html) else html.escape(str(v))}</td>"
+        return f"<td{num}>{v:.6g}</td>"
+    return f"<td{num}>{v if isinstance(v, _Html) else html.escape(str(v))}</td>"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def _table(header: list[str], rows: list[list[Any]], align: bool = True) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(v, align) for v in row) + "</tr>" for row in rows)
     return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
@@ -105,7 +106,7 @@ def render_value(v: Any, depth: int = 0) -> Any:
         return v
     if isinstance(v, dict):
         return _Html(
-            _table(["key", "value"], [[k, render_value(x, depth + 1)] for k, x in v.items()])
+            _table(["key", "value"], [[k, render_value(x, depth + 1)] for k, x in v.items()], False)
         )
     if v and all(isinstance(x, dict) for x in v):
         keys: list[str] = []
