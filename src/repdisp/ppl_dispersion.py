@@ -71,16 +71,17 @@ class Sampling:
             segs,
             sites,
             pools,
-            True,
-            self.batch_size,
-            self.skip_first,
-            self.cache,
-            self.progress,
+            perplexity=True,
+            batch_size=self.batch_size,
+            skip_first=self.skip_first,
+            cache=self.cache,
+            progress=self.progress,
         )
         return segs, ex
 
 
 def loaded(model: ModelLike, load: Callable[[str], LoadedModel] = load_model) -> LoadedModel:
+    """The model itself, or ``load(spec)`` for a spec string."""
     return model if isinstance(model, LoadedModel) else load(model)
 
 
