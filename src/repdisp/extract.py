@@ -112,18 +112,15 @@ def _pool(h: Any, pool: str, skip_first: int) -> np.ndarray:
     return (1.0 - ((s * s).sum(-1) - n) / (n * (n - 1))).cpu().numpy()
 
 
-def _forward_batch(
-    lm: LoadedModel,
-    ids: np.ndarray,
-    sites: list[Site],
-    pools: list[str],
-    perplexity: bool,
-    skip_first: int,
-) -> dict[str, np.ndarray]:
+def forward_sites(
+    lm: LoadedModel, ids: np.ndarray, sites: list[Site], perplexity: bool
+) -> tuple[dict[str, Any], Any]:
+    """One forward of a batch of equal-length ids: hidden states (B, T, d) per site name and, if
+    ``perplexity``, the per-token NLL (B, T-1). Stops after the deepest site when nothing later
+    (the final norm, the LM head) is needed."""
     import torch
 
     x = torch.from_numpy(ids).to(lm.device)
-    out: dict[str, np.ndarray] = {}
     needs_final = perplexity or any(s.name == "final" for s in sites)
     with torch.inference_mode(), SiteReader(lm.model, sites, stop_early=not needs_final) as reader:
         try:
@@ -133,10 +130,23 @@ def _forward_batch(
         values = dict(reader.values)
         if body_out is not None:
             values["final"] = body_out[0]
-        if perplexity:
-            nll = token_nll(lm.model, values["final"], x)
-            out["mean_nll"] = nll.double().mean(1).cpu().numpy()
-            out["last_nll"] = nll[:, -1].double().cpu().numpy()
+        nll = token_nll(lm.model, values["final"], x) if perplexity else None
+    return values, nll
+
+
+def _forward_batch(
+    lm: LoadedModel,
+    ids: np.ndarray,
+    sites: list[Site],
+    pools: list[str],
+    perplexity: bool,
+    skip_first: int,
+) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    values, nll = forward_sites(lm, ids, sites, perplexity)
+    if nll is not None:
+        out["mean_nll"] = nll.double().mean(1).cpu().numpy()
+        out["last_nll"] = nll[:, -1].double().cpu().numpy()
     for site in sites:
         for pool in pools:
             arr = _pool(values[site.name], pool, skip_first)

@@ -34,11 +34,11 @@ from scipy.special import logsumexp
 
 from .corpus import Segments, bos_id, load_texts, token_stream
 from .errors import RepdispError
-from .extract import atomic_write, token_nll
+from .extract import atomic_write, forward_sites
 from .knn_keys import KeyProfile, profile_keys
 from .measure import mean_ci
 from .models import LoadedModel
-from .sites import Site, SiteReader, StopForward, blocks_of, parse_sites
+from .sites import Site, blocks_of, parse_sites
 
 _VERSION = 1
 FLAT_MAX_KEYS = 1_000_000  # auto index: exact search up to this many keys, IVF-PQ above
@@ -130,25 +130,6 @@ def _batches(windows: list[tuple[int, int, int]], batch_size: int) -> list[list[
         else:
             out.append([i])
     return out
-
-
-def _forward(
-    lm: LoadedModel, ids: np.ndarray, sites: list[Site], with_nll: bool
-) -> tuple[dict[str, Any], Any]:
-    """Site hidden states (B, T, d) and, if asked, the per-token NLL (B, T-1) of one batch."""
-    import torch
-
-    x = torch.from_numpy(ids).to(lm.device)
-    with torch.inference_mode(), SiteReader(lm.model, sites, stop_early=not with_nll) as reader:
-        try:
-            body_out = lm.model.base_model(input_ids=x, use_cache=False)
-        except StopForward:
-            body_out = None
-        values = dict(reader.values)
-        if body_out is not None:
-            values["final"] = body_out[0]
-        nll = token_nll(lm.model, values["final"], x) if with_nll else None
-    return values, nll
 
 
 def _window_batch(
@@ -450,7 +431,7 @@ def _fill_shard(
         wins = [windows[shard[j]] for j in batch]
         ids, spans = _window_batch(tokens, wins, bos)
         t0 = time.perf_counter()
-        states, _ = _forward(lm, ids, sites, with_nll=False)
+        states, _ = forward_sites(lm, ids, sites, perplexity=False)
         t1 = time.perf_counter()
         for j, (lo, hi) in zip(batch, spans, strict=True):
             row = int(offsets[shard[j]])
@@ -590,7 +571,7 @@ def evaluate(
         wins = [windows[i] for i in batch]
         ids, spans = _window_batch(tokens, wins, bos)
         t0 = time.perf_counter()
-        states, nll = _forward(lm, ids, site_list, with_nll=True)
+        states, nll = forward_sites(lm, ids, site_list, perplexity=True)
         fwd_s += time.perf_counter() - t0
         targets = np.concatenate([tokens[n:e] for _, e, n in wins])
         lp_lm.append(
