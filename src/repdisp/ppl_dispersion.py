@@ -333,7 +333,8 @@ def plot(result: PplDispersionResult) -> Any:
             )
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(_log_label))
-        ax.xaxis.set_minor_formatter(FuncFormatter(_log_label))
+        lo, hi = ax.get_xlim()  # over many decades, label only the powers of ten
+        ax.xaxis.set_minor_formatter(FuncFormatter(_log_label if hi / lo < 300 else lambda *_: ""))
         ax.tick_params(axis="x", which="both", labelsize=8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"dispersion ({mode}), mean cosine distance")
