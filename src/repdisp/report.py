@@ -48,13 +48,30 @@ class Result:
     tables: list[Path] = field(default_factory=list)
 
 
+_CHECKPOINT_FILES = {
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.json",
+}
+
+
+def _checkpoint_file(path: Path) -> bool:
+    """A Hugging Face file of a checkpoint folder (config.json + safetensors), not a result."""
+    return path.name in _CHECKPOINT_FILES and any(path.parent.glob("*.safetensors"))
+
+
 def collect(folder: Path) -> list[Result]:
     """Group the folder's .json/.csv/.png files into results: the folder's own first (summaries),
     then those of subfolders, each in name order."""
     files = sorted(
         p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".csv", ".png")
     )
-    files = [p for p in files if p.relative_to(folder).as_posix() not in SKIP]
+    files = [
+        p for p in files if p.relative_to(folder).as_posix() not in SKIP and not _checkpoint_file(p)
+    ]
     results: dict[Path, Result] = {}
     for p in files:
         if p.suffix == ".json":
