@@ -20,11 +20,15 @@ for tests that load them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Real data (read-only, never copied here): ../shared/data beside the checkout, or $REPDISP_SHARED_DATA.
+DATA = Path(
+    os.environ.get("REPDISP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 TINY_VOCAB = 512
 
 

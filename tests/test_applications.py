@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
 
 from repdisp.accuracy_probe import accuracy_probe, run_protocol, sample_mix
 from repdisp.cli import main
@@ -25,7 +26,6 @@ from repdisp.mcqa import (
 )
 from repdisp.models import LoadedModel
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEXTS = [
     "Question: what is the capital of France? Answer: Paris is the capital.",
     "The following are multiple choice questions (with answers) about physics.",
