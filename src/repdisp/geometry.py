@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .errors import RepdispError
 
@@ -82,6 +83,11 @@ class CosineStats:
         x = as_matrix(x)
         rows = max(1, _BLOCK_BYTES // (8 * max(1, x.shape[1])))
         buf = np.empty((min(rows, len(x)), x.shape[1]))
+        with threadpool_limits(1, user_api="blas"):  # tiny gemvs: threads cost more than they give
+            self._add_blocks(x, buf, rows)
+        return self
+
+    def _add_blocks(self, x: np.ndarray, buf: np.ndarray, rows: int) -> None:
         for start in range(0, len(x), rows):
             block = buf[: min(rows, len(x) - start)]
             block[...] = x[start : start + rows]
@@ -93,7 +99,6 @@ class CosineStats:
                 s, k = u.sum(axis=0), len(u)
             self.total = s if self.total is None else self.total + s
             self.count += k
-        return self
 
     def merge(self, other: CosineStats) -> CosineStats:
         """Combine with statistics from another shard or process (exact)."""
