@@ -102,7 +102,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
-def _write(args: argparse.Namespace, result, fig, tables: dict[str, list]) -> None:
+def _write(args: argparse.Namespace, result, fig, tables: dict[str, list] | None = None) -> None:
+    """JSON, CSV(s) and PNG into --out; binned results default to their bin and correlation rows."""
+    if tables is None:
+        tables = {"": result.bin_rows(), "_correlations": result.correlation_rows()}
     out = Path(args.out)
     paths = [write_json(out / f"{args.name}.json", result)]
     paths += [write_csv(out / f"{args.name}{suffix}.csv", rows) for suffix, rows in tables.items()]
@@ -126,8 +129,7 @@ def run_ppl(args: argparse.Namespace) -> int:
         args.bootstrap,
         _loader(args),
     )
-    tables = {"": result.bin_rows(), "_correlations": result.correlation_rows()}
-    _write(args, result, ppl_mod.plot(result), tables)
+    _write(args, result, ppl_mod.plot(result))
     return 0
 
 
@@ -141,8 +143,7 @@ def run_merge(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise RepdispError(f"{path}: not a ppl-vs-dispersion result ({e})") from None
     result = ppl_mod.merge(results)
-    tables = {"": result.bin_rows(), "_correlations": result.correlation_rows()}
-    _write(args, result, ppl_mod.plot(result), tables)
+    _write(args, result, ppl_mod.plot(result))
     return 0
 
 
@@ -158,8 +159,7 @@ def run_layers(args: argparse.Namespace) -> int:
         args.bootstrap,
         _loader(args),
     )
-    tables = {"": result.bin_rows(), "_correlations": result.correlation_rows()}
-    _write(args, result, layers_mod.plot(result), tables)
+    _write(args, result, layers_mod.plot(result))
     return 0
 
 
