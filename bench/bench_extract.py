@@ -23,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from repdisp.corpus import make_segments
-from repdisp.extract import extract, token_nll
-from repdisp.models import load_model
+from repdisp.core.corpus import make_segments
+from repdisp.core.extract import extract, token_nll
+from repdisp.core.models import load_model
 
 
 def _status_kib(field: str) -> int:

@@ -19,13 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from repdisp.models import BUNDLED, converted_dir
+from repdisp.core.models import BUNDLED, converted_dir
 
 IMPORTS = """
 import json, resource, time
 import numpy as np, torch, transformers, safetensors, gguf
-from repdisp.gap import DOMAINS, REFERENCES, EmbeddingRows, _matrix_shape, checkpoint_gap
-from repdisp.gap import gap_components, token_set
+from repdisp.applications.gap import DOMAINS, REFERENCES, EmbeddingRows, _matrix_shape, checkpoint_gap
+from repdisp.applications.gap import gap_components, token_set
 def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 """
 
@@ -64,7 +64,7 @@ LOAD = (
     IMPORTS
     + """
 from transformers import AutoModelForCausalLM
-from repdisp.models import prepare
+from repdisp.core.models import prepare
 spec = {spec!r}
 folder = prepare(spec) if not spec.endswith('.gguf') else None
 t = time.perf_counter()

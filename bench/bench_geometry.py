@@ -19,7 +19,7 @@ import tracemalloc
 
 import numpy as np
 
-from repdisp.geometry import dispersion
+from repdisp.core.geometry import dispersion
 
 
 def median_time(fn, repeats: int) -> tuple[float, float]:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from repdisp.corpus import load_texts, token_stream
-from repdisp.knnlm import build_datastore, build_index
-from repdisp.report_io import write_json
+from repdisp.applications.knnlm import build_datastore, build_index
+from repdisp.core.corpus import load_texts, token_stream
+from repdisp.io.results import write_json
 
 
 def rss_gib() -> float:
@@ -28,7 +28,7 @@ def rss_gib() -> float:
 
 
 def bench_build(n_tokens: int) -> dict:
-    from repdisp.models import load_model
+    from repdisp.core.models import load_model
 
     lm = load_model("smollm2-135m", "cpu", "float32")
     tokens = token_stream(lm.tokenizer, load_texts("python-docs"))[:n_tokens]

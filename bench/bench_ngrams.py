@@ -1,4 +1,4 @@
-"""Throughput of repdisp.ngrams.mine_ngrams (vectorised rolling hash) vs a Python dict of tuples.
+"""Throughput of repdisp.analyses.ngrams.mine_ngrams (vectorised rolling hash) vs a Python dict of tuples.
 
 Stream: uniform random token ids from a 50,000-token vocabulary with 1,000 planted 10-token
 phrases, each repeated 100 times (so there are real frequent n-grams to find and verify).
@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from repdisp.ngrams import mine_ngrams
+from repdisp.analyses.ngrams import mine_ngrams
 
 
 def planted_stream(n_tokens: int, n: int, seed: int = 0) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from repdisp.report_io import write_json
+from repdisp.io.results import write_json
 from repdisp.training import PushAwayLoss, naive_dispersion
 
 

@@ -19,10 +19,10 @@ from dataclasses import replace
 
 import torch
 
-from repdisp import distributed
-from repdisp.corpus import make_segments
-from repdisp.extract import extract
-from repdisp.models import load_model, resolve_device
+from repdisp.core import distributed
+from repdisp.core.corpus import make_segments
+from repdisp.core.extract import extract
+from repdisp.core.models import load_model, resolve_device
 
 
 def main() -> None:

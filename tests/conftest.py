@@ -3,7 +3,7 @@
 tiny_tokenizer  session: a real byte-level BPE tokenizer (transformers PreTrainedTokenizerFast,
                 vocab 512, EOS ``<|endoftext|>``, no BOS added) trained in ~1 s on CPython's
                 pydoc topics, so no download is needed.
-tiny_gpt2       session: ``repdisp.models.LoadedModel`` of a random-init 2-block GPT-2
+tiny_gpt2       session: ``repdisp.core.models.LoadedModel`` of a random-init 2-block GPT-2
                 (d=32, 2 heads, fp32, CPU, eval mode, seed 0) with ``tiny_tokenizer``.
                 Shared by all tests: do not modify its weights or config.
 tiny_gpt2_dir   session: the same model and tokenizer saved as a safetensors folder, for
@@ -59,7 +59,7 @@ def tiny_gpt2(tiny_tokenizer):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from repdisp.models import LoadedModel
+    from repdisp.core.models import LoadedModel
 
     torch.manual_seed(0)
     eos = tiny_tokenizer.eos_token_id
@@ -88,7 +88,7 @@ def tiny_gpt2_dir(tiny_gpt2, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from repdisp.models import BUNDLED, converted_dir, load_model
+    from repdisp.core.models import BUNDLED, converted_dir, load_model
 
     if (
         BUNDLED["smollm2-135m"].gguf_path() is None
@@ -100,6 +100,6 @@ def smollm2():
 
 @pytest.fixture(scope="session")
 def tiny_segments(tiny_tokenizer):
-    from repdisp.corpus import make_segments
+    from repdisp.core.corpus import make_segments
 
     return make_segments(tiny_tokenizer, "python-docs", 6, 24, seed=0)

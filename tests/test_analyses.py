@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from repdisp.binning import select_bins
+from repdisp.analyses.binning import select_bins
+from repdisp.analyses.ppl_dispersion import BinPoint, bin_points, correlate
 from repdisp.cli import main
-from repdisp.errors import RepdispError
-from repdisp.ppl_dispersion import BinPoint, bin_points, correlate
-from repdisp.report import collect, render
+from repdisp.core.errors import RepdispError
+from repdisp.io.report import collect, render
 
 # ----------------------------------------------------------------------------- Algorithm 1
 
@@ -137,8 +137,8 @@ def tiny(tmp_path_factory):
 def test_ppl_vs_dispersion_cli_matches_brute_force(tiny, tmp_path, monkeypatch):
     import torch
 
-    from repdisp.corpus import make_segments
-    from repdisp.models import load_model
+    from repdisp.core.corpus import make_segments
+    from repdisp.core.models import load_model
 
     monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "home"))
     (folder, _), data = tiny
@@ -191,8 +191,8 @@ def test_ppl_vs_dispersion_cli_matches_brute_force(tiny, tmp_path, monkeypatch):
 
 
 def test_layers_and_compare_cli(tiny, tmp_path, monkeypatch, capsys):
-    from repdisp.compare import compare
-    from repdisp.ppl_dispersion import Sampling
+    from repdisp.analyses.compare import compare
+    from repdisp.analyses.ppl_dispersion import Sampling
 
     monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "home"))
     (m0, m1), data = tiny
@@ -272,7 +272,7 @@ def test_report_structure(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from repdisp.report_io import save_figure, write_csv, write_json
+    from repdisp.io.results import save_figure, write_csv, write_json
 
     write_json(tmp_path / "alpha.json", {"model": "m", "r": 0.5, "rows": [{"a": 1, "b": 2.5}]})
     write_csv(tmp_path / "alpha.csv", [{"bin": 0, "x": 1.5}, {"bin": 1, "x": 2.5}])

@@ -9,12 +9,10 @@ import pytest
 import torch
 from conftest import DATA
 
-from repdisp.accuracy_probe import accuracy_probe, run_protocol, sample_mix
-from repdisp.cli import main
-from repdisp.errors import RepdispError
-from repdisp.gap import EmbeddingRows, gap, gap_components, parse_accuracy, token_set
-from repdisp.hard_slices import auroc_wrong, hard_slices
-from repdisp.mcqa import (
+from repdisp.applications.accuracy_probe import accuracy_probe, run_protocol, sample_mix
+from repdisp.applications.gap import EmbeddingRows, gap, gap_components, parse_accuracy, token_set
+from repdisp.applications.hard_slices import auroc_wrong, hard_slices
+from repdisp.applications.mcqa import (
     MCItem,
     MCResult,
     encode_pair,
@@ -24,7 +22,9 @@ from repdisp.mcqa import (
     make_prompts,
     score,
 )
-from repdisp.models import LoadedModel
+from repdisp.cli import main
+from repdisp.core.errors import RepdispError
+from repdisp.core.models import LoadedModel
 
 TEXTS = [
     "Question: what is the capital of France? Answer: Paris is the capital.",

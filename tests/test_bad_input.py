@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from repdisp.cli import main
-from repdisp.extract import ShardStore
-from repdisp.geometry import CosineStats, dispersion, per_example_scores
-from repdisp.models import BUNDLED
+from repdisp.core.geometry import CosineStats, dispersion, per_example_scores
+from repdisp.core.models import BUNDLED
+from repdisp.core.shards import ShardStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--segments", "4", "--seq-len", "16", "--no-cache", "--quiet", "--bootstrap", "20"]
@@ -113,7 +113,7 @@ def test_real_cli_stderr_is_exactly_one_line(bad_files):
 
 def _hooked(monkeypatch, lm, block: int, change):
     """Serve ``lm`` to the CLI with ``change`` applied to block ``block``'s output."""
-    from repdisp.sites import blocks_of
+    from repdisp.core.sites import blocks_of
 
     def hook(module, args, output):
         h = output[0] if isinstance(output, tuple) else output
@@ -182,7 +182,7 @@ def test_disk_full_keeps_finished_shards(capsys, monkeypatch, tiny_gpt2_dir, tmp
 
 
 def test_ctrl_c_keeps_finished_shards_and_exits_130(capsys, monkeypatch, tiny_gpt2_dir, tmp_path):
-    ex = importlib.import_module("repdisp.extract")  # the package attribute is the function
+    ex = importlib.import_module("repdisp.core.extract")  # the package attribute is the function
     forward, calls = ex._forward_batch, []
 
     def interrupted(*args):
@@ -200,7 +200,7 @@ def test_ctrl_c_keeps_finished_shards_and_exits_130(capsys, monkeypatch, tiny_gp
 
 
 def _pickle_folder(tiny_gpt2_dir, folder: Path, extra: object | None = None) -> Path:
-    from repdisp.models import load_model
+    from repdisp.core.models import load_model
 
     shutil.copytree(tiny_gpt2_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
     state = load_model(str(tiny_gpt2_dir), "cpu", "float32").model.state_dict()

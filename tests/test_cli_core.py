@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from repdisp.cli import main
-from repdisp.corpus import make_segments
-from repdisp.extract import extract
-from repdisp.geometry import dispersion
+from repdisp.core.corpus import make_segments
+from repdisp.core.extract import extract
+from repdisp.core.geometry import dispersion
 
 RESULT_KEYS = {
     "model", "data", "n_segments", "seq_len", "seed", "bos", "mean_ppl", "median_ppl",

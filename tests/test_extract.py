@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from repdisp.corpus import make_segments
-from repdisp.errors import RepdispError
-from repdisp.extract import extract, token_nll
-from repdisp.sites import SiteReader, blocks_of, parse_sites
+from repdisp.core.corpus import make_segments
+from repdisp.core.errors import RepdispError
+from repdisp.core.extract import extract, token_nll
+from repdisp.core.sites import SiteReader, blocks_of, parse_sites
 
-ex_mod = importlib.import_module("repdisp.extract")  # the package exports a function of that name
+ex_mod = importlib.import_module("repdisp.core.extract")  # the package exports a function of that name
 
 
 def hf_forward(lm, ids):
@@ -120,7 +120,7 @@ def check_attn(lm, ids, blocks):
 
 
 def _as_segments(ids):
-    from repdisp.corpus import Segments
+    from repdisp.core.corpus import Segments
 
     return Segments(ids, np.arange(len(ids)), False, "test")
 

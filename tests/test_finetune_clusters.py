@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import repdisp.ngrams as ngrams_mod
+import repdisp.analyses.ngrams as ngrams_mod
+from repdisp.analyses.clusters import clusters, sample_contexts, write_outputs
+from repdisp.analyses.ngrams import mine_ngrams
 from repdisp.cli import build_parser, main
-from repdisp.clusters import clusters, sample_contexts, write_outputs
 from repdisp.commands.finetune import _settings
-from repdisp.errors import RepdispError
-from repdisp.finetune import finetune, split_text
-from repdisp.geometry import cluster_distances
-from repdisp.models import LoadedModel, converted_dir, load_model
-from repdisp.ngrams import mine_ngrams
+from repdisp.core.errors import RepdispError
+from repdisp.core.geometry import cluster_distances
+from repdisp.core.models import LoadedModel, converted_dir, load_model
+from repdisp.training.finetune import finetune, split_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = converted_dir("smollm2-135m")
@@ -212,7 +212,7 @@ def test_clusters_end_to_end_matches_direct_computation(tokenizer, tmp_path):
     assert r.clusters_used == 3 and r.contexts == 30 and r.ngrams_found >= 4
     assert all(c["count"] >= 25 and c["used"] == 10 for c in r.clusters)
     # reference: rebuild the contexts, run the model directly, brute-force the distances
-    from repdisp.corpus import load_texts, token_stream
+    from repdisp.core.corpus import load_texts, token_stream
 
     stream = token_stream(tokenizer, load_texts(data))
     mined = mine_ngrams(stream, 6, 25)

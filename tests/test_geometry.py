@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.metrics.pairwise import cosine_distances, euclidean_distances
 
-from repdisp.errors import RepdispError
-from repdisp.geometry import (
+from repdisp.core.errors import RepdispError
+from repdisp.core.geometry import (
     CosineStats,
     bootstrap_ci,
     cluster_distances,

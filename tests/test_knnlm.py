@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import repdisp.knnlm as knn_mod
-from repdisp.cli import main
-from repdisp.corpus import Segments, load_texts, token_stream
-from repdisp.errors import RepdispError
-from repdisp.extract import extract
-from repdisp.geometry import dispersion
-from repdisp.knn_keys import profile_keys
-from repdisp.knnlm import (
+import repdisp.applications.knnlm as knn_mod
+from repdisp.applications.knn_keys import profile_keys
+from repdisp.applications.knnlm import (
     Datastore,
     build_datastore,
     build_index,
@@ -27,6 +22,11 @@ from repdisp.knnlm import (
     knn_log_prob,
     plan_windows,
 )
+from repdisp.cli import main
+from repdisp.core.corpus import Segments, load_texts, token_stream
+from repdisp.core.errors import RepdispError
+from repdisp.core.extract import extract
+from repdisp.core.geometry import dispersion
 
 
 @pytest.fixture(scope="module")

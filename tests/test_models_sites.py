@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from repdisp.corpus import make_segments
-from repdisp.errors import RepdispError
-from repdisp.extract import extract
-from repdisp.models import BUNDLED, converted_dir, load_model
-from repdisp.sites import Site, all_site_names, parse_site, parse_sites
+from repdisp.core.corpus import make_segments
+from repdisp.core.errors import RepdispError
+from repdisp.core.extract import extract
+from repdisp.core.models import BUNDLED, converted_dir, load_model
+from repdisp.core.sites import Site, all_site_names, parse_site, parse_sites
 
 N = 30  # blocks, as in SmolLM2-135M
 

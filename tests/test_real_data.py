@@ -9,10 +9,10 @@ import pytest
 from conftest import DATA
 from scipy import stats
 
-from repdisp.corpus import make_segments
-from repdisp.extract import extract
-from repdisp.models import load_model
-from repdisp.ppl_dispersion import Sampling, ppl_vs_dispersion
+from repdisp.analyses.ppl_dispersion import Sampling, ppl_vs_dispersion
+from repdisp.core.corpus import make_segments
+from repdisp.core.extract import extract
+from repdisp.core.models import load_model
 
 WIKI = DATA / "wikitext-2-raw" / "wiki.test.raw"
 CNN = DATA / "cnn_dailymail" / "frank_cnndm_test_250.jsonl"

@@ -18,7 +18,8 @@ import pytest
 
 from repdisp import extract, load_model, make_segments, measure
 from repdisp.cli import main
-from repdisp.extract import ShardStore, cache_key
+from repdisp.core.extract import cache_key
+from repdisp.core.shards import ShardStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["--segments", "12", "--seq-len", "16", "--batch-size", "2", "--shard-segments", "2"]
@@ -97,8 +98,8 @@ def test_torchrun_two_gloo_processes_match_one_process(tiny_gpt2_dir, tmp_path, 
 
 
 def test_ranks_split_shards_and_sums_merge_exactly(tiny_gpt2, tiny_tokenizer):
-    from repdisp.geometry import dispersion
-    from repdisp.measure import _sums
+    from repdisp.analyses.measure import _sums
+    from repdisp.core.geometry import dispersion
 
     segs = make_segments(tiny_tokenizer, "python-docs", 10, 16, seed=1)
     kw = dict(sites="final", batch_size=2, cache=False, progress=False, shard_segments=4)
@@ -127,7 +128,7 @@ def test_ranks_split_shards_and_sums_merge_exactly(tiny_gpt2, tiny_tokenizer):
 
 
 def test_multi_process_run_refuses_no_cache(tiny_gpt2, monkeypatch):
-    from repdisp.errors import RepdispError
+    from repdisp.core.errors import RepdispError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -137,7 +138,7 @@ def test_multi_process_run_refuses_no_cache(tiny_gpt2, monkeypatch):
 
 _SLOW_SAVES = """
 import sys, time
-from repdisp.extract import ShardStore
+from repdisp.core.shards import ShardStore
 save = ShardStore.save
 def slow_save(self, *args):
     save(self, *args)
@@ -180,7 +181,7 @@ def test_sigkill_then_rerun_is_identical(tiny_gpt2_dir, tmp_path, one_thread):
 
 
 def test_corrupt_partial_or_foreign_shards_are_recomputed(tiny_gpt2, tiny_segments, tmp_path):
-    ex = importlib.import_module("repdisp.extract")  # the package attribute is the function
+    ex = importlib.import_module("repdisp.core.extract")  # the package attribute is the function
 
     kw = dict(sites="final", batch_size=2, shard_segments=2, progress=False, cache=tmp_path)
     clean = extract(tiny_gpt2, tiny_segments, **kw).get("final")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
 
-from repdisp.errors import RepdispError
+from repdisp.core.errors import RepdispError
 from repdisp.training import PushAwayLoss, PushAwayTrainer, load_config, prepare_data, train_run
 from repdisp.training.recipe import BlockDataset, RunResult, split_docs
 from repdisp.training.sweep import _summarise, choose_weights, table2

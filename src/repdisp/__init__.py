@@ -6,10 +6,11 @@ r = repdisp.measure(model="smollm2-135m", data="python-docs", segments=200, seq_
 print(r.table())
 """
 
-from .corpus import Segments, load_texts, make_segments
-from .errors import RepdispError
-from .extract import Extraction, extract
-from .geometry import (
+from .analyses.measure import MeasureResult, SiteDispersion, measure
+from .core.corpus import Segments, load_texts, make_segments
+from .core.errors import RepdispError
+from .core.extract import Extraction, extract
+from .core.geometry import (
     CosineStats,
     bootstrap_ci,
     cluster_distances,
@@ -18,8 +19,7 @@ from .geometry import (
     mean_sq_euclidean,
     per_example_scores,
 )
-from .measure import MeasureResult, SiteDispersion, measure
-from .models import LoadedModel, load_model, prepare
+from .core.models import LoadedModel, load_model, prepare
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 import warnings
 
-from .errors import RepdispError
+from .core.errors import RepdispError
 
 SITE_OPTIONS = ("--site", "--sites")
 

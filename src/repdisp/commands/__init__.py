@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import DEFAULT_MODEL, DEVICES, DTYPES, LoadedModel, load_model
+from ..core.models import DEFAULT_MODEL, DEVICES, DTYPES, LoadedModel, load_model
 
 
 def add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:

@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..accuracy_probe import accuracy_probe, plot_probe
-from ..errors import RepdispError
-from ..hard_slices import hard_slices, slice_rows
-from ..mcqa import FORMATS, TASKS, MCResult, evaluate
-from ..report_io import save_figure, write_csv, write_json
+from ..applications.accuracy_probe import accuracy_probe, plot_probe
+from ..applications.hard_slices import hard_slices, slice_rows
+from ..applications.mcqa import FORMATS, TASKS, MCResult, evaluate
+from ..core.errors import RepdispError
+from ..io.results import save_figure, write_csv, write_json
 from . import add_model_args, model_from_args
 
 

@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import compare as compare_mod
-from .. import layers as layers_mod
-from .. import ppl_dispersion as ppl_mod
-from ..errors import RepdispError
-from ..report import write_report
-from ..report_io import save_figure, write_csv, write_json
+from ..analyses import compare as compare_mod
+from ..analyses import layers as layers_mod
+from ..analyses import ppl_dispersion as ppl_mod
+from ..core.errors import RepdispError
+from ..io.report import write_report
+from ..io.results import save_figure, write_csv, write_json
 from . import add_data_args, add_model_args, model_from_args
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..clusters import clusters, write_outputs
+from ..analyses.clusters import clusters, write_outputs
 from . import add_model_args
 
 

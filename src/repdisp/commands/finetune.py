@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import RepdispError
-from ..finetune import METHODS, before_after, finetune, write_before_after
-from ..models import DEFAULT_MODEL, DEVICES
+from ..core.errors import RepdispError
+from ..core.models import DEFAULT_MODEL, DEVICES
+from ..training.finetune import METHODS, before_after, finetune, write_before_after
 
 # option name -> (type, default); a --config YAML file may set any of them
 _OPTIONS = {

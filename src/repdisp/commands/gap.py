@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..gap import DOMAINS, METRICS, REFERENCES, gap, parse_accuracy, plot_gap
-from ..report_io import save_figure, write_csv, write_json
+from ..applications.gap import DOMAINS, METRICS, REFERENCES, gap, parse_accuracy, plot_gap
+from ..io.results import save_figure, write_csv, write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

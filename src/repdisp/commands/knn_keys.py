@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..corpus import make_segments
-from ..errors import RepdispError
-from ..knn_keys import plot_profile, profile_keys
-from ..report_io import save_figure, write_csv, write_json
+from ..applications.knn_keys import plot_profile, profile_keys
+from ..core.corpus import make_segments
+from ..core.errors import RepdispError
+from ..io.results import save_figure, write_csv, write_json
 from . import add_model_args, model_from_args
 
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import RepdispError
-from ..knnlm import Datastore, build_datastore, evaluate, load_tokens, plot_eval, select_key
-from ..report_io import save_figure, write_csv, write_json
+from ..applications.knnlm import (
+    Datastore,
+    build_datastore,
+    evaluate,
+    load_tokens,
+    plot_eval,
+    select_key,
+)
+from ..core.errors import RepdispError
+from ..io.results import save_figure, write_csv, write_json
 from . import add_model_args, model_from_args
 
 DATA_HELP = "text source (as in measure); SOURCE@START:END takes a token range; repeat to join"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..distributed import from_env
-from ..measure import measure
-from ..report_io import write_json
-from ..sites import blocks_of
+from ..analyses.measure import measure
+from ..core.distributed import from_env
+from ..core.sites import blocks_of
+from ..io.results import write_json
 from . import add_data_args, add_model_args, model_from_args
 
 

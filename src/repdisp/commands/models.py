@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import list_bundled, prepare
+from ..core.models import list_bundled, prepare
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..report_io import write_csv, write_json
+from ..io.results import write_csv, write_json
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import RepdispError
+from ..core.errors import RepdispError
 
 MODES = ("single", "cross")
 

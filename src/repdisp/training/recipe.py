@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..corpus import BUILTIN_SOURCES, load_texts, token_stream
-from ..errors import RepdispError
-from ..geometry import CosineStats
-from ..models import cache_root
+from ..core.corpus import BUILTIN_SOURCES, load_texts, token_stream
+from ..core.errors import RepdispError
+from ..core.geometry import CosineStats
+from ..core.models import cache_root
 from .loss import PushAwayLoss
 
 EOT = "<|endoftext|>"
@@ -333,7 +333,7 @@ class RunResult:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from ..report_io import save_figure
+        from ..io.results import save_figure
 
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
         steps = [h["step"] for h in self.history]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..report_io import write_csv, write_json
+from ..io.results import write_csv, write_json
 from .recipe import RunResult, TrainConfig, prepare_data, train_run
 
 
@@ -162,7 +162,7 @@ def _plot(grid: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report_io import save_figure
+    from ..io.results import save_figure
 
     test = [g for g in grid if g["split"] == "test"]
     last = max(g["step"] for g in test)

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import RepdispError
-from .geometry import dispersion
+from ..core.errors import RepdispError
+from ..core.geometry import dispersion
+from ..core.stats import Correlation, correlation
 from .mcqa import MCResult
-from .stats import Correlation, correlation
 
 DEFAULT_LEVELS = tuple(round(0.1 * i, 1) for i in range(11))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RepdispError
+from ..core.errors import RepdispError
 
 MAX_ROWS = 200  # CSV rows shown per table
 MAX_LIST = 12  # list items shown inline

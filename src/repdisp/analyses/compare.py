@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RepdispError
-from .geometry import as_matrix, bootstrap_ci, dispersion, unit_rows, weighted_dispersion
-from .measure import mean_ci
-from .models import LoadedModel, load_model
-from .ppl_dispersion import ModelLike, Sampling, loaded, model_label, short_name
+from ..core.errors import RepdispError
+from ..core.geometry import as_matrix, bootstrap_ci, dispersion, unit_rows, weighted_dispersion
+from ..core.models import LoadedModel, load_model
+from ..core.stats import mean_ci
+from .sampling import ModelLike, Sampling, loaded, model_label, short_name
 
 
 @dataclass

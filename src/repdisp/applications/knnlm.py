@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from .corpus import Segments, bos_id, load_texts, token_stream
-from .errors import RepdispError
-from .extract import atomic_write, forward_sites
+from ..core.corpus import Segments, bos_id, load_texts, token_stream
+from ..core.errors import RepdispError
+from ..core.extract import forward_sites
+from ..core.models import LoadedModel
+from ..core.shards import atomic_write
+from ..core.sites import Site, blocks_of, parse_sites
+from ..core.stats import mean_ci
 from .knn_keys import KeyProfile, profile_keys
-from .measure import mean_ci
-from .models import LoadedModel
-from .sites import Site, blocks_of, parse_sites
 
 _VERSION = 1
 FLAT_MAX_KEYS = 1_000_000  # auto index: exact search up to this many keys, IVF-PQ above

@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import numpy as np
 from .corpus import Segments
 from .errors import RepdispError
 from .models import LoadedModel, cache_root
+from .shards import ShardStore
 from .sites import Site, SiteReader, StopForward, blocks_of, parse_sites
 
 POOLS = ("last", "mean", "within", "tokens")
@@ -159,71 +158,6 @@ def _forward_batch(
     if perplexity and not np.isfinite(out["mean_nll"]).all():
         raise RepdispError(f"NaN/inf perplexity (overflow in {lm.dtype}?); try --dtype float32")
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(file)`` into a temp file in the same folder, then rename into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class ShardStore:
-    """A folder of ``shard_XXXXX.npz`` files, each with a ``shard_XXXXX.json`` record of its
-    sha256, cache key and segment range, and a ``manifest.json`` describing the run (``meta``)."""
-
-    def __init__(self, folder: Path, meta: dict[str, Any]):
-        self.folder = folder
-        self.key = meta.get("key")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.manifest_path = folder / "manifest.json"
-        text = json.dumps({"meta": meta}, indent=1).encode()
-        atomic_write(self.manifest_path, lambda f: f.write(text))
-
-    def _paths(self, i: int) -> tuple[Path, Path]:
-        return self.folder / f"shard_{i:05d}.npz", self.folder / f"shard_{i:05d}.json"
-
-    def load(self, i: int, rows: tuple[int, int] | None = None) -> dict[str, np.ndarray] | None:
-        """The shard's arrays if it and its record exist and the key, the segment range ``rows``
-        (when given) and the checksum all match, else None (recompute)."""
-        path, record = self._paths(i)
-        try:
-            rec = json.loads(record.read_text())
-            if rec.get("key") != self.key or (rows and rec.get("rows") != list(rows)):
-                return None
-            if _sha256(path) != rec.get("sha256"):
-                return None
-            with np.load(path) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):  # missing, partial or unreadable: recompute
-            return None
-
-    def save(
-        self, i: int, arrays: dict[str, np.ndarray], rows: tuple[int, int] | None = None
-    ) -> None:
-        path, record = self._paths(i)
-        try:
-            atomic_write(path, lambda f: np.savez(f, **arrays))
-            rec = {"sha256": _sha256(path), "key": self.key, "rows": rows and list(rows)}
-            text = json.dumps(rec).encode()
-            atomic_write(record, lambda f: f.write(text))
-        except OSError as e:  # e.g. disk full: name the shard; earlier shards stay valid
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 
 
 def cache_key(

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import RepdispError
-from .geometry import per_example_scores
+from ..core.errors import RepdispError
+from ..core.geometry import per_example_scores
 from .mcqa import MCResult
 
 

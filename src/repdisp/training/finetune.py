@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from .corpus import load_texts, make_segments
-from .errors import RepdispError
-from .extract import extract
-from .geometry import bootstrap_ci, dispersion, unit_rows, weighted_dispersion
-from .models import LoadedModel, load_model
-from .report_io import save_figure, write_csv, write_json
+from ..core.corpus import load_texts, make_segments
+from ..core.errors import RepdispError
+from ..core.extract import extract
+from ..core.geometry import bootstrap_ci, dispersion, unit_rows, weighted_dispersion
+from ..core.models import LoadedModel, load_model
+from ..io.results import save_figure, write_csv, write_json
 
 METHODS = ("lora", "full")
 

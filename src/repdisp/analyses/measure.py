@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from . import distributed
-from .corpus import make_segments
-from .errors import RepdispError
-from .extract import Extraction, extract
-from .geometry import CosineStats, bootstrap_ci
-from .models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
+from ..core import distributed
+from ..core.corpus import make_segments
+from ..core.errors import RepdispError
+from ..core.extract import Extraction, extract
+from ..core.geometry import CosineStats, bootstrap_ci
+from ..core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
+from ..core.stats import mean_ci
 
 
 @dataclass
@@ -70,14 +71,6 @@ class MeasureResult:
             for s in self.sites
         ]
         return head + "\n".join(rows)
-
-
-def mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of a mean."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (reps, len(values)))].mean(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return float(lo), float(hi)
 
 
 def _sums(ex: Extraction, sites: list[str], pooling: str, dim: int) -> np.ndarray:

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from .corpus import Segments, bos_id, load_texts, token_stream
-from .errors import RepdispError
-from .extract import extract
-from .geometry import bootstrap_ci, cluster_distances
-from .measure import mean_ci
-from .models import LoadedModel, load_model
+from ..core.corpus import Segments, bos_id, load_texts, token_stream
+from ..core.errors import RepdispError
+from ..core.extract import extract
+from ..core.geometry import bootstrap_ci, cluster_distances
+from ..core.models import LoadedModel, load_model
+from ..core.stats import mean_ci
+from ..io.results import save_figure, write_csv, write_json
 from .ngrams import NgramCounts, mine_ngrams
-from .report_io import save_figure, write_csv, write_json
 
 
 @dataclass

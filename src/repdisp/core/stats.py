@@ -54,3 +54,11 @@ def correlation(
     alpha = (1 - level) / 2
     lo, hi = np.quantile(boots, [alpha, 1 - alpha]) if boots else (np.nan, np.nan)
     return Correlation(method, r, p, float(lo), float(hi), len(x))
+
+
+def mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of a mean."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (reps, len(values)))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi)

@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RepdispError
-from .geometry import CosineStats, dispersion, mean_euclidean
-from .models import BUNDLED, cache_root, file_fingerprint, prepare
+from ..core.errors import RepdispError
+from ..core.geometry import CosineStats, dispersion, mean_euclidean
+from ..core.models import BUNDLED, cache_root, file_fingerprint, prepare
 
 METRICS = ("cosine", "euclidean")
 
@@ -484,7 +484,7 @@ def gap(
     accuracy: dict[str, float] | None = None,
 ) -> GapResult:
     """Gap of every checkpoint, their ranking by G, and G-vs-accuracy rank correlations."""
-    from .stats import correlation
+    from ..core.stats import correlation
 
     if metric not in METRICS:
         raise RepdispError(f"unknown metric {metric!r}; choose {', '.join(METRICS)}")

@@ -45,11 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from .corpus import bos_id
-from .errors import RepdispError
-from .extract import token_nll
-from .models import LoadedModel
-from .sites import SiteReader, blocks_of, parse_sites
+from ..core.corpus import bos_id
+from ..core.errors import RepdispError
+from ..core.extract import token_nll
+from ..core.models import LoadedModel
+from ..core.sites import SiteReader, blocks_of, parse_sites
 
 FORMATS = ("qa", "mmlu")
 TASKS = ("arc-challenge", "mmlu", "jsonl")

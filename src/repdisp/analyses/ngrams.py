@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import RepdispError
+from ..core.errors import RepdispError
 
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so multiplication by it is invertible mod 2^64
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import RepdispError
+from ..core.errors import RepdispError
 
 
 @dataclass

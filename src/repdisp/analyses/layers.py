@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.errors import RepdispError
+from ..core.models import LoadedModel, load_model
+from ..core.stats import Correlation
 from .binning import select_bins
-from .errors import RepdispError
-from .models import LoadedModel, load_model
-from .ppl_dispersion import MODES, BinPoint, ModelLike, Sampling, bin_points, correlate, loaded
-from .stats import Correlation
+from .sampling import MODES, BinPoint, ModelLike, Sampling, bin_points, correlate, loaded
 
 
 @dataclass

@@ -1,0 +1,83 @@
+"""The package's layers: every import inside src/repdisp points down (or within its own folder).
+
+    core  <  io  <  analyses | applications | training  <  commands  <  cli
+
+``analyses``, ``applications`` and ``training`` never import one another; shared needs live in
+``core`` or ``io``. Imports are read from the source with ``ast`` (deferred imports inside
+functions included), so a lazy upward import fails here too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "repdisp"
+RANK = {"core": 0, "io": 1, "analyses": 2, "applications": 2, "training": 2, "commands": 3}
+TOP = 4  # cli.py, __init__.py, __main__.py
+
+
+def _layer(parts: tuple[str, ...]) -> tuple[str, int]:
+    if parts and parts[0] in RANK:
+        return parts[0], RANK[parts[0]]
+    return "top", TOP
+
+
+def _imports(path: Path) -> list[tuple[int, tuple[str, ...]]]:
+    rel = path.relative_to(SRC).with_suffix("").parts
+    pkg = rel[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg[: len(pkg) - (node.level - 1)]
+                target = base + tuple((node.module or "").split(".")) if node.module else base
+                if not node.module:  # from .. import x: x may be a subpackage
+                    for a in node.names:
+                        out.append((node.lineno, base + (a.name,)))
+                    continue
+            elif node.module and node.module.split(".")[0] == "repdisp":
+                target = tuple(node.module.split(".")[1:])
+            else:
+                continue
+            out.append((node.lineno, tuple(p for p in target if p)))
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "repdisp":
+                    out.append((node.lineno, tuple(a.name.split(".")[1:])))
+    return out
+
+
+def _violations() -> list[str]:
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).with_suffix("").parts
+        name, rank = _layer(rel[:-1] if len(rel) > 1 else ())
+        for line, target in _imports(path):
+            tname, trank = _layer(target)
+            if tname == name:
+                continue
+            if trank >= rank:
+                bad.append(f"{path.relative_to(SRC)}:{line} ({name}) imports {'.'.join(target)} ({tname})")
+    return bad
+
+
+def test_imports_point_down() -> None:
+    assert _violations() == []
+
+
+@pytest.mark.parametrize("layer", list(RANK))
+def test_every_layer_is_a_folder(layer: str) -> None:
+    assert (SRC / layer / "__init__.py").is_file()
+
+
+def test_checker_catches_an_upward_import(tmp_path: Path) -> None:
+    # the checker itself must be able to fail: a core module importing an analysis
+    src = "from ..analyses.measure import measure\nfrom ..io import results\n"
+    tree = tmp_path / "x.py"
+    tree.write_text(src)
+    nodes = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)]
+    targets = [("core",)[: len(("core",)) - (n.level - 1)] + tuple(n.module.split(".")) for n in nodes]
+    assert [_layer(t)[1] > RANK["core"] for t in targets] == [True, True]
