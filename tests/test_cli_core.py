@@ -17,8 +17,8 @@ from repdisp.core.extract import extract
 from repdisp.core.geometry import dispersion
 
 RESULT_KEYS = {
-    "model", "data", "n_segments", "seq_len", "seed", "bos", "mean_ppl", "median_ppl",
-    "token_ppl", "mean_last_token_ppl", "sites", "seconds",
+    "kind", "type", "schema", "model", "data", "n_segments", "seq_len", "seed", "bos", "ppl",
+    "median_ppl", "last_token_ppl", "median_last_token_ppl", "sites", "notes", "provenance", "run",
 }  # fmt: skip
 SITE_KEYS = {"site", "pooling", "dispersion", "ci_low", "ci_high"}
 
@@ -55,8 +55,10 @@ def test_measure_writes_json(tiny_measure, tmp_path, capsys, tiny_gpt2):
     # the numbers are those of the library on the same segments
     segs = make_segments(tiny_gpt2.tokenizer, "python-docs", 4, 16, seed=0)
     ex = extract(tiny_gpt2, segs, ["1.attn", "final"], "last", cache=False, progress=False)
-    assert r["mean_ppl"] == pytest.approx(float(ex.seq_ppl.mean()), rel=1e-6)
-    assert r["token_ppl"] == pytest.approx(float(np.exp(ex.mean_nll.mean())), rel=1e-6)
+    assert r["ppl"] == pytest.approx(float(np.exp(ex.mean_nll.mean())), rel=1e-6)
+    assert r["median_ppl"] == pytest.approx(float(np.median(ex.seq_ppl)), rel=1e-6)
+    assert r["last_token_ppl"] == pytest.approx(float(np.exp(ex.last_nll.mean())), rel=1e-6)
+    assert r["run"]["seconds"] > 0 and "seconds" not in r
     for s in r["sites"]:
         assert set(s) == SITE_KEYS and s["pooling"] == "last"
         assert s["dispersion"] == pytest.approx(dispersion(ex.get(s["site"])), rel=1e-6)
@@ -132,5 +134,5 @@ def test_measure_smollm2_tiny_run(smollm2, tmp_path, capsys):
     r = json.loads(out.read_text())
     segs = make_segments(smollm2.tokenizer, "python-docs", 4, 32, seed=0)
     ex = extract(smollm2, segs, "15", "last", cache=False, progress=False)
-    assert r["mean_ppl"] == pytest.approx(float(ex.seq_ppl.mean()), rel=1e-5)
+    assert r["ppl"] == pytest.approx(float(np.exp(ex.mean_nll.mean())), rel=1e-5)
     assert r["sites"][0]["dispersion"] == pytest.approx(dispersion(ex.get("15.ffn")), rel=1e-5)

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     argv = _glue_negative_sites(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+    from .io.results import set_command_line
+
+    set_command_line(["repdisp", *argv])  # named in every result file's provenance
     warnings.filterwarnings("ignore", module="transformers")
     try:
         return int(args.func(args) or 0)

@@ -14,17 +14,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..core import distributed
-from ..core.corpus import make_segments
+from ..core.corpus import Segments, make_segments
 from ..core.errors import RepdispError
 from ..core.extract import Extraction, extract
-from ..core.geometry import CosineStats, bootstrap_ci
+from ..core.geometry import CosineStats, bootstrap_ci, per_example_scores
 from ..core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
 from ..core.stats import mean_ci
+from ..io.results import Result, new_figure, record, recorded
 
 
 @dataclass
@@ -40,30 +41,37 @@ class SiteDispersion:
 
 
 @dataclass
-class MeasureResult:
+class MeasureResult(Result):
+    """Perplexity and dispersion of one model on one text source.
+
+    Headline perplexities are exp(mean NLL) (``ppl``: over every predicted token, which for
+    equal-length segments is exp of the mean segment NLL; ``last_token_ppl``: over the segments'
+    last tokens) and the medians over segments; not the arithmetic mean of exp(NLL), which one
+    outlier segment decides. ``segments()`` holds the per-segment values when asked for."""
+
+    kind: ClassVar[str] = "measure"
+
     model: str
     data: str
     n_segments: int
     seq_len: int
     seed: int
     bos: bool
-    mean_ppl: float  # mean over segments of exp(mean NLL of the segment)
-    median_ppl: float
-    token_ppl: float  # exp(mean NLL over all predicted tokens)
-    mean_last_token_ppl: float
+    ppl: float  # exp(mean NLL over all predicted tokens)
+    median_ppl: float  # median over segments of exp(mean NLL of the segment)
+    last_token_ppl: float  # exp(mean NLL of the segments' last tokens)
+    median_last_token_ppl: float  # median over segments of exp(last-token NLL)
     sites: list[SiteDispersion] = field(default_factory=list)
     seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def table(self) -> str:
         """A plain-text table for the terminal."""
         head = (
             f"model {self.model} | data {self.data} | {self.n_segments} segments x {self.seq_len} "
             f"tokens (BOS {'yes' if self.bos else 'no'}) | seed {self.seed} | {self.seconds:.1f} s\n"
-            f"perplexity: mean {self.mean_ppl:.3f}  median {self.median_ppl:.3f}  "
-            f"token-level {self.token_ppl:.3f}  last token (mean) {self.mean_last_token_ppl:.3f}\n"
+            f"perplexity exp(mean NLL) {self.ppl:.3f}  median {self.median_ppl:.3f} | "
+            f"last token: exp(mean NLL) {self.last_token_ppl:.3f}  "
+            f"median {self.median_last_token_ppl:.3f}\n"
         )
         rows = [f"{'site':<12}{'pooling':<9}{'dispersion':>11}   95% CI"]
         rows += [
@@ -72,11 +80,71 @@ class MeasureResult:
         ]
         return head + "\n".join(rows)
 
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        common = {"model": self.model, "data": self.data, "n_segments": self.n_segments}
+        perplexity = [
+            common
+            | {
+                "statistic": "exp(mean NLL)",
+                "sequence": self.ppl,
+                "last_token": self.last_token_ppl,
+            },
+            common
+            | {
+                "statistic": "median",
+                "sequence": self.median_ppl,
+                "last_token": self.median_last_token_ppl,
+            },
+        ]
+        return {"sites": [common | asdict(s) for s in self.sites], "perplexity": perplexity}
+
+    def segments(self) -> list[dict[str, Any]] | None:
+        """Per-segment rows (``measure(..., per_segment=True)``), else None."""
+        return self.__dict__.get("_segments")
+
+    def figure(self) -> Any:
+        """Dispersion per site with its 95% CI (points along the site order)."""
+        if not self.sites:
+            return None
+        fig = new_figure((max(4.5, 0.35 * len(self.sites) + 3), 3.6))
+        ax = fig.subplots()
+        y = np.array([s.dispersion for s in self.sites])
+        lo = np.array([s.ci_low for s in self.sites])
+        hi = np.array([s.ci_high for s in self.sites])
+        x = np.arange(len(y))
+        ax.vlines(x, lo, hi, color="C0", lw=1.5, label="95% bootstrap CI")
+        ax.plot(x, y, "o", color="C0", ms=5, label="dispersion")
+        ax.set_xticks(x, [s.site for s in self.sites], rotation=45 if len(y) > 6 else 0, fontsize=8)
+        ax.set_xlabel("site")
+        ax.set_ylabel(f"dispersion ({self.sites[0].pooling}), mean cosine distance")
+        ax.set_title(
+            f"{self.model} on {self.data}: {self.n_segments} segments x {self.seq_len} tokens, "
+            "95% bootstrap CI",
+            fontsize=9,
+        )
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return fig
+
+    def headline(self) -> dict[str, Any] | None:
+        if not self.sites:
+            return None
+        s = self.sites[-1]
+        return {
+            "what": f"dispersion ({s.pooling} pooling) at {s.site} of {self.model} on {self.data}, "
+            f"{self.n_segments} segments x {self.seq_len} tokens",
+            "value": s.dispersion,
+            "ci": [s.ci_low, s.ci_high],
+            "answer": f"{s.dispersion:.4f} [95% CI {s.ci_low:.4f}, {s.ci_high:.4f}]; perplexity "
+            f"exp(mean NLL) {self.ppl:.2f}, median {self.median_ppl:.2f}",
+            "significant": None,
+        }
+
 
 def _sums(ex: Extraction, sites: list[str], pooling: str, dim: int) -> np.ndarray:
     """This process's mergeable sums: per site the float64 sum of unit vectors and the count
-    (``within``: the sum of the values and the count), then the sums of mean NLL, of segment
-    perplexity and of last-token perplexity, and the number of segments."""
+    (``within``: the sum of the values and the count), then the sums of the segments' mean NLL
+    and of their last-token NLL, and the number of segments."""
     parts = []
     for site in sites:
         x = ex.vectors.get(f"{site}/{pooling}")
@@ -92,7 +160,7 @@ def _sums(ex: Extraction, sites: list[str], pooling: str, dim: int) -> np.ndarra
             parts.append(np.append(cs.total, cs.count))
     nll = np.zeros(0) if ex.mean_nll is None else ex.mean_nll
     last = np.zeros(0) if ex.last_nll is None else ex.last_nll
-    parts.append(np.array([nll.sum(), np.exp(nll).sum(), np.exp(last).sum(), len(nll)]))
+    parts.append(np.array([nll.sum(), last.sum(), len(nll)]))
     return np.concatenate(parts)
 
 
@@ -109,6 +177,7 @@ def _site_values(total: np.ndarray, sites: list[str], pooling: str, dim: int) ->
     return values
 
 
+@recorded
 def measure(
     model: str | LoadedModel = DEFAULT_MODEL,
     data: str = "python-docs",
@@ -129,12 +198,15 @@ def measure(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     shard_segments: int = 256,
+    per_segment: bool = False,
 ) -> MeasureResult:
     """Sample ``segments`` windows of ``seq_len`` tokens from ``data``, run ``model`` once, and
     return per-segment perplexity statistics and the dispersion at each site.
 
     ``cache``: True (``$REPDISP_HOME/runs/KEY``), a shard folder, or False. Under a multi-process
-    launcher the folder must be shared by all processes, so ``cache=False`` is refused there."""
+    launcher the folder must be shared by all processes, so ``cache=False`` is refused there.
+    ``per_segment``: also keep one row per segment (``result.segments()``, see
+    ``segment_rows``); this extracts the ``within`` pooling too."""
     if pooling not in ("last", "mean", "within"):
         raise RepdispError(f"unknown pooling {pooling!r}; choose last, mean or within")
     if bootstrap < 1:
@@ -161,7 +233,10 @@ def measure(
             text_field=text_field,
             encoding_errors=encoding_errors,
         )
-        args = (lm, segs, sites, pooling, True, batch_size, skip_first, cache)
+        pools = [pooling]
+        if per_segment:
+            pools.append("within" if pooling != "within" else "last")
+        args = (lm, segs, sites, pools, True, batch_size, skip_first, cache)
         ex = extract(*args, progress and dist.is_main, shard_segments, dist.rank, dist.world_size)
         dim = lm.model.get_input_embeddings().embedding_dim
         total = dist.all_reduce_sum(_sums(ex, ex.sites, pooling, dim), lm.device)
@@ -181,6 +256,10 @@ def measure(
                 sites=site_results,
                 seconds=time.perf_counter() - start,
             )
+            record(result, models=lm, data=segs, seed=seed)
+            if per_segment:
+                across = pooling if pooling != "within" else "last"
+                result.__dict__["_segments"] = segment_rows(ex, segs, across)
         return dist.broadcast(result, lm.device)
     finally:
         if created:
@@ -200,11 +279,39 @@ def _summaries(
             mean_ci(x, bootstrap, seed) if pooling == "within" else bootstrap_ci(x, bootstrap, seed)
         )
         results.append(SiteDispersion(site, pooling, value, lo, hi))
-    nll_sum, ppl_sum, last_sum, n = total[-4:]
+    nll_sum, last_sum, n = total[-3:]
     ppl = {
-        "mean_ppl": float(ppl_sum / n),
+        "ppl": float(np.exp(nll_sum / n)),
         "median_ppl": float(np.median(ex.seq_ppl)),
-        "token_ppl": float(np.exp(nll_sum / n)),
-        "mean_last_token_ppl": float(last_sum / n),
+        "last_token_ppl": float(np.exp(last_sum / n)),
+        "median_last_token_ppl": float(np.median(ex.last_ppl)),
     }
     return results, ppl
+
+
+def segment_rows(ex: Extraction, segs: Segments, across: str = "last") -> list[dict[str, Any]]:
+    """One row per segment: its id, source and token offset in the source's token stream, its
+    perplexity (exp of its mean NLL), mean and last-token NLL, and per site its within-segment
+    dispersion (when extracted) and its per-example dispersion score: the mean cosine distance of
+    its ``across``-pooled vector to the other segments' (``core.geometry.per_example_scores``)."""
+    seq_len = segs.ids.shape[1] - int(segs.has_bos)
+    rows: list[dict[str, Any]] = [
+        {
+            "segment": i,
+            "source": segs.source,
+            "token_offset": int(segs.index[i]) * seq_len,
+            "ppl": float(np.exp(ex.mean_nll[i])),
+            "mean_nll": float(ex.mean_nll[i]),
+            "last_token_nll": float(ex.last_nll[i]),
+        }
+        for i in range(len(segs))
+    ]
+    for site in ex.sites:
+        if f"{site}/within" in ex.vectors:
+            for row, v in zip(rows, ex.get(site, "within"), strict=True):
+                row[f"within_dispersion@{site}"] = float(v)
+        if f"{site}/{across}" in ex.vectors:
+            scores = per_example_scores(ex.get(site, across))
+            for row, v in zip(rows, scores, strict=True):
+                row[f"score@{site}"] = float(v)
+    return rows

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..analyses.measure import measure
 from ..core.distributed import from_env
 from ..core.sites import blocks_of
-from ..io.results import write_json
+from ..io.results import write_result, write_segments
 from . import add_data_args, add_model_args, model_from_args
 
 
@@ -29,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
     p.add_argument("--out", help="write the result as JSON here")
+    p.add_argument(
+        "--save-segments",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --out, also write one row per segment as NAME_segments.parquet (default on)",
+    )
     p.add_argument(
         "--cache-dir",
         help="folder for this run's extraction shards (default $REPDISP_HOME/runs/KEY); "
@@ -64,13 +71,19 @@ def run_measure(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         encoding_errors=args.encoding_errors,
         shard_segments=args.shard_segments,
+        per_segment=bool(args.out and args.save_segments),
     )
     if not from_env().is_main:  # rank 0 of a multi-process run reports
         return 0
     print(result.table())
     if args.out:
-        write_json(args.out, result.to_dict())
-        print(f"wrote {args.out}")
+        out = Path(args.out)  # a .json file, or a folder for measure.json
+        folder, name = (out.parent, out.stem) if out.suffix == ".json" else (out, "measure")
+        whole = out.suffix != ".json"  # a folder also gets the CSV tables and the figure
+        paths = write_result(folder, name, result, tables=whole, figure=whole)
+        if result.segments() is not None:
+            paths.append(write_segments(folder, name, result.segments()))
+        print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
