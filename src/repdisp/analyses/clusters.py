@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from ..core.extract import extract
 from ..core.geometry import bootstrap_ci, cluster_distances
 from ..core.models import LoadedModel, load_model
 from ..core.stats import mean_ci
-from ..io.results import save_figure, write_csv, write_json
+from ..io.results import Result, new_figure, record, recorded, write_result
 from .ngrams import NgramCounts, mine_ngrams
 
 
@@ -50,8 +50,10 @@ class CheckpointDistances:
 
 
 @dataclass
-class ClustersResult:
+class ClustersResult(Result):
     """Sizes of what was mined and used, and the distances per checkpoint."""
+
+    kind: ClassVar[str] = "clusters"
 
     data: str
     site: str
@@ -66,6 +68,68 @@ class ClustersResult:
     contexts: int  # vectors embedded per checkpoint
     checkpoints: list[CheckpointDistances]
     clusters: list[dict[str, Any]]  # per used cluster: n-gram text, count, used, within per model
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        per_checkpoint = [
+            {
+                "model": c.model,
+                "within": c.within,
+                "within_ci_low": c.within_ci[0],
+                "within_ci_high": c.within_ci[1],
+                "between": c.between,
+                "between_ci_low": c.between_ci[0],
+                "between_ci_high": c.between_ci[1],
+            }
+            for c in self.checkpoints
+        ]
+        return {"checkpoints": per_checkpoint, "ngrams": self.clusters}
+
+    def headline(self) -> dict[str, Any] | None:
+        if not self.checkpoints:
+            return None
+        c = self.checkpoints[-1]
+        sep = c.between / c.within if c.within else float("nan")
+        return {
+            "what": f"within- and between-cluster cosine distance at {self.site} of "
+            f"{self.clusters_used} clusters of {self.ngram}-gram contexts ({self.contexts} "
+            f"vectors) from {self.data}; last checkpoint {c.model}",
+            "value": c.within,
+            "ci": list(c.within_ci),
+            "answer": f"within {c.within:.4f} [95% CI {c.within_ci[0]:.4f}, {c.within_ci[1]:.4f}], "
+            f"between {c.between:.4f} [{c.between_ci[0]:.4f}, {c.between_ci[1]:.4f}]; "
+            f"between/within {sep:.2f}",
+            "significant": bool(c.between_ci[0] > c.within_ci[1]),
+        }
+
+    def figure(self) -> Any:
+        """Within and between distance across the checkpoints, with 95% CIs."""
+        names = [Path(c.model).name for c in self.checkpoints]
+        x = np.arange(len(names))
+        fig = new_figure((max(4.5, 1.6 * len(names)), 3.4))
+        ax = fig.subplots()
+        for k, (key, mark, label) in enumerate(
+            (
+                ("within", "o-", "within-cluster (to centroid)"),
+                ("between", "s-", "between-cluster (centroids)"),
+            )
+        ):
+            y = np.array([getattr(c, key) for c in self.checkpoints])
+            ci = np.array([getattr(c, f"{key}_ci") for c in self.checkpoints])
+            ax.plot(x, y, mark, color=f"C{k}", label=label)
+            ax.vlines(x, ci[:, 0], ci[:, 1], color=f"C{k}", lw=1.5)
+        ax.set_xticks(x, names, rotation=15)
+        ax.set_xlabel("checkpoint")
+        ax.set_ylabel("mean cosine distance, 1 - cos (95% CI)")
+        ax.set_title(
+            f"{self.clusters_used} clusters of {self.ngram}-gram contexts "
+            f"({self.contexts} vectors), {Path(self.data).name}"
+        )
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return fig
+
+    def table(self) -> str:
+        return self.summary()
 
     def summary(self) -> str:
         head = (
@@ -127,6 +191,7 @@ def sample_contexts(
     return ClusterContexts(segs, np.concatenate(labels), used, np.array([len(p) for p in picked]))
 
 
+@recorded
 def clusters(
     models: list[str | LoadedModel],
     data: str,
@@ -150,9 +215,10 @@ def clusters(
     every model (they must tokenise the text identically), and measure the cluster distances."""
     docs = load_texts(data, text_field=text_field, encoding_errors=encoding_errors)
     stream = ctx = mined = None
-    results, tokenizer = [], None
+    results, tokenizer, used = [], None, []
     for spec in models:
         lm = spec if isinstance(spec, LoadedModel) else load_model(spec, device, dtype)
+        used.append(lm)
         if stream is None:
             tokenizer = lm.tokenizer
             stream = token_stream(lm.tokenizer, docs)
@@ -195,7 +261,7 @@ def clusters(
         }
         row.update({f"within[{r.model}]": float(r.within_per_cluster[c]) for r in results})
         table.append(row)
-    return ClustersResult(
+    result = ClustersResult(
         data=data,
         site=ex.sites[0],
         n_tokens=len(stream),
@@ -210,51 +276,10 @@ def clusters(
         checkpoints=results,
         clusters=table,
     )
+    return record(result, models=used, data=ctx.segments, seed=seed)
 
 
-def write_outputs(result: ClustersResult, out: str | Path) -> None:
+def write_outputs(result: ClustersResult, out: str | Path) -> list[Path]:
     """clusters.json, clusters.csv (per checkpoint), clusters_ngrams.csv (per cluster) and
     clusters.png (within and between distance across the checkpoints)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    write_json(out / "clusters.json", result)
-    write_csv(
-        out / "clusters.csv",
-        [
-            {
-                "model": c.model,
-                "within": c.within,
-                "within_ci_low": c.within_ci[0],
-                "within_ci_high": c.within_ci[1],
-                "between": c.between,
-                "between_ci_low": c.between_ci[0],
-                "between_ci_high": c.between_ci[1],
-            }
-            for c in result.checkpoints
-        ],
-    )
-    write_csv(out / "clusters_ngrams.csv", result.clusters)
-    names = [Path(c.model).name for c in result.checkpoints]
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(names)), 3.4))
-    for key, mark, label in (
-        ("within", "o-", "within-cluster (to centroid)"),
-        ("between", "s-", "between-cluster (centroids)"),
-    ):
-        y = np.array([getattr(c, key) for c in result.checkpoints])
-        ci = np.array([getattr(c, f"{key}_ci") for c in result.checkpoints])
-        ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], fmt=mark, capsize=4, label=label)
-    ax.set_xticks(x, names, rotation=15)
-    ax.set_xlabel("checkpoint")
-    ax.set_ylabel("mean cosine distance (95% CI)")
-    ax.set_title(
-        f"{result.clusters_used} clusters of {result.ngram}-gram contexts "
-        f"({result.contexts} vectors), {Path(result.data).name}"
-    )
-    ax.grid(alpha=0.3)
-    ax.legend()
-    save_figure(fig, out / "clusters.png")
+    return write_result(out, "clusters", result)

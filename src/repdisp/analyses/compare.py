@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from ..core.errors import RepdispError
 from ..core.geometry import as_matrix, bootstrap_ci, dispersion, unit_rows, weighted_dispersion
 from ..core.models import LoadedModel, load_model
 from ..core.stats import mean_ci
+from ..io.results import Result, new_figure, record, recorded
 from .sampling import ModelLike, Sampling, loaded, model_label, short_name
 
 
@@ -70,7 +71,9 @@ def paired_differences(
 
 
 @dataclass
-class CompareResult:
+class CompareResult(Result):
+    kind: ClassVar[str] = "compare"
+
     data: str
     n_segments: int
     seq_len: int
@@ -84,6 +87,39 @@ class CompareResult:
 
     def rows(self) -> list[dict[str, Any]]:
         return [vars(m) for m in self.models]
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"models": self.rows()}
+
+    def figure(self) -> Any:
+        return plot(self)
+
+    def headline(self) -> dict[str, Any] | None:
+        if len(self.models) < 2:
+            return None
+        m = self.models[-1]
+        what = (
+            f"across dispersion ({self.pooling} token, site {self.site}) of "
+            f"{model_label(m.model)} minus {model_label(self.models[0].model)} on "
+            f"{short_name(self.data)}, {self.n_segments} segments x {self.seq_len} tokens"
+        )
+        if m.across_diff is None:
+            return {
+                "what": what,
+                "value": m.across - self.models[0].across,
+                "ci": None,
+                "answer": f"{m.across - self.models[0].across:+.4f} (different tokenizations: "
+                "no paired CI)",
+                "significant": None,
+            }
+        lo, hi = m.across_diff_ci_low, m.across_diff_ci_high
+        return {
+            "what": what + " (identical segments, paired bootstrap)",
+            "value": m.across_diff,
+            "ci": [lo, hi],
+            "answer": f"{m.across_diff:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]",
+            "significant": bool(lo > 0 or hi < 0),
+        }
 
     def table(self) -> str:
         same = "identical" if self.identical_segments else "same seed, different tokenizations"
@@ -107,6 +143,7 @@ class CompareResult:
         return "\n".join(lines)
 
 
+@recorded
 def compare(
     models: Sequence[ModelLike],
     data: str,
@@ -123,10 +160,11 @@ def compare(
         raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
     sampling = sampling or Sampling()
     start = time.perf_counter()
-    rows, prints, first = [], set(), None
+    rows, prints, first, seen = [], set(), None, []
     for spec in models:
         lm = loaded(spec, load)
         segs, ex = sampling.run(lm, data, site, [pooling, "within"])
+        seen.append((lm, segs))
         x, w = ex.get(ex.sites[0], pooling), ex.get(ex.sites[0], "within")
         lo, hi = bootstrap_ci(x, bootstrap, sampling.seed)
         wlo, whi = mean_ci(w, bootstrap, sampling.seed)
@@ -151,7 +189,7 @@ def compare(
                 *diffs,
             )
         )
-    return CompareResult(
+    result = CompareResult(
         data,
         sampling.segments,
         sampling.seq_len,
@@ -163,23 +201,23 @@ def compare(
         rows,
         time.perf_counter() - start,
     )
+    for lm, segs in seen:
+        record(result, models=lm, data=segs, seed=sampling.seed)
+    return result
 
 
 def plot(result: CompareResult) -> Any:
     """Bars of across- and within-segment dispersion per model with 95% CI error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [model_label(m.model) for m in result.models]
     x = np.arange(len(names))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(names) + 4), 4.5))
+    fig = new_figure((max(8, 2.2 * len(names) + 4), 4.5))
+    axes = fig.subplots(1, 2)
     for ax, mode in zip(axes, ("across", "within"), strict=True):
         v = np.array([getattr(m, mode) for m in result.models])
         lo = np.array([getattr(m, f"{mode}_ci_low") for m in result.models])
         hi = np.array([getattr(m, f"{mode}_ci_high") for m in result.models])
-        ax.bar(x, v, yerr=[v - lo, hi - v], capsize=6, color=[f"C{i}" for i in range(len(v))])
+        ax.bar(x, v, color=[f"C{i}" for i in range(len(v))])
+        ax.vlines(x, lo, hi, color="k", lw=1.5)  # the CI (a bootstrap CI need not contain v)
         ax.set_xticks(x, names, rotation=15, fontsize=8)
         ax.set_ylabel(f"dispersion ({mode}), mean cosine distance")
         what = f"Eq. 1 over {result.pooling}-token vectors" if mode == "across" else "token-level"

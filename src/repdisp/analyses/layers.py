@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
 from ..core.stats import Correlation
+from ..io.results import Result, new_figure, record, recorded
 from .binning import select_bins
 from .sampling import MODES, BinPoint, ModelLike, Sampling, bin_points, correlate, loaded
 
@@ -29,7 +30,9 @@ class LayerBins:
 
 
 @dataclass
-class LayersResult:
+class LayersResult(Result):
+    kind: ClassVar[str] = "layers"
+
     model: str
     data: str
     n_segments: int
@@ -53,6 +56,29 @@ class LayersResult:
             for c in by_method.values()
         ]
 
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"bins": self.bin_rows(), "correlations": self.correlation_rows()}
+
+    def figure(self) -> Any:
+        return plot(self)
+
+    def headline(self) -> dict[str, Any] | None:
+        if not self.layers:
+            return None
+        best = max(self.layers, key=lambda lay: abs(lay.correlations["across"]["pearson"].r))
+        c = best.correlations["across"]["pearson"]
+        return {
+            "what": f"site where bin mean perplexity correlates most with dispersion (across, "
+            f"{self.pooling} token) for {self.model} on {self.data}: {len(self.layers)} sites, "
+            f"{self.n_segments} segments x {self.seq_len} tokens, {self.n_bins} bins of "
+            f"{self.bin_size}",
+            "value": c.r,
+            "ci": [c.ci_low, c.ci_high],
+            "answer": f"{best.site}: Pearson r = {c.r:+.3f} [95% CI {c.ci_low:+.3f}, "
+            f"{c.ci_high:+.3f}], p = {c.p_value:.2g}",
+            "significant": bool(c.p_value < 0.05 and (c.ci_low > 0 or c.ci_high < 0)),
+        }
+
     def table(self) -> str:
         head = (
             f"{self.model} | {self.data} | {self.n_segments} segments x {self.seq_len} tokens | "
@@ -71,6 +97,7 @@ class LayersResult:
         return head + "\n" + "\n".join(rows)
 
 
+@recorded
 def layers(
     model: ModelLike,
     data: str,
@@ -102,6 +129,7 @@ def layers(
         sampling.skip_first,
         sampling.seed,
     )
+    record(result, models=lm, data=segs, seed=sampling.seed)
     for site in ex.sites:
         points = bin_points(ppl, ex.get(site, pooling), ex.get(site, "within"), sel)
         result.layers.append(LayerBins(site, points, correlate(points, bootstrap, sampling.seed)))
@@ -113,9 +141,7 @@ def plot(result: LayersResult) -> Any:
     """Left: across-segment dispersion of each bin along depth, coloured by bin perplexity.
     Right: Pearson r (95% bootstrap CI) of bin perplexity vs dispersion along depth, both modes."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import FuncFormatter
 
@@ -123,11 +149,12 @@ def plot(result: LayersResult) -> Any:
     x = list(range(len(sites)))
     means = [p.mean_ppl for p in result.layers[0].bins]
     norm = LogNorm(min(means), max(means))
-    cmap = plt.get_cmap("viridis")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    cmap = matplotlib.colormaps["viridis"]
+    fig = new_figure((13, 4.8))
+    left, right = fig.subplots(1, 2)
     for k, m in enumerate(means):
         left.plot(x, [layer.bins[k].across for layer in result.layers], lw=1.2, color=cmap(norm(m)))
-    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=left)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=left)
     bar.set_label("bin mean perplexity")
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     bar.ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

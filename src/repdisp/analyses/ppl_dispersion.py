@@ -18,15 +18,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..core.corpus import load_texts
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
+from ..core.segment_table import segment_rows
 from ..core.stats import Correlation
-from .binning import select_bins
+from ..io.results import Result, new_figure, record, recorded
+from .binning import BinSelection, select_bins
 from .sampling import (
     MODES,
     BinPoint,
@@ -72,7 +74,9 @@ class Series:
 
 
 @dataclass
-class PplDispersionResult:
+class PplDispersionResult(Result):
+    kind: ClassVar[str] = "ppl-vs-dispersion"
+
     pooling: str
     site: str
     skip_first: int
@@ -108,6 +112,38 @@ class PplDispersionResult:
             for c in by_method.values()
         ]
 
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"bins": self.bin_rows(), "correlations": self.correlation_rows()}
+
+    def segments(self) -> list[dict[str, Any]] | None:
+        """Per-segment rows of every series (``per_segment=True``), else None."""
+        return self.__dict__.get("_segments")
+
+    def figure(self) -> Any:
+        return plot(self)
+
+    def headline(self) -> dict[str, Any] | None:
+        if not self.series:
+            return None
+        s = self.series[0]
+        c = s.correlations["across"]["pearson"]
+        sig = bool(c.p_value < 0.05 and (c.ci_low > 0 or c.ci_high < 0))
+        more = (
+            f" (first of {len(self.series)} series; all in the tables)"
+            if len(self.series) > 1
+            else ""
+        )
+        return {
+            "what": f"correlation of bin mean {s.perplexity} perplexity with dispersion (across, "
+            f"{self.pooling} token, site {self.site}): {s.label}, {s.n_segments} segments x "
+            f"{s.seq_len} tokens, {s.n_bins} bins of {s.bin_size}{more}",
+            "value": c.r,
+            "ci": [c.ci_low, c.ci_high],
+            "answer": f"Pearson r = {c.r:+.3f} [95% CI {c.ci_low:+.3f}, {c.ci_high:+.3f}], "
+            f"p = {c.p_value:.2g}, n = {c.n} bins",
+            "significant": sig,
+        }
+
     def table(self) -> str:
         lines = [
             f"site {self.site} | across pooling {self.pooling} | skip first {self.skip_first} | "
@@ -123,6 +159,7 @@ class PplDispersionResult:
         return "\n".join(lines)
 
 
+@recorded
 def ppl_vs_dispersion(
     models: Sequence[ModelLike],
     datas: Sequence[str],
@@ -135,11 +172,13 @@ def ppl_vs_dispersion(
     contexts: Sequence[int] = (16, 64, 128, 256),
     bootstrap: int = 2000,
     load: Callable[[str], LoadedModel] = load_model,
+    per_segment: bool = False,
 ) -> PplDispersionResult:
     """Bin each (model, data) by perplexity and correlate bin perplexity with dispersion.
 
     ``last_token``: bin by the last token's perplexity, once per length in ``contexts``
-    (otherwise by sequence perplexity at ``sampling.seq_len``)."""
+    (otherwise by sequence perplexity at ``sampling.seq_len``). ``per_segment``: keep one row
+    per segment and series (``result.segments()``), with the bin it was selected into."""
     if pooling not in ("last", "mean"):
         raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
     sampling = sampling or Sampling()
@@ -149,13 +188,22 @@ def ppl_vs_dispersion(
         d: load_texts(d, sampling.text_field, encoding_errors=sampling.encoding_errors)
         for d in datas
     }
+    rows: list[dict[str, Any]] = []
     for spec in models:
         lm = loaded(spec, load)
+        record(result, models=lm, seed=sampling.seed)
         for data in datas:
             for length in contexts if last_token else [sampling.seq_len]:
                 segs, ex = sampling.run(lm, data, site, [pooling, "within"], docs[data], length)
                 ppl = ex.last_ppl if last_token else ex.seq_ppl
                 sel = select_bins(ppl, bin_size, n_bins)
+                record(result, data=segs)
+                if per_segment:
+                    chosen = _bin_of(sel)
+                    for row in segment_rows(ex, segs, pooling):
+                        row = {"model": lm.name, "data": data, "seq_len": length} | row
+                        row["bin"] = chosen.get(row["segment"])
+                        rows.append(row)
                 points = bin_points(
                     ppl, ex.get(ex.sites[0], pooling), ex.get(ex.sites[0], "within"), sel
                 )
@@ -174,7 +222,14 @@ def ppl_vs_dispersion(
                     )
                 )
     result.seconds = time.perf_counter() - start
+    if per_segment:
+        result.__dict__["_segments"] = rows
     return result
+
+
+def _bin_of(sel: BinSelection) -> dict[int, int]:
+    """Segment index -> the selected bin it belongs to (segments in no selected bin: absent)."""
+    return {int(j): int(b) for b, m in zip(sel.chosen, sel.members, strict=True) for j in m}
 
 
 def merge(results: Sequence[PplDispersionResult]) -> PplDispersionResult:
@@ -202,23 +257,41 @@ def _log_label(v: float, _: Any = None) -> str:
     return f"{v:g}" if lead in (1, 2, 3, 5) else ""
 
 
-def plot(result: PplDispersionResult) -> Any:
-    """Scatter of bin mean perplexity (x, log) vs dispersion (y): one panel per mode, one line
-    per (model, data, length): colour by data and length, line style by model, Pearson r in the
-    legend."""
-    import matplotlib
+def fit_band(
+    x: Sequence[float], y: Sequence[float], grid: np.ndarray, reps: int = 1000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares line y = a + b·log10(x) on ``grid`` and its pointwise 95% percentile
+    bootstrap band (bins resampled with replacement; resamples with a single distinct x are
+    dropped)."""
+    lx, y = np.log10(np.asarray(x, float)), np.asarray(y, float)
+    lg = np.log10(grid)
+    b, a = np.polyfit(lx, y, 1)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(reps):
+        i = rng.integers(0, len(lx), len(lx))
+        if np.ptp(lx[i]) > 0:
+            bb, aa = np.polyfit(lx[i], y[i], 1)
+            lines.append(aa + bb * lg)
+    lo, hi = np.quantile(np.array(lines), [0.025, 0.975], axis=0) if lines else (lg * np.nan,) * 2
+    return a + b * lg, lo, hi
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot(result: PplDispersionResult) -> Any:
+    """The paper's figure: per (model, data, length) one point per selected bin (bin mean
+    perplexity on a log x axis, the bin's dispersion on y), the least-squares line in log
+    perplexity and its 95% bootstrap band; one panel per dispersion mode, Pearson r in the legend.
+    Colour by data and length, marker by model."""
     from matplotlib.ticker import FuncFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
-    models = list(dict.fromkeys(s.model for s in result.series))  # line style per model
+    fig = new_figure((12, 5.2))
+    axes = fig.subplots(1, 2)
+    models = list(dict.fromkeys(s.model for s in result.series))  # marker per model
     keys = list(dict.fromkeys((s.data, s.seq_len) for s in result.series))  # colour per data
     xlabel = (
         "bin mean "
         + ("last-token " if result.series[0].perplexity == "last-token" else "")
-        + "perplexity (log scale)"
+        + "perplexity (log scale; exp of mean NLL in nats per token)"
     )
     titles = {
         "across": f"across segments: Eq. 1 over {result.pooling}-token vectors",
@@ -226,27 +299,27 @@ def plot(result: PplDispersionResult) -> Any:
     }
     for ax, mode in zip(axes, MODES, strict=True):
         for s in result.series:
-            x = [p.mean_ppl for p in s.bins]
-            y = [getattr(p, mode) for p in s.bins]
-            r = s.correlations[mode]["pearson"].r
+            x = np.array([p.mean_ppl for p in s.bins])
+            y = np.array([getattr(p, mode) for p in s.bins])
+            c = s.correlations[mode]["pearson"]
             k = models.index(s.model)
+            colour = f"C{keys.index((s.data, s.seq_len)) % 10}"
             ax.plot(
-                x,
-                y,
-                marker="os^vD"[k % 5],
-                ls=("-", "--", ":", "-.")[k % 4],
-                color=f"C{keys.index((s.data, s.seq_len)) % 10}",
-                ms=4,
-                lw=1,
-                label=f"{s.label} (r={r:+.2f})",
-            )
+                x, y, "os^vD"[k % 5], color=colour, ms=5, ls="none",
+                label=f"{s.label}: r={c.r:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]",
+            )  # fmt: skip
+            if len(x) >= 3 and np.ptp(np.log10(x)) > 0:
+                grid = np.geomspace(x.min(), x.max(), 50)
+                line, lo, hi = fit_band(x, y, grid, seed=result.seed)
+                ax.plot(grid, line, color=colour, lw=1.2, ls=("-", "--", ":", "-.")[k % 4])
+                ax.fill_between(grid, lo, hi, color=colour, alpha=0.15, lw=0)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(_log_label))
         lo, hi = ax.get_xlim()  # over many decades, label only the powers of ten
         ax.xaxis.set_minor_formatter(FuncFormatter(_log_label if hi / lo < 300 else lambda *_: ""))
         ax.tick_params(axis="x", which="both", labelsize=8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"dispersion ({mode}), mean cosine distance")
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel(f"dispersion ({mode}): mean cosine distance, 1 - cos", fontsize=9)
         ax.set_title(f"{titles[mode]} @ {result.site}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
@@ -256,6 +329,10 @@ def plot(result: PplDispersionResult) -> Any:
         if len(sizes) == 1
         else "segments and bins per series in the table"
     )
-    fig.suptitle(f"Perplexity vs dispersion (Algorithm 1 bins): {what}")
+    fig.suptitle(
+        f"Perplexity vs dispersion (Algorithm 1 bins): {what}; "
+        "line: least squares in log perplexity, band: 95% bootstrap over bins",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig

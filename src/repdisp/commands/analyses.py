@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from ..analyses import compare as compare_mod
 from ..analyses import layers as layers_mod
 from ..analyses import ppl_dispersion as ppl_mod
 from ..core.errors import RepdispError
 from ..io.report import write_report
-from ..io.results import save_figure, write_csv, write_json
+from ..io.results import load_result, write_result, write_segments
 from . import add_data_args, add_model_args, model_from_args
 
 
@@ -64,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _binning(p)
     p.add_argument("--site", default="final", help="site to read (final)")
     p.add_argument(
+        "--save-segments",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write one row per segment and series as NAME_segments.parquet (default on)",
+    )
+    p.add_argument(
         "--last-token",
         action="store_true",
         help="bin by last-token perplexity at each --contexts length (Fig. 4)",
@@ -102,14 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
-def _write(args: argparse.Namespace, result, fig, tables: dict[str, list] | None = None) -> None:
-    """JSON, CSV(s) and PNG into --out; binned results default to their bin and correlation rows."""
-    if tables is None:
-        tables = {"": result.bin_rows(), "_correlations": result.correlation_rows()}
-    out = Path(args.out)
-    paths = [write_json(out / f"{args.name}.json", result)]
-    paths += [write_csv(out / f"{args.name}{suffix}.csv", rows) for suffix, rows in tables.items()]
-    paths.append(save_figure(fig, out / f"{args.name}.png"))
+def _write(args: argparse.Namespace, result) -> None:
+    """JSON (with provenance), CSV tables and PNG figure into --out, plus per-segment rows."""
+    paths = write_result(args.out, args.name, result)
+    segments = result.segments() if hasattr(result, "segments") else None
+    if segments:
+        paths.append(write_segments(args.out, args.name, segments))
     print(result.table())
     print("wrote " + ", ".join(str(p) for p in paths))
 
@@ -128,8 +130,9 @@ def run_ppl(args: argparse.Namespace) -> int:
         contexts,
         args.bootstrap,
         _loader(args),
+        per_segment=args.save_segments,
     )
-    _write(args, result, ppl_mod.plot(result))
+    _write(args, result)
     return 0
 
 
@@ -137,13 +140,17 @@ def run_merge(args: argparse.Namespace) -> int:
     results = []
     for path in args.results:
         try:
-            results.append(
-                ppl_mod.PplDispersionResult.from_dict(json.loads(Path(path).read_text()))
-            )
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            r = load_result(path)
+        except RepdispError as e:
             raise RepdispError(f"{path}: not a ppl-vs-dispersion result ({e})") from None
+        if not isinstance(r, ppl_mod.PplDispersionResult):  # a file from before `kind`
+            try:
+                r = ppl_mod.PplDispersionResult.from_dict(r.to_dict())
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise RepdispError(f"{path}: not a ppl-vs-dispersion result") from None
+        results.append(r)
     result = ppl_mod.merge(results)
-    _write(args, result, ppl_mod.plot(result))
+    _write(args, result)
     return 0
 
 
@@ -159,7 +166,7 @@ def run_layers(args: argparse.Namespace) -> int:
         args.bootstrap,
         _loader(args),
     )
-    _write(args, result, layers_mod.plot(result))
+    _write(args, result)
     return 0
 
 
@@ -173,7 +180,7 @@ def run_compare(args: argparse.Namespace) -> int:
         args.bootstrap,
         _loader(args),
     )
-    _write(args, result, compare_mod.plot(result), {"": result.rows()})
+    _write(args, result)
     return 0
 
 

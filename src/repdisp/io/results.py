@@ -662,7 +662,8 @@ def load_result(path: str | Path) -> Any:
     body = {k: v for k, v in doc.items() if k not in _TABLE_ONLY | {"kind", "type", "schema"}}
     result = None
     if cls is not None:
-        body |= doc.get("run") or {}  # timings go back into their fields
+        run = doc.get("run") or {}  # timings go back into their fields
+        body |= {k: run[k] for k in getattr(cls, "run_keys", ()) if k in run}
         try:
             result = cls.from_dict(body)
         except (TypeError, ValueError, KeyError) as e:
