@@ -15,12 +15,14 @@ levels), and ``short="skip"`` keeps the size and drops the levels that cannot be
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..core.errors import RepdispError
 from ..core.geometry import dispersion
 from ..core.stats import Correlation, correlation
+from ..io.results import Result, new_figure, recorded
 from .mcqa import MCResult
 
 DEFAULT_LEVELS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -37,7 +39,9 @@ class LevelResult:
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(Result):
+    kind: ClassVar[str] = "accuracy-probe"
+
     model: str
     task: str
     n_pool: int
@@ -58,6 +62,27 @@ class ProbeResult:
             {k: v for k, v in vars(lv).items() if k != "values"} | {"model": self.model}
             for lv in self.levels
         ]
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"levels": self.rows()}
+
+    def figure(self) -> Any:
+        return plot_probe([self])
+
+    def headline(self) -> dict[str, Any] | None:
+        c = self.spearman_means
+        if c is None:
+            return None
+        return {
+            "what": f"Spearman correlation of query-embedding dispersion (site {self.site}) with "
+            f"the fraction answered correctly: {self.model} on {self.task}, {self.sample} "
+            f"queries x {self.seeds} seeds per level, {len(self.levels)} levels",
+            "value": c.r,
+            "ci": [c.ci_low, c.ci_high],
+            "answer": f"Spearman r = {c.r:+.3f} [95% CI {c.ci_low:+.3f}, {c.ci_high:+.3f}] over "
+            f"level means, p = {c.p_value:.2g}; pool accuracy {self.acc:.3f}",
+            "significant": bool(c.p_value < 0.05 and (c.ci_low > 0 or c.ci_high < 0)),
+        }
 
     def table(self) -> str:
         lines = [
@@ -143,6 +168,7 @@ def run_protocol(
     return out, sample, notes
 
 
+@recorded
 def accuracy_probe(
     result: MCResult,
     model: str,
@@ -185,14 +211,10 @@ def accuracy_probe(
     )
 
 
-def plot_probe(results: list[ProbeResult]):
+def plot_probe(results: list[ProbeResult]) -> Any:
     """Dispersion vs fraction correct, one line (mean ± sem) per result."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig = new_figure((5, 3.6))
+    ax = fig.subplots()
     for r in results:
         x = [lv.level * 100 for lv in r.levels]
         ax.errorbar(
@@ -204,7 +226,7 @@ def plot_probe(results: list[ProbeResult]):
             label=f"{r.model} ({r.task})",
         )
     ax.set_xlabel("fraction of correctly answered queries (%)")
-    ax.set_ylabel("dispersion of query embeddings")
+    ax.set_ylabel("dispersion of query embeddings\n(mean cosine distance, ± SEM over seeds)")
     ax.set_title(f"{results[0].sample} queries x {results[0].seeds} seeds, {results[0].site}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

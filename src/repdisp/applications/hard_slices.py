@@ -10,16 +10,20 @@ answers says how much to trust it (0.5 = no signal, above 0.5 = the direction ho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..core.errors import RepdispError
 from ..core.geometry import per_example_scores
+from ..io.results import Result, new_figure, recorded
 from .mcqa import MCResult
 
 
 @dataclass
-class HardSlices:
+class HardSlices(Result):
+    kind: ClassVar[str] = "hard-slices"
+
     scores: np.ndarray = field(repr=False)  # per query, in input order
     order: np.ndarray = field(repr=False)  # query indices, lowest score first
     n_slice: int
@@ -27,6 +31,50 @@ class HardSlices:
     auroc: float | None  # wrong vs right, score negated; None without labels
     error_rate_slice: float | None
     error_rate_all: float | None
+    model: str = ""
+    correct_by: str = "acc"
+    ids: list[str] = field(default_factory=list, repr=False)  # query ids, input order
+    slice: list[dict[str, Any]] = field(default_factory=list, repr=False)  # ``slice_rows``
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        ids = self.ids or [str(i) for i in range(len(self.scores))]
+        scores = [{"id": i, "score": float(s)} for i, s in zip(ids, self.scores, strict=True)]
+        return {"slice": self.slice, "scores": scores}
+
+    def table(self) -> str:
+        lines = [f"{self.model}: {len(self.scores)} queries, slice = lowest {self.n_slice} scores"]
+        if self.auroc is not None:
+            lines.append(
+                f"AUROC (low score -> wrong) {self.auroc:.4f}; error rate in slice "
+                f"{self.error_rate_slice:.4f} vs overall {self.error_rate_all:.4f}"
+            )
+        return "\n".join(lines)
+
+    def figure(self) -> Any:
+        """Histogram of the scores, the slice shaded."""
+        fig = new_figure((5, 3.4))
+        ax = fig.subplots()
+        cut = float(self.scores[self.slice_idx].max())
+        ax.hist(self.scores, bins=40, color="C0", alpha=0.8)
+        ax.axvspan(float(self.scores.min()), cut, color="C3", alpha=0.15, label="slice")
+        ax.set_xlabel("score: mean cosine distance to the other queries")
+        ax.set_ylabel("queries")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        return fig
+
+    def headline(self) -> dict[str, Any] | None:
+        if self.auroc is None:
+            return None
+        return {
+            "what": f"how well a low dispersion score flags wrong answers: {self.model}, "
+            f"{len(self.scores)} queries, slice = lowest {self.fraction:.0%}",
+            "value": self.auroc,
+            "ci": None,
+            "answer": f"AUROC {self.auroc:.3f}; error rate {self.error_rate_slice:.3f} in the "
+            f"slice vs {self.error_rate_all:.3f} overall",
+            "significant": None,
+        }
 
     @property
     def slice_idx(self) -> np.ndarray:
@@ -43,6 +91,7 @@ def auroc_wrong(scores: np.ndarray, wrong: np.ndarray) -> float:
     return float(roc_auc_score(wrong, -np.asarray(scores)))
 
 
+@recorded
 def hard_slices(result: MCResult, fraction: float = 0.2, correct_by: str = "acc") -> HardSlices:
     """Rank queries by score and keep the lowest ``fraction`` as the likely-wrong slice."""
     if not 0 < fraction <= 1:
@@ -57,7 +106,11 @@ def hard_slices(result: MCResult, fraction: float = 0.2, correct_by: str = "acc"
         err_slice = float(wrong[order[:n_slice]].mean())
         if wrong.any() and not wrong.all():
             auroc = auroc_wrong(scores, wrong)
-    return HardSlices(scores, order, n_slice, fraction, auroc, err_slice, err_all)
+    hs = HardSlices(scores, order, n_slice, fraction, auroc, err_slice, err_all)
+    hs.model, hs.correct_by = getattr(result, "model", ""), correct_by
+    hs.ids = [str(it.id) for it in result.items]
+    hs.slice = slice_rows(result, hs, correct_by)
+    return hs
 
 
 def slice_rows(result: MCResult, hs: HardSlices, correct_by: str = "acc") -> list[dict]:

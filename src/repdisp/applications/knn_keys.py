@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from ..core.extract import extract
 from ..core.geometry import dispersion
 from ..core.models import LoadedModel
 from ..core.sites import blocks_of, parse_sites
+from ..io.results import Result, new_figure, record, recorded
 
 SITE_SETS = {"final-block": "-1.attn,-1.ffn", "all": "all.attn,all"}
 
@@ -38,7 +39,9 @@ class KeyRow:
 
 
 @dataclass
-class KeyProfile:
+class KeyProfile(Result):
+    kind: ClassVar[str] = "knn-keys"
+
     model: str
     data: str
     chunk_len: int
@@ -51,11 +54,30 @@ class KeyProfile:
     rows: list[KeyRow] = field(default_factory=list)
     seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def csv_rows(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in asdict(r).items() if k != "values"} for r in self.rows]
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"profile": self.csv_rows()}
+
+    def figure(self) -> Any:
+        return plot_profile(self)
+
+    def headline(self) -> dict[str, Any] | None:
+        n = self.chunks[-1]
+        best = self.row(self.recommended, n)
+        return {
+            "what": f"the kNN-LM key site with the most spread-out keys: {self.model} on "
+            f"{self.data}, N = {n} chunks of {self.chunk_len} tokens, {self.seeds} seeds",
+            "value": best.mean,
+            "ci": None,
+            "answer": f"{self.recommended}: dispersion {best.mean:.4f} ± {best.std:.4f} (std over "
+            "seeds); "
+            + ", ".join(
+                f"{s} {self.row(s, n).mean:.4f}" for s in self.sites if s != self.recommended
+            ),
+            "significant": None,
+        }
 
     def row(self, site: str, n: int) -> KeyRow:
         return next(r for r in self.rows if r.site == site and r.n_chunks == n)
@@ -79,6 +101,7 @@ class KeyProfile:
         return head + "\n".join(lines)
 
 
+@recorded
 def profile_keys(
     lm: LoadedModel,
     windows: Segments,
@@ -126,7 +149,7 @@ def profile_keys(
     best = max(
         names, key=lambda s: next(r.mean for r in rows if r.site == s and r.n_chunks == chunks[-1])
     )
-    return KeyProfile(
+    profile = KeyProfile(
         lm.name,
         windows.source,
         windows.ids.shape[1] - int(windows.has_bos),
@@ -139,16 +162,13 @@ def profile_keys(
         rows,
         time.perf_counter() - t0,
     )
+    return record(profile, models=lm, data=sub)
 
 
 def plot_profile(profile: KeyProfile) -> Any:
     """Dispersion vs N per site (error bars = std over seeds); with many sites, vs depth per N."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure((6, 4))
+    ax = fig.subplots()
     if len(profile.sites) <= 4:
         for s in profile.sites:
             rs = [profile.row(s, n) for n in profile.chunks]
@@ -174,7 +194,7 @@ def plot_profile(profile: KeyProfile) -> Any:
             )
         ax.set_xticks(range(len(profile.sites)), profile.sites, rotation=90, fontsize=6)
         ax.set_xlabel("site")
-    ax.set_ylabel("dispersion (mean cosine distance)")
+    ax.set_ylabel("dispersion: mean cosine distance (± std over seeds)")
     ax.set_title(f"{profile.model}: key dispersion ({profile.seeds} seeds)")
     ax.legend(fontsize=7)
     return fig

@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..applications.accuracy_probe import accuracy_probe, plot_probe
-from ..applications.hard_slices import hard_slices, slice_rows
+from ..applications.accuracy_probe import accuracy_probe
+from ..applications.hard_slices import hard_slices
 from ..applications.mcqa import FORMATS, TASKS, MCResult, evaluate
 from ..core.errors import RepdispError
-from ..io.results import save_figure, write_csv, write_json
+from ..io.results import write_result
 from . import add_model_args, model_from_args
 
 
@@ -123,41 +123,18 @@ def run_probe(args: argparse.Namespace) -> int:
         result, model, args.task, levels, args.sample, args.seeds, args.correct_by, args.on_short
     )
     print(probe.table())
-    out = Path(args.out)
-    write_json(out / "probe.json", probe)
-    write_csv(out / "probe.csv", probe.rows())
-    save_figure(plot_probe([probe]), out / "probe.png")
-    print(f"wrote {out}/probe.json, probe.csv, probe.png")
+    paths = write_result(args.out, "probe", probe)
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
 def run_hard_slices(args: argparse.Namespace) -> int:
     result, model = _scored(args)
     hs = hard_slices(result, args.fraction, args.correct_by)
-    rows = slice_rows(result, hs, args.correct_by)
-    out = Path(args.out)
-    summary = {
-        "model": model,
-        "n_queries": len(result.items),
-        "n_slice": hs.n_slice,
-        "fraction": hs.fraction,
-        "correct_by": args.correct_by,
-        "auroc_wrong": hs.auroc,
-        "error_rate_slice": hs.error_rate_slice,
-        "error_rate_all": hs.error_rate_all,
-    }
-    print(f"{model}: {len(result.items)} queries, slice = lowest {hs.n_slice} scores")
-    if hs.auroc is not None:
-        print(
-            f"AUROC (low score -> wrong) {hs.auroc:.4f}; error rate in slice "
-            f"{hs.error_rate_slice:.4f} vs overall {hs.error_rate_all:.4f}"
-        )
-    write_json(out / "hard_slices.json", summary)
-    write_csv(out / "hard_slice.csv", rows)
-    (out / "hard_slice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    write_csv(
-        out / "scores.csv",
-        [{"id": it.id, "score": float(s)} for it, s in zip(result.items, hs.scores, strict=True)],
-    )
-    print(f"wrote {out}/hard_slices.json, hard_slice.jsonl/.csv, scores.csv")
+    hs.model = model
+    print(hs.table())
+    paths = write_result(args.out, "hard_slices", hs)
+    jsonl = Path(args.out) / "hard_slices.jsonl"  # the slice with full question text, one per line
+    jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in hs.slice))
+    print("wrote " + ", ".join(str(p) for p in [*paths, jsonl]))
     return 0

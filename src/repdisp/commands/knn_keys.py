@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..applications.knn_keys import plot_profile, profile_keys
+from ..applications.knn_keys import profile_keys
 from ..core.corpus import make_segments
 from ..core.errors import RepdispError
-from ..io.results import save_figure, write_csv, write_json
+from ..io.results import write_result
 from . import add_model_args, model_from_args
 
 
@@ -62,9 +61,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(profile.table())
     if args.out:
-        out = Path(args.out)
-        write_json(out / "knn_keys.json", profile.to_dict())
-        write_csv(out / "knn_keys.csv", profile.csv_rows())
-        save_figure(plot_profile(profile), out / "knn_keys.png")
-        print(f"wrote {out}/knn_keys.{{json,csv,png}}")
+        paths = write_result(args.out, "knn_keys", profile)
+        print("wrote " + ", ".join(str(p) for p in paths))
     return 0

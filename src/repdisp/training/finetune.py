@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,14 +24,24 @@ from ..core.errors import RepdispError
 from ..core.extract import extract
 from ..core.geometry import bootstrap_ci, dispersion, unit_rows, weighted_dispersion
 from ..core.models import LoadedModel, load_model
-from ..io.results import save_figure, write_csv, write_json
+from ..io.results import (
+    Result,
+    new_figure,
+    record,
+    recorded,
+    save_figure,
+    write_csv,
+    write_result,
+)
 
 METHODS = ("lora", "full")
 
 
 @dataclass
-class FinetuneResult:
+class FinetuneResult(Result):
     """What a fine-tuning run did: settings, data sizes, loss curve and where the model is."""
+
+    kind: ClassVar[str] = "finetune"
 
     base_model: str
     data: str
@@ -53,8 +63,29 @@ class FinetuneResult:
     seconds: float
     loss: list[dict[str, float]] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"loss": self.loss}
+
+    def table(self) -> str:
+        first, last = (self.loss[0]["loss"], self.loss[-1]["loss"]) if self.loss else (None, None)
+        return (
+            f"{self.method} fine-tune of {self.base_model}: {self.steps} steps x {self.batch_size}"
+            f" x {self.seq_len} tokens on {self.train_segments} training segments; "
+            f"{self.trainable_params:,} of {self.total_params:,} parameters trained; loss "
+            f"{first} -> {last}"
+        )
+
+    def figure(self) -> Any:
+        fig = new_figure((5, 3.2))
+        ax = fig.subplots()
+        ax.plot([r["step"] for r in self.loss], [r["loss"] for r in self.loss], marker=".")
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("training loss (mean NLL per token, nats)")
+        ax.set_title(
+            f"{self.method} fine-tune of {Path(self.base_model).name} on {Path(self.data).name}"
+        )
+        ax.grid(alpha=0.3)
+        return fig
 
 
 def split_text(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -212,6 +243,7 @@ def finetune(
         seconds=time.perf_counter() - start,
         loss=loss,
     )
+    record(result, models=lm, data=segs, seed=seed)
     write_outputs(result, out)
     return result
 
@@ -229,29 +261,18 @@ def _write_heldout(out: Path, docs: list[str]) -> str:
 
 def write_outputs(result: FinetuneResult, out: Path) -> None:
     """finetune.json (settings, sizes), finetune_loss.csv and finetune_loss.png (training loss)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    write_json(out / "finetune.json", result)
+    write_result(out, "finetune", result, tables=False, figure=False)
     write_csv(out / "finetune_loss.csv", result.loss)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([r["step"] for r in result.loss], [r["loss"] for r in result.loss], marker=".")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("training loss (mean NLL per token)")
-    ax.set_title(
-        f"{result.method} fine-tune of {Path(result.base_model).name} on {Path(result.data).name}"
-    )
-    ax.grid(alpha=0.3)
-    save_figure(fig, out / "finetune_loss.png")
+    save_figure(result.figure(), out / "finetune_loss.png")
 
 
 @dataclass
-class BeforeAfter:
+class BeforeAfter(Result):
     """Perplexity and final-layer last-token dispersion (95% bootstrap CI) of the base and the
     fine-tuned model on the same held-out segments, and the paired bootstrap CI of the change
     (both models' vectors resampled with the same segment indices)."""
+
+    kind: ClassVar[str] = "before-after"
 
     data: str
     n_segments: int
@@ -262,7 +283,62 @@ class BeforeAfter:
     change_ci_high: float
     ppl_lower_fraction: float  # share of segments whose perplexity went down
 
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"models": self.rows}
 
+    def table(self) -> str:
+        lines = [f"held-out {self.data}: {self.n_segments} segments x {self.seq_len} tokens"]
+        for row in self.rows:
+            lines.append(
+                f"  {row['model']:<11} token ppl {row['token_ppl']:8.3f}  mean ppl "
+                f"{row['mean_ppl']:8.3f}  dispersion {row['dispersion']:.5f} "
+                f"[{row['ci_low']:.5f}, {row['ci_high']:.5f}]"
+            )
+        lines.append(
+            f"  dispersion change {self.dispersion_change:+.5f} (paired 95% CI "
+            f"[{self.change_ci_low:+.5f}, {self.change_ci_high:+.5f}]); perplexity lower on "
+            f"{self.ppl_lower_fraction:.0%} of segments"
+        )
+        return "\n".join(lines)
+
+    def headline(self) -> dict[str, Any] | None:
+        lo, hi = self.change_ci_low, self.change_ci_high
+        return {
+            "what": f"change of final-layer last-token dispersion, fine-tuned minus base, on "
+            f"held-out {Path(self.data).name} ({self.n_segments} segments x {self.seq_len} "
+            "tokens, paired bootstrap)",
+            "value": self.dispersion_change,
+            "ci": [lo, hi],
+            "answer": f"{self.dispersion_change:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]; perplexity "
+            f"lower on {self.ppl_lower_fraction:.0%} of segments",
+            "significant": bool(lo > 0 or hi < 0),
+        }
+
+    def figure(self) -> Any:
+        """Two panels: token-level perplexity; dispersion with its 95% CI."""
+        names = [r["model"] for r in self.rows]
+        disp = np.array([r["dispersion"] for r in self.rows])
+        lo = np.array([r["ci_low"] for r in self.rows])
+        hi = np.array([r["ci_high"] for r in self.rows])
+        fig = new_figure((9, 3.4))
+        a, b = fig.subplots(1, 2)
+        a.bar(names, [r["token_ppl"] for r in self.rows], color=["#888", "#37c"])
+        a.set_ylabel("token-level perplexity, exp(mean NLL)")
+        b.bar(names, disp, color=["#888", "#37c"])
+        b.vlines(range(len(names)), lo, hi, color="k", lw=1.5)
+        b.set_ylabel("dispersion (final, last token), 1 - cos")
+        spread = float(np.max(hi - lo)) if len(hi) else 0.0
+        b.set_ylim(max(0.0, float(min(disp.min(), lo.min())) - 3 * spread - 0.02), None)
+        fig.suptitle(
+            f"held-out {Path(self.data).name}: {self.n_segments} x {self.seq_len} tokens; "
+            f"dispersion change {self.dispersion_change:+.4f} "
+            f"[{self.change_ci_low:+.4f}, {self.change_ci_high:+.4f}]"
+        )
+        fig.tight_layout()
+        return fig
+
+
+@recorded
 def before_after(
     base: str,
     checkpoint: str | Path,
@@ -277,9 +353,10 @@ def before_after(
 ) -> BeforeAfter:
     """Measure base and fine-tuned model on identical segments of ``data`` (e.g. heldout.txt);
     the checkpoint keeps the base tokenizer, so the base model's segments serve both."""
-    segs, rows, units, ppl = None, [], [], []
+    segs, rows, units, ppl, used = None, [], [], [], []
     for label, spec in (("base", base), ("fine-tuned", str(checkpoint))):
         lm = load_model(spec, device)
+        used.append(lm)
         if segs is None:
             max_len = getattr(lm.model.config, "max_position_embeddings", None)
             segs = make_segments(lm.tokenizer, data, segments, seq_len, seed, max_len=max_len)
@@ -305,32 +382,10 @@ def before_after(
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     change = rows[1]["dispersion"] - rows[0]["dispersion"]
     lower = float((ppl[1] < ppl[0]).mean())
-    return BeforeAfter(data, n, seq_len, rows, change, float(lo), float(hi), lower)
+    result = BeforeAfter(data, n, seq_len, rows, change, float(lo), float(hi), lower)
+    return record(result, models=used, data=segs, seed=seed)
 
 
 def write_before_after(result: BeforeAfter, out: Path) -> None:
     """finetune_eval.json/.csv and a two-panel bar plot (perplexity; dispersion with CI)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    write_json(out / "finetune_eval.json", result)
-    write_csv(out / "finetune_eval.csv", result.rows)
-    names = [r["model"] for r in result.rows]
-    disp = np.array([r["dispersion"] for r in result.rows])
-    err = np.array(
-        [[d - r["ci_low"], r["ci_high"] - d] for d, r in zip(disp, result.rows, strict=True)]
-    ).T
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
-    a.bar(names, [r["token_ppl"] for r in result.rows], color=["#888", "#37c"])
-    a.set_ylabel("token-level perplexity")
-    b.bar(names, disp, yerr=err, capsize=6, color=["#888", "#37c"])
-    b.set_ylabel("dispersion (final, last token)")
-    b.set_ylim(max(0.0, disp.min() - 3 * np.abs(err).max() - 0.02), None)
-    fig.suptitle(
-        f"held-out {Path(result.data).name}: {result.n_segments} x {result.seq_len} tokens; "
-        f"dispersion change {result.dispersion_change:+.4f} "
-        f"[{result.change_ci_low:+.4f}, {result.change_ci_high:+.4f}]"
-    )
-    save_figure(fig, out / "finetune_eval.png")
+    write_result(out, "finetune_eval", result)

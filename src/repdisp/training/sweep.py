@@ -11,25 +11,61 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ..io.results import write_csv, write_json
+from ..io.results import Result, new_figure, write_csv, write_json, write_result
 from .recipe import RunResult, TrainConfig, prepare_data, train_run
 
 
 @dataclass
-class SweepResult:
-    """All runs, the grid summary, the λ chosen per lr and Table 2's rows."""
+class SweepResult(Result):
+    """All runs, the grid summary, the λ chosen per lr and Table 2's rows. The runs are written
+    one file each (``OUT/runs/``), not into the sweep's own file."""
+
+    kind: ClassVar[str] = "sweep"
+    run_keys: ClassVar[tuple[str, ...]] = ()
 
     config: str
-    runs: list[RunResult]
     grid: list[dict[str, Any]]  # lr, aux_weight, step, domain, split: mean/sd/values over seeds
     chosen: dict[str, float]  # lr -> λ
-    table: list[dict[str, Any]]  # lr, λ, step, domain: base and +aux test ppl
+    table2: list[dict[str, Any]]  # lr, λ, step, domain: base and +aux test ppl
+    runs: list[RunResult] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_dict().items() if k != "runs"}
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {
+            "table2": [
+                {k: v for k, v in r.items() if not k.endswith("values")} for r in self.table2
+            ],
+            "grid": [{k: v for k, v in g.items() if k != "values"} for g in self.grid],
+        }
+
+    def table(self) -> str:
+        return self.markdown()
+
+    def figure(self) -> Any:
+        return _plot(self.grid)
+
+    def headline(self) -> dict[str, Any] | None:
+        if not self.table2:
+            return None
+        r = self.table2[-1]
+        return {
+            "what": f"test perplexity with the push-away loss (λ {r['aux_weight']:g} chosen on "
+            f"validation) vs cross-entropy alone: {self.config}, {r['domain']}, lr {r['lr']:g}, "
+            f"step {r['step']}, {r['n_seeds']} seeds",
+            "value": r["aux_mean"] - r["base_mean"],
+            "ci": None,
+            "answer": f"{r['base_mean']:.2f} ± {r['base_sd']:.2f} → {r['aux_mean']:.2f} ± "
+            f"{r['aux_sd']:.2f} (mean ± sd over seeds)",
+            "significant": None,
+        }
 
     def markdown(self) -> str:
         lines = [
@@ -39,7 +75,7 @@ class SweepResult:
             "| domain | lr | step | base | +aux | λ | Δ | dispersion base → +aux | seeds |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in self.table:
+        for r in self.table2:
             lines.append(
                 f"| {r['domain']} | {r['lr']:g} | {r['step']} | {r['base_mean']:.2f} ± "
                 f"{r['base_sd']:.2f} | {r['aux_mean']:.2f} ± {r['aux_sd']:.2f} | "
@@ -143,31 +179,22 @@ def run_sweep(cfg: TrainConfig, out: str | Path, progress: bool = False) -> Swee
                 runs.append(run)
     grid = _summarise(runs)
     chosen = choose_weights(grid)
-    result = SweepResult(cfg.name, runs, grid, chosen, table2(grid, chosen))
-    write_json(out / "sweep.json", {k: v for k, v in result.__dict__.items() if k != "runs"})
-    write_csv(out / "grid.csv", [{k: v for k, v in g.items() if k != "values"} for g in grid])
-    write_csv(
-        out / "table2.csv",
-        [{k: v for k, v in r.items() if not k.endswith("values")} for r in result.table],
-    )
+    result = SweepResult(cfg.name, grid, chosen, table2(grid, chosen), runs)
+    tables = result.tables()
+    write_result(out, "sweep", result, tables=False)  # sweep.json, sweep.png
+    write_csv(out / "grid.csv", tables["grid"])
+    write_csv(out / "table2.csv", tables["table2"])
     (out / "table2.md").write_text(result.markdown())
-    _plot(grid, out / "sweep.png")
     return result
 
 
-def _plot(grid: list[dict[str, Any]], path: Path) -> None:
+def _plot(grid: list[dict[str, Any]]) -> Any:
     """Test perplexity against λ at the last step, one panel per domain, one line per lr."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io.results import save_figure
-
     test = [g for g in grid if g["split"] == "test"]
     last = max(g["step"] for g in test)
     doms = sorted({g["domain"] for g in test})
-    fig, axes = plt.subplots(1, len(doms), figsize=(5 * len(doms), 3.6), squeeze=False)
+    fig = new_figure((5 * len(doms), 3.6))
+    axes = fig.subplots(1, len(doms), squeeze=False)
     for ax, dom in zip(axes[0], doms, strict=True):
         for lr in sorted({g["lr"] for g in test}):
             pts = sorted(
@@ -180,6 +207,6 @@ def _plot(grid: list[dict[str, Any]], path: Path) -> None:
                 xs, [p[1] for p in pts], [p[2] for p in pts], marker="o", label=f"lr {lr:g}"
             )
             ax.set_xticks(xs, [f"{p[0]:g}" for p in pts])
-        ax.set(xlabel="λ (aux weight)", ylabel=f"test ppl at step {last}", title=dom)
+        ax.set(xlabel="λ (aux weight)", ylabel=f"test perplexity at step {last} (± sd)", title=dom)
         ax.legend()
-    save_figure(fig, path)
+    return fig
