@@ -20,15 +20,28 @@ from .core.geometry import (
     per_example_scores,
 )
 from .core.models import LoadedModel, load_model, prepare
+from .io.results import Result, load_result, write_result
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # imported on first use: the callback pulls in transformers' Trainer
+    if name == "DispersionCallback":
+        from .training.callback import DispersionCallback
+
+        return DispersionCallback
+    raise AttributeError(f"module 'repdisp' has no attribute {name!r}")
+
+
 __all__ = [
     "CosineStats",
+    "DispersionCallback",
     "Extraction",
     "LoadedModel",
     "MeasureResult",
     "RepdispError",
+    "Result",
     "Segments",
     "SiteDispersion",
     "bootstrap_ci",
@@ -36,6 +49,7 @@ __all__ = [
     "dispersion",
     "extract",
     "load_model",
+    "load_result",
     "load_texts",
     "make_segments",
     "mean_euclidean",
@@ -43,4 +57,5 @@ __all__ = [
     "measure",
     "per_example_scores",
     "prepare",
+    "write_result",
 ]

@@ -42,6 +42,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
+        "--report-to",
+        default="none",
+        help="the Trainer's trackers, comma list: none, tensorboard (OUT/logs), wandb, mlflow, "
+        "... (default none)",
+    )
+    p.add_argument(
+        "--dispersion-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="log the final site's dispersion on fixed probe segments every N steps (0 = off)",
+    )
+    p.add_argument(
         "--eval-only",
         action="store_true",
         help="no training: compare --model with the checkpoint in --out on its held-out text",
@@ -107,6 +120,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         args.text_field,
         args.encoding_errors,
         progress=not args.quiet,
+        report_to=[x.strip() for x in args.report_to.split(",") if x.strip()] or "none",
+        dispersion_every=args.dispersion_every,
     )
     first, last = r.loss[0]["loss"], r.loss[-1]["loss"]
     print(

@@ -10,7 +10,10 @@ the output folder is a plain safetensors model + tokenizer that ``models.load_mo
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..core.corpus import load_texts, make_segments
+from ..core.corpus import Segments, load_texts, make_segments
 from ..core.errors import RepdispError
 from ..core.extract import extract
 from ..core.geometry import bootstrap_ci, dispersion, unit_rows, weighted_dispersion
@@ -132,6 +135,21 @@ def _wrap_lora(model: Any, r: int, alpha: int, dropout: float) -> Any:
     return get_peft_model(model, config)
 
 
+@contextlib.contextmanager
+def _tensorboard_dir(folder: Path | None) -> Any:
+    """Point transformers' TensorBoard callback at ``folder`` (unless the user set
+    TENSORBOARD_LOGGING_DIR) while the Trainer is made, as the Trainer's own folder is temporary
+    here."""
+    if folder is None or "TENSORBOARD_LOGGING_DIR" in os.environ:
+        yield
+        return
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+
+
 def finetune(
     model: str | LoadedModel,
     data: str,
@@ -153,8 +171,19 @@ def finetune(
     text_field: str = "text",
     encoding_errors: str = "strict",
     progress: bool = True,
+    *,
+    report_to: str | list[str] = "none",
+    dispersion_every: int = 0,
+    dispersion_segments: int = 32,
+    callbacks: list[Any] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune ``model`` on ``data`` for ``steps`` optimiser steps and save it to ``out``."""
+    """Fine-tune ``model`` on ``data`` for ``steps`` optimiser steps and save it to ``out``.
+
+    ``report_to``: the Trainer's trackers (``none``, ``tensorboard`` - written to ``out/logs`` -,
+    ``wandb``, ...). ``dispersion_every`` > 0 adds a ``DispersionCallback`` that logs the final
+    site's dispersion on ``dispersion_segments`` fixed probe segments (held-out text when
+    ``train_fraction`` < 1, else a seeded sample of the training segments) every that many steps.
+    ``callbacks``: more ``TrainerCallback``s."""
     import torch
     from transformers import Trainer, TrainingArguments
 
@@ -162,6 +191,11 @@ def finetune(
         raise RepdispError(f"unknown --method {method!r}; choose lora or full")
     if steps < 1 or batch_size < 1 or grad_accum < 1:
         raise RepdispError("--steps, --batch-size and --grad-accum must be at least 1")
+    tb = "tensorboard" in ([report_to] if isinstance(report_to, str) else report_to)
+    if tb and importlib.util.find_spec("tensorboard") is None:
+        raise RepdispError(
+            "--report-to tensorboard needs the tensorboard package (pip install tensorboard)"
+        )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RepdispError(f"--out {out} exists and is not empty; choose a new folder")
@@ -192,7 +226,7 @@ def finetune(
         logging_steps=1,
         save_strategy="no",
         eval_strategy="no",
-        report_to="none",
+        report_to=report_to,
         seed=seed,
         data_seed=seed,
         use_cpu=on_cpu,
@@ -202,9 +236,26 @@ def finetune(
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    trainer = Trainer(
-        model=net, args=args, train_dataset=_SegmentDataset(segs.ids), processing_class=lm.tokenizer
-    )
+    with _tensorboard_dir(out / "logs" if tb else None):  # read when the Trainer is made
+        trainer = Trainer(
+            model=net,
+            args=args,
+            train_dataset=_SegmentDataset(segs.ids),
+            processing_class=lm.tokenizer,
+            callbacks=callbacks,
+        )
+    if dispersion_every > 0:
+        from .callback import DispersionCallback
+
+        if heldout_docs:
+            probe = make_segments(
+                lm.tokenizer, data, None, seq_len, seed, docs=heldout_docs, max_len=max_len
+            )
+        else:
+            probe = segs
+        pick = np.random.default_rng(seed).permutation(len(probe))[:dispersion_segments]
+        probe = Segments(probe.ids[np.sort(pick)], probe.index[np.sort(pick)], probe.has_bos, data)
+        DispersionCallback(probe, every_n_steps=dispersion_every).attach(trainer)
     trainer.train()
     loss = [
         {
