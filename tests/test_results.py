@@ -134,3 +134,121 @@ def test_api_call_is_recorded(tiny_gpt2):
     assert r.provenance["call"].startswith("repdisp.measure(model=<LoadedModel tiny-gpt2>")
     assert "segments=3" in r.provenance["call"]
     assert r.provenance["models"][0]["identity"] == "tiny-gpt2:seed0"
+
+
+# ---------------------------------------------------------------------------------------------
+# every result kind: written by write_result, read back by load_result, same values and frames
+
+
+def _kinds(tiny_gpt2):
+    """One small real result of every kind that does not need the kNN-LM or gap modules."""
+    import copy
+
+    from repdisp.analyses.clusters import clusters
+    from repdisp.analyses.compare import compare
+    from repdisp.analyses.layers import layers
+    from repdisp.analyses.ppl_dispersion import ppl_vs_dispersion
+    from repdisp.analyses.sampling import Sampling
+    from repdisp.applications.accuracy_probe import accuracy_probe
+    from repdisp.applications.hard_slices import hard_slices
+    from repdisp.applications.knn_keys import profile_keys
+    from repdisp.applications.mcqa import MCItem, MCResult
+    from repdisp.core.corpus import make_segments
+    from repdisp.training.finetune import BeforeAfter, FinetuneResult
+    from repdisp.training.sweep import SweepResult
+
+    samp = Sampling(segments=24, seq_len=12, cache=False, progress=False)
+    other = copy.deepcopy(tiny_gpt2)
+    other.name, other.identity = "tiny-other", "tiny-other:1"
+    import torch
+
+    with torch.no_grad():
+        other.model.transformer.h[0].mlp.c_fc.weight.mul_(3.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    correct = np.arange(40) < 20
+    mc = MCResult(
+        [MCItem(str(i), f"q{i}", ["a", "b"], 0) for i in range(40)],
+        [np.zeros(2)] * 40,
+        np.where(correct, 0, 1),
+        np.where(correct, 0, 1),
+        x,
+        model="m",
+    )
+    windows = make_segments(tiny_gpt2.tokenizer, "python-docs", None, 16)
+    grid_row = {"lr": 1e-3, "aux_weight": 0.1, "step": 10, "domain": "d", "split": "test",
+                "mean": 5.0, "sd": 0.1, "values": [4.9, 5.1]}  # fmt: skip
+    t2 = {"lr": 1e-3, "aux_weight": 0.1, "step": 10, "domain": "d", "base_mean": 5.0,
+          "base_sd": 0.1, "aux_mean": 4.8, "aux_sd": 0.1, "base_dispersion": 0.3,
+          "aux_dispersion": 0.4, "n_seeds": 2, "base_values": [4.9, 5.1]}  # fmt: skip
+    return {
+        "measure": repdisp.measure(tiny_gpt2, segments=6, seq_len=12, bootstrap=20, cache=False,
+                                   progress=False, sites=["final", "0.attn"]),  # fmt: skip
+        "ppl": ppl_vs_dispersion([tiny_gpt2], ["python-docs"], samp, bin_size=4, n_bins=3,
+                                 bootstrap=30),  # fmt: skip
+        "layers": layers(tiny_gpt2, "python-docs", "embed,0,final", samp, 4, 3, bootstrap=30),
+        "compare": compare([tiny_gpt2, other], "python-docs", samp, bootstrap=30),
+        "clusters": clusters([tiny_gpt2], "python-docs", ngram=2, min_count=5, per_cluster=4,
+                             context=6, n_clusters=4, cache=False, progress=False,
+                             bootstrap=20),  # fmt: skip
+        "probe": accuracy_probe(mc, "m", "t", (0.0, 0.5, 1.0), 10, 3),
+        "hard": hard_slices(mc, 0.25),
+        "keys": profile_keys(tiny_gpt2, windows, [4, 8], 2, cache=False, progress=False),
+        "finetune": FinetuneResult("b", "d", "lora", 2, 1e-3, 2, 16, 0, 8, 16, 0.9, 10, 64, 100,
+                                   1000, "ck", None, 1.5, [{"step": 1, "loss": 5.0,
+                                                            "learning_rate": 1e-3}]),  # fmt: skip
+        "before_after": BeforeAfter("h.txt", 6, 16, [{"model": "base", "spec": "b",
+                                    "mean_ppl": 9.0, "token_ppl": 8.0, "dispersion": 0.4,
+                                    "ci_low": 0.3, "ci_high": 0.5}], 0.01, -0.02, 0.03, 0.5),
+        "sweep": SweepResult("cfg", [grid_row], {"0.001": 0.1}, [t2]),
+    }  # fmt: skip
+
+
+def test_load_result_reads_every_kind_back(tiny_gpt2, tmp_path):
+    import pandas as pd
+
+    kinds = _kinds(tiny_gpt2)
+    for name, result in kinds.items():
+        paths = write_result(tmp_path, name, result)
+        back = load_result(paths[0])
+        assert type(back) is type(result), name
+        assert back.to_dict() == result.to_dict(), name
+        tables = result.tables()
+        assert tables and all(isinstance(rows, list) for rows in tables.values()), name
+        for tname in tables:
+            pd.testing.assert_frame_equal(back.to_frame(tname), result.to_frame(tname))
+        assert isinstance(back.table(), str) and back.table()
+        fig = result.figure()
+        if fig is not None:
+            from matplotlib.figure import Figure
+
+            assert isinstance(fig, Figure) and (tmp_path / f"{name}.png").stat().st_size > 0
+        doc = json.loads(paths[0].read_text())
+        assert doc["kind"] == result.kind and "provenance" in doc and "run" in doc
+        assert back.provenance["python"] == doc["provenance"]["python"]
+    # the CSV written beside it holds the main table
+    main = pd.read_csv(tmp_path / "ppl.csv")
+    pd.testing.assert_frame_equal(main, kinds["ppl"].to_frame(), check_dtype=False)
+    # no pyplot figure was ever opened (no global backend state touched)
+    import sys
+
+    assert (
+        "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()
+    )
+
+
+def test_load_result_generic_and_parquet(tmp_path, tiny_gpt2):
+    from repdisp.io.results import GenericResult, write_segments
+
+    (tmp_path / "old.json").write_text(json.dumps({"model": "m", "rows": [{"a": 1}, {"a": 2}]}))
+    r = load_result(tmp_path / "old.json")
+    assert isinstance(r, GenericResult) and list(r.to_frame("rows")["a"]) == [1, 2]
+    m = repdisp.measure(tiny_gpt2, segments=4, seq_len=8, bootstrap=5, cache=False,
+                        progress=False, per_segment=True)  # fmt: skip
+    path = write_segments(tmp_path, "m", m.segments())
+    frame = load_result(path).to_frame()
+    assert list(frame.columns[:6]) == ["segment", "source", "token_offset", "ppl", "mean_nll",
+                                       "last_token_nll"]  # fmt: skip
+    assert frame["ppl"].tolist() == [row["ppl"] for row in m.segments()]
+    with pytest.raises(repdisp.RepdispError, match="no such result"):
+        load_result(tmp_path / "missing.json")

@@ -310,8 +310,6 @@ def build(tp: Any, value: Any) -> Any:
     if origin is dict:
         _, arg = typing.get_args(tp) or (Any, Any)
         return {k: build(arg, v) for k, v in value.items()}
-    if tp is float and isinstance(value, (int, float)):
-        return float(value)
     return value
 
 
@@ -507,7 +505,8 @@ def result_document(
     doc: dict[str, Any] = {"kind": kind, "type": typename, "schema": SCHEMA}
     doc |= body
     doc, notes = strict_json(doc, explain)
-    doc["notes"] = notes
+    # a result with notes of its own (strings) keeps them first; the writer's notes are dicts
+    doc["notes"] = list(doc.get("notes") or []) + notes
     doc["provenance"], pnotes = strict_json(provenance(result, command))
     doc["run"], _ = strict_json(
         {
@@ -591,6 +590,8 @@ def _restore(doc: dict[str, Any]) -> dict[str, Any]:
     """The document with the non-finite values named in its notes put back."""
     doc = json.loads(json.dumps(doc))
     for note in doc.get("notes") or []:
+        if not isinstance(note, dict):  # the result's own notes
+            continue
         value = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}.get(note.get("value"))
         key = note.get("key")
         if value is None or not key:
@@ -664,6 +665,8 @@ def load_result(path: str | Path) -> Any:
     if cls is not None:
         run = doc.get("run") or {}  # timings go back into their fields
         body |= {k: run[k] for k in getattr(cls, "run_keys", ()) if k in run}
+        if dataclasses.is_dataclass(cls) and "notes" in {f.name for f in dataclasses.fields(cls)}:
+            body["notes"] = [n for n in doc.get("notes") or [] if not isinstance(n, dict)]
         try:
             result = cls.from_dict(body)
         except (TypeError, ValueError, KeyError) as e:
