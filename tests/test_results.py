@@ -252,3 +252,40 @@ def test_load_result_generic_and_parquet(tmp_path, tiny_gpt2):
     assert frame["ppl"].tolist() == [row["ppl"] for row in m.segments()]
     with pytest.raises(repdisp.RepdispError, match="no such result"):
         load_result(tmp_path / "missing.json")
+
+
+def test_report_opens_with_headline_card_then_figure_tables_provenance(tmp_path):
+    from html.parser import HTMLParser
+
+    from repdisp.io.report import render
+    from repdisp.training.finetune import BeforeAfter
+
+    rows = [
+        {"model": m, "spec": m, "mean_ppl": 9.0, "token_ppl": t, "dispersion": d,
+         "ci_low": d - 0.01, "ci_high": d + 0.01}
+        for m, t, d in (("base", 8.0, 0.40), ("fine-tuned", 7.0, 0.45))
+    ]  # fmt: skip
+    ba = BeforeAfter("held.txt", 6, 16, rows, 0.05, 0.03, 0.07, 0.5)
+    write_result(tmp_path, "finetune_eval", ba, command=["repdisp", "finetune", "--eval-only"])
+    toy = _Toy("a", [1.0, math.inf])
+    write_result(tmp_path, "toy", toy, figure=False)
+    page = render(tmp_path)
+
+    class Order(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def handle_starttag(self, tag, attrs):
+            cls = dict(attrs).get("class", "")
+            if tag == "img" or tag == "h3" or (tag == "div" and cls.startswith("card")):
+                self.seen.append("card" if tag == "div" else tag)
+
+    o = Order()
+    o.feed(page[: page.index('id="r-toy"')])
+    assert o.seen[:3] == ["card", "img", "h3"]  # answer first, then the figure, then tables
+    assert "+0.0500 [95% CI +0.0300, +0.0700]" in page and "significant (95% CI excludes 0)" in page
+    assert "repdisp finetune --eval-only" in page  # provenance: the command line
+    assert "<h3>provenance</h3>" in page and "transformers" in page
+    assert "values[1]</code> = inf (written as null)" in page  # the notes of the toy result
+    assert "meta name='viewport'" in page and "http" not in page.replace("http-equiv", "")
