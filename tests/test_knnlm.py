@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import repdisp.applications.knnlm as knn_mod
-from repdisp.applications.knn_keys import profile_keys
+import repdisp.applications.knnlm.datastore as knn_mod
 from repdisp.applications.knnlm import (
     Datastore,
     build_datastore,
@@ -22,6 +21,7 @@ from repdisp.applications.knnlm import (
     knn_log_prob,
     plan_windows,
 )
+from repdisp.applications.knnlm.keys import profile_keys
 from repdisp.cli import main
 from repdisp.core.corpus import Segments, load_texts, token_stream
 from repdisp.core.errors import RepdispError

@@ -19,8 +19,9 @@ import numpy as np
 from ..core.errors import RepdispError
 from ..core.geometry import as_matrix, bootstrap_ci, dispersion, unit_rows, weighted_dispersion
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import mean_ci
-from .sampling import ModelLike, Sampling, loaded, model_label, short_name
+from .sampling import model_label, short_name
 
 
 @dataclass

@@ -14,9 +14,10 @@ from typing import Any
 
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import Correlation
 from .binning import select_bins
-from .sampling import MODES, BinPoint, ModelLike, Sampling, bin_points, correlate, loaded
+from .sampling import MODES, BinPoint, bin_points, correlate
 
 
 @dataclass

@@ -25,16 +25,14 @@ import numpy as np
 from ..core.corpus import load_texts
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import Correlation
 from .binning import select_bins
 from .sampling import (
     MODES,
     BinPoint,
-    ModelLike,
-    Sampling,
     bin_points,
     correlate,
-    loaded,
     model_label,
     short_name,
 )

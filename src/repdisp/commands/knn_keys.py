@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..applications.knn_keys import plot_profile, profile_keys
+from ..applications.knnlm.keys import plot_profile, profile_keys
 from ..core.corpus import make_segments
 from ..core.errors import RepdispError
 from ..io.results import save_figure, write_csv, write_json

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RepdispError
+from .gguf import check_magic
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -141,12 +142,6 @@ def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     return pickled
 
 
-def _check_gguf(path: Path) -> None:
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise RepdispError(f"{path} is not a GGUF file (bad magic bytes)")
-
-
 def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
     """Convert a bundled GGUF into a safetensors folder once; return that folder."""
     if name not in BUNDLED:
@@ -187,7 +182,7 @@ def _first_line(e: Exception) -> str:
 def _from_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _check_gguf(path)
+    check_magic(path)
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)

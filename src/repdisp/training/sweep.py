@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..io.results import write_csv, write_json
-from .recipe import RunResult, TrainConfig, prepare_data, train_run
+from .config import TrainConfig
+from .data import prepare_data
+from .run import RunResult, train_run
 
 
 @dataclass

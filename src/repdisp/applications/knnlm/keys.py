@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ..core.corpus import Segments
-from ..core.errors import RepdispError
-from ..core.extract import extract
-from ..core.geometry import dispersion
-from ..core.models import LoadedModel
-from ..core.sites import blocks_of, parse_sites
+from ...core.corpus import Segments
+from ...core.errors import RepdispError
+from ...core.extract import extract
+from ...core.geometry import dispersion
+from ...core.models import LoadedModel
+from ...core.sites import blocks_of, parse_sites
 
 SITE_SETS = {"final-block": "-1.attn,-1.ffn", "all": "all.attn,all"}
 

@@ -1,29 +1,11 @@
-"""Multiple-choice QA: loaders, prompt formats and lm-evaluation-harness style scoring.
+"""Scoring (harness ``loglikelihood``) of formatted questions, and the scored result.
 
-Loaders give ``MCItem`` (question, choice texts, gold index, subject):
-
-    ARC jsonl    {"question": {"stem", "choices": [{"label", "text"}]}, "answerKey"}
-    MMLU csv     header-less rows ``question, A, B, C, D, answer`` (file or folder of *.csv;
-                 the subject is the file name without ``_val``/``_dev``/``_test``)
-    generic      jsonl/csv file or ``hf:NAME[:CONFIG]`` with column options (question, choices as a
-                 list of strings or of {"text"} dicts, answer as index or label letter)
-
-Prompt formats (as lm-evaluation-harness tasks ``arc_challenge`` and ``mmlu``):
-
-    qa     context ``Question: {q}\\nAnswer:``, continuations `` {choice text}``
-    mmlu   context ``The following are multiple choice questions (with answers) about {subject}.
-           \\n\\n{q}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}\\nAnswer:``, continuations `` A`` .. `` D``
-
-k-shot: k solved examples (prompt + gold continuation) joined by a blank line before the
-question; for ``mmlu`` the first k dev items of the same subject (harness ``first_n``), else a
-seeded sample of the shot pool.
-
-Scoring (harness ``loglikelihood``): trailing spaces of the context move to the continuation;
-continuation tokens = tokens(context + continuation) minus the tokens(context) prefix; the score is
-the summed log-probability of those tokens. ``acc`` takes the argmax of the sums, ``acc_norm``
-the argmax of sum / UTF-8 byte length of the choice text (``len(choice)`` in the harness; with
-letter continuations all lengths are equal, so acc_norm = acc). A BOS token is prepended when
-the tokenizer adds one by default (Gemma), as repdisp does everywhere.
+Trailing spaces of the context move to the continuation; continuation tokens = tokens(context +
+continuation) minus the tokens(context) prefix; the score is the summed log-probability of those
+tokens. ``acc`` takes the argmax of the sums, ``acc_norm`` the argmax of sum / UTF-8 byte length of
+the choice text (``len(choice)`` in the harness; with letter continuations all lengths are equal,
+so acc_norm = acc). A BOS token is prepended when the tokenizer adds one by default (Gemma), as
+repdisp does everywhere.
 
 Each question is ONE sequence (right-padded in the batch): the context, then every choice's
 continuation tokens as a separate block that sees the context and itself only (4-D attention
@@ -35,45 +17,20 @@ the hidden state at the chosen site of the last context token.
 
 from __future__ import annotations
 
-import csv
 import json
-import re
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.corpus import bos_id
-from ..core.errors import RepdispError
-from ..core.extract import token_nll
-from ..core.models import LoadedModel
-from ..core.sites import SiteReader, blocks_of, parse_sites
-
-FORMATS = ("qa", "mmlu")
-TASKS = ("arc-challenge", "mmlu", "jsonl")
-LETTERS = "ABCDEFGHIJ"
-
-
-@dataclass
-class MCItem:
-    """One multiple-choice question; ``answer`` is the gold index (-1 when unknown)."""
-
-    id: str
-    question: str
-    choices: list[str]
-    answer: int
-    subject: str = ""
-
-
-@dataclass
-class MCPrompt:
-    """A formatted question: the context and one continuation per choice."""
-
-    context: str
-    continuations: list[str]
-    choice_texts: list[str]  # what acc_norm divides by (harness: the doc_to_choice strings)
+from ...core.corpus import bos_id
+from ...core.errors import RepdispError
+from ...core.extract import token_nll
+from ...core.models import LoadedModel
+from ...core.sites import SiteReader, blocks_of, parse_sites
+from .prompts import MCPrompt, make_prompts
+from .tasks import MCItem, default_format, load_task
 
 
 @dataclass
@@ -150,189 +107,6 @@ class MCResult:
                 )
         except (OSError, KeyError, ValueError) as e:
             raise RepdispError(f"cannot read scored questions from {path}: {e}") from None
-
-
-# ---------------------------------------------------------------- loaders
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise RepdispError(f"{path}: invalid JSON line ({e.msg})") from None
-
-
-def _files(path: Path, suffix: str) -> list[Path]:
-    if path.is_dir():
-        files = sorted(path.glob(f"*{suffix}"))
-    elif path.is_file():
-        files = [path]
-    else:
-        raise RepdispError(f"data {path} not found")
-    if not files:
-        raise RepdispError(f"no *{suffix} files in {path}")
-    return files
-
-
-def _answer_index(answer: Any, labels: list[str], where: str) -> int:
-    key = str(answer).strip()
-    if key in labels:
-        return labels.index(key)
-    if key.isdigit() and int(key) < len(labels):  # a 0-based index
-        return int(key)
-    raise RepdispError(f"{where}: answer {answer!r} is not one of the labels {labels}")
-
-
-def load_arc(path: str | Path) -> list[MCItem]:
-    """ARC jsonl file(s) (a folder loads every *.jsonl in it, e.g. Dev + Test)."""
-    items = []
-    for f in _files(Path(path), ".jsonl"):
-        for i, rec in enumerate(_jsonl(f)):
-            try:
-                q = rec["question"]
-                labels = [c["label"] for c in q["choices"]]
-                texts = [c["text"] for c in q["choices"]]
-                where = f"{f.name} line {i + 1}"
-                ans = _answer_index(rec["answerKey"], labels, where) if "answerKey" in rec else -1
-                items.append(MCItem(str(rec.get("id", f"{f.stem}-{i}")), q["stem"], texts, ans))
-            except (KeyError, TypeError) as e:
-                raise RepdispError(f"{f} line {i + 1}: not ARC format (missing {e})") from None
-    return items
-
-
-def _subject(path: Path) -> str:
-    return re.sub(r"_(val|dev|test)$", "", path.stem)
-
-
-def load_mmlu(path: str | Path) -> list[MCItem]:
-    """MMLU csv file(s) without header: question, A, B, C, D, answer letter."""
-    items = []
-    for f in _files(Path(path), ".csv"):
-        with open(f, newline="", encoding="utf-8") as fh:
-            for i, row in enumerate(csv.reader(fh)):
-                if len(row) != 6:
-                    raise RepdispError(f"{f} row {i + 1}: expected 6 columns, got {len(row)}")
-                ans = _answer_index(row[5], list("ABCD"), f"{f.name} row {i + 1}")
-                items.append(MCItem(f"{f.stem}-{i}", row[0], row[1:5], ans, _subject(f)))
-    return items
-
-
-def load_generic(
-    source: str,
-    question_field: str = "question",
-    choices_field: str = "choices",
-    answer_field: str = "answer",
-    subject_field: str | None = None,
-    split: str = "test",
-) -> list[MCItem]:
-    """A jsonl file or ``hf:NAME[:CONFIG]`` dataset with the given columns."""
-    if source.startswith("hf:"):
-        try:
-            import datasets
-        except ImportError:
-            raise RepdispError("hf: sources need the `datasets` package") from None
-        name, _, config = source[3:].partition(":")
-        try:
-            records = list(datasets.load_dataset(name, config or None, split=split))
-        except Exception as e:
-            raise RepdispError(f"cannot load dataset {name!r} ({type(e).__name__})") from e
-    else:
-        records = [r for f in _files(Path(source), ".jsonl") for r in _jsonl(f)]
-    items = []
-    for i, rec in enumerate(records):
-        missing = [k for k in (question_field, choices_field) if k not in rec]
-        if missing:
-            raise RepdispError(f"{source} record {i + 1}: no field {missing[0]!r} ({sorted(rec)})")
-        raw = rec[choices_field]
-        if isinstance(raw, dict) and "text" in raw:  # datasets' {"text": [...], "label": [...]}
-            texts, labels = list(raw["text"]), list(raw.get("label", LETTERS[: len(raw["text"])]))
-        else:
-            texts = [c["text"] if isinstance(c, dict) else str(c) for c in raw]
-            labels = [
-                c.get("label", LETTERS[j]) if isinstance(c, dict) else LETTERS[j]
-                for j, c in enumerate(raw)
-            ]
-        ans = rec.get(answer_field)
-        gold = -1 if ans is None else _answer_index(ans, labels, f"{source} record {i + 1}")
-        subject = str(rec.get(subject_field, "")) if subject_field else ""
-        items.append(MCItem(str(rec.get("id", i)), str(rec[question_field]), texts, gold, subject))
-    return items
-
-
-def load_task(task: str, data: str, **columns: Any) -> list[MCItem]:
-    """Items of ``task`` (arc-challenge | mmlu | jsonl) from ``data``."""
-    if task == "arc-challenge":
-        items = load_arc(data)
-    elif task == "mmlu":
-        items = load_mmlu(data)
-    elif task == "jsonl":
-        items = load_generic(data, **columns)
-    else:
-        raise RepdispError(f"unknown task {task!r}; choose {', '.join(TASKS)}")
-    if not items:
-        raise RepdispError(f"{data} holds no questions")
-    return items
-
-
-def default_format(task: str) -> str:
-    return "mmlu" if task == "mmlu" else "qa"
-
-
-# ---------------------------------------------------------------- prompts
-
-
-def _body(item: MCItem, fmt: str) -> tuple[str, list[str], list[str]]:
-    if fmt == "qa":
-        return f"Question: {item.question}\nAnswer:", [f" {c}" for c in item.choices], item.choices
-    if fmt == "mmlu":
-        letters = list(LETTERS[: len(item.choices)])
-        lines = [item.question.strip()] + [
-            f"{k}. {c}" for k, c in zip(letters, item.choices, strict=True)
-        ]
-        return "\n".join(lines) + "\nAnswer:", [f" {k}" for k in letters], letters
-    raise RepdispError(f"unknown prompt format {fmt!r}; choose {', '.join(FORMATS)}")
-
-
-def _header(item: MCItem, fmt: str) -> str:
-    if fmt != "mmlu":
-        return ""
-    subject = f" about {item.subject.replace('_', ' ')}" if item.subject else ""
-    return f"The following are multiple choice questions (with answers){subject}.\n\n"
-
-
-def _shots_for(item: MCItem, pool: list[MCItem], k: int, fmt: str, seed: int) -> list[MCItem]:
-    if k == 0:
-        return []
-    if fmt == "mmlu":  # first k dev items of the same subject, as the harness
-        same = [s for s in pool if s.subject == item.subject and s.id != item.id]
-        return same[:k]
-    rng = np.random.default_rng([seed, zlib.crc32(item.id.encode())])
-    cands = [s for s in pool if s.id != item.id]
-    return [cands[j] for j in rng.choice(len(cands), min(k, len(cands)), replace=False)]
-
-
-def make_prompts(
-    items: list[MCItem],
-    fmt: str = "qa",
-    shots: int = 0,
-    shot_pool: list[MCItem] | None = None,
-    seed: int = 1234,
-) -> list[MCPrompt]:
-    """Format items as prompts, with ``shots`` solved examples from ``shot_pool`` in front."""
-    if shots and not shot_pool:
-        raise RepdispError("k-shot prompts need a pool of solved examples (--shots-data)")
-    prompts = []
-    for item in items:
-        parts = []
-        for s in _shots_for(item, shot_pool or [], shots, fmt, seed):
-            ctx, conts, _ = _body(s, fmt)
-            parts.append(ctx + conts[s.answer])
-        ctx, conts, texts = _body(item, fmt)
-        prompts.append(MCPrompt(_header(item, fmt) + "\n\n".join(parts + [ctx]), conts, texts))
-    return prompts
-
-
-# ---------------------------------------------------------------- scoring
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
