@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.corpus import Segments, bos_id, load_texts, token_stream
+from ..core.corpus import Segments, load_texts, token_stream
 from ..core.errors import RepdispError
 from ..core.extract import extract
 from ..core.geometry import bootstrap_ci, cluster_distances
@@ -165,7 +165,7 @@ def clusters(
                     f"{data} (the most frequent occurs {top} times): lower --min-count or --ngram"
                 )
             ctx = sample_contexts(
-                stream, mined, context, per_cluster, n_clusters, bos_id(lm.tokenizer), seed, data
+                stream, mined, context, per_cluster, n_clusters, lm.bos_id, seed, data
             )
         elif not np.array_equal(token_stream(lm.tokenizer, docs), stream):
             raise RepdispError(f"{lm.name} tokenises {data} differently from {models[0]}")

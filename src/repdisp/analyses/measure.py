@@ -150,14 +150,13 @@ def measure(
             if isinstance(model, LoadedModel)
             else load_model(model, device, dtype, trust_remote_code, allow_pickle)
         )
-        max_len = getattr(lm.model.config, "max_position_embeddings", None)
         segs = make_segments(
             lm.tokenizer,
             data,
             segments,
             seq_len,
             seed,
-            max_len=max_len,
+            max_len=lm.max_len,
             text_field=text_field,
             encoding_errors=encoding_errors,
         )

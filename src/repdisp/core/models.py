@@ -19,11 +19,14 @@ import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .corpus import bos_id
 from .errors import RepdispError
 from .gguf import check_magic
+from .sites import Site, blocks_of, parse_sites
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -89,6 +92,30 @@ class LoadedModel:
     identity: str
     device: Any
     dtype: Any
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of decoder blocks."""
+        return len(blocks_of(self.model))
+
+    @cached_property
+    def bos_id(self) -> int | None:
+        """The BOS id when the tokenizer adds one by default, else None (``corpus.bos_id``)."""
+        return bos_id(self.tokenizer)
+
+    @property
+    def max_len(self) -> int | None:
+        """Context length in tokens (``max_position_embeddings``), None when the config has none."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream (``hidden_size``)."""
+        return int(self.model.config.hidden_size)
+
+    def parse_sites(self, specs: str | list[str]) -> list[Site]:
+        """``core.sites.parse_sites`` with this model's number of blocks."""
+        return parse_sites(specs, self.n_blocks)
 
 
 def resolve_device(device: str) -> Any:

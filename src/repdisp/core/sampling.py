@@ -43,9 +43,8 @@ class Sampling:
         """Sample the segments (same seed for every model) and run one extraction pass."""
         if docs is None:
             docs = load_texts(data, self.text_field, encoding_errors=self.encoding_errors)
-        max_len = getattr(lm.model.config, "max_position_embeddings", None)
         segs = make_segments(
-            lm.tokenizer, data, self.segments, seq_len or self.seq_len, self.seed, docs, max_len
+            lm.tokenizer, data, self.segments, seq_len or self.seq_len, self.seed, docs, lm.max_len
         )
         ex = extract(
             lm,

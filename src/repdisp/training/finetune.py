@@ -138,8 +138,9 @@ def finetune(
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, "float32")
     docs = load_texts(data, text_field=text_field, encoding_errors=encoding_errors)
     train_docs, heldout_docs = split_text(docs, train_fraction)
-    max_len = getattr(lm.model.config, "max_position_embeddings", None)
-    segs = make_segments(lm.tokenizer, data, None, seq_len, seed, docs=train_docs, max_len=max_len)
+    segs = make_segments(
+        lm.tokenizer, data, None, seq_len, seed, docs=train_docs, max_len=lm.max_len
+    )
 
     net = lm.model
     net.train()
@@ -281,8 +282,7 @@ def before_after(
     for label, spec in (("base", base), ("fine-tuned", str(checkpoint))):
         lm = load_model(spec, device)
         if segs is None:
-            max_len = getattr(lm.model.config, "max_position_embeddings", None)
-            segs = make_segments(lm.tokenizer, data, segments, seq_len, seed, max_len=max_len)
+            segs = make_segments(lm.tokenizer, data, segments, seq_len, seed, max_len=lm.max_len)
         ex = extract(lm, segs, "final", "last", True, batch_size, 1, True, progress)
         x = ex.get(ex.sites[0], "last")
         lo, hi = bootstrap_ci(x, bootstrap, seed)

@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ...core.corpus import bos_id
 from ...core.errors import RepdispError
 from ...core.extract import forward_sites
 from ...core.models import LoadedModel
 from ...core.shards import atomic_write
-from ...core.sites import Site, blocks_of, parse_sites
+from ...core.sites import Site
 from .index import _faiss, _on_gpu, build_index
 from .windows import _batches, _window_batch, plan_windows
 
@@ -134,12 +133,12 @@ def build_datastore(
     t_start = time.perf_counter()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    site_list = parse_sites(sites, len(blocks_of(lm.model)))
+    site_list = lm.parse_sites(sites)
     names = [s.name for s in site_list]
     windows = plan_windows(len(tokens), context, stride)
     offsets = np.cumsum([0] + [e - n for _, e, n in windows])
-    n_keys, dim = int(offsets[-1]), int(lm.model.config.hidden_size)
-    bos = bos_id(lm.tokenizer)
+    n_keys, dim = int(offsets[-1]), lm.d_model
+    bos = lm.bos_id
     meta = {
         "version": _VERSION,
         "model": lm.name,

@@ -10,11 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ...core.corpus import bos_id
 from ...core.errors import RepdispError
 from ...core.extract import forward_sites
 from ...core.models import LoadedModel
-from ...core.sites import blocks_of, parse_sites
 from .datastore import Datastore
 from .mixture import interpolate, knn_log_prob, perplexity
 from .windows import _batches, _window_batch, plan_windows
@@ -127,13 +125,12 @@ def evaluate(
     if temperature <= 0 or any(t <= 0 for t in temperature_grid or []):
         raise RepdispError("--temperature must be positive")
     names = sites or datastore.sites
-    site_list = parse_sites(names, len(blocks_of(lm.model)))
+    site_list = lm.parse_sites(names)
     names = [s.name for s in site_list]
     indexes = {s: datastore.index(s, nprobe) for s in names}
     store_values = np.asarray(datastore.values())
     temps = sorted({temperature, *(temperature_grid or [])})
     windows = plan_windows(len(tokens), context, stride)
-    bos = bos_id(lm.tokenizer)
     lp_lm: list[np.ndarray] = []
     lp_knn: dict[str, list[np.ndarray]] = {s: [] for s in names}
     covered: dict[str, int] = dict.fromkeys(names, 0)
@@ -141,7 +138,7 @@ def evaluate(
     bar = tqdm(total=len(windows), unit="win", disable=not progress, desc=f"kNN-LM eval {lm.name}")
     for batch in _batches(windows, batch_size):
         wins = [windows[i] for i in batch]
-        ids, spans = _window_batch(tokens, wins, bos)
+        ids, spans = _window_batch(tokens, wins, lm.bos_id)
         t0 = time.perf_counter()
         states, nll = forward_sites(lm, ids, site_list, perplexity=True)
         fwd_s += time.perf_counter() - t0

@@ -21,7 +21,6 @@ from ...core.errors import RepdispError
 from ...core.extract import extract
 from ...core.geometry import dispersion
 from ...core.models import LoadedModel
-from ...core.sites import blocks_of, parse_sites
 
 SITE_SETS = {"final-block": "-1.attn,-1.ffn", "all": "all.attn,all"}
 
@@ -102,7 +101,7 @@ def profile_keys(
         )
     if seeds < 1:
         raise RepdispError("--seeds must be at least 1")
-    names = [s.name for s in parse_sites(SITE_SETS.get(sites, sites), len(blocks_of(lm.model)))]
+    names = [s.name for s in lm.parse_sites(SITE_SETS.get(sites, sites))]
     draws = [np.random.default_rng(s).permutation(n_windows)[: chunks[-1]] for s in range(seeds)]
     union = np.unique(np.concatenate(draws))
     sub = Segments(windows.ids[union], windows.index[union], windows.has_bos, windows.source)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from ...core.corpus import bos_id
 from ...core.models import LoadedModel
 from ...core.stats import mean_ci
 from .datastore import BuildReport, Datastore, build_datastore
@@ -104,7 +103,7 @@ def select_key(
     """Dispersion profile on the training text, one datastore with every candidate site (one
     forward pass), one evaluation pass, and whether the highest-dispersion site won.
     ``cache`` is the profile's extraction cache (see ``repdisp.extract``)."""
-    windows = chunk_windows(train, chunk_len, bos_id(lm.tokenizer), train_source)
+    windows = chunk_windows(train, chunk_len, lm.bos_id, train_source)
     profile = profile_keys(lm, windows, [chunks], seeds, sites, cache=cache, progress=progress)
     build = build_datastore(
         lm, train, folder, profile.sites, train_source, progress=progress, **(build_kwargs or {})

@@ -28,7 +28,7 @@ from ...core.corpus import bos_id
 from ...core.errors import RepdispError
 from ...core.extract import token_nll
 from ...core.models import LoadedModel
-from ...core.sites import SiteReader, blocks_of, parse_sites
+from ...core.sites import SiteReader
 from .prompts import MCPrompt, make_prompts
 from .tasks import MCItem, default_format, load_task
 
@@ -109,15 +109,19 @@ class MCResult:
             raise RepdispError(f"cannot read scored questions from {path}: {e}") from None
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer: Any, context: str, continuation: str, *, bos: int | None | str = "auto"
+) -> tuple[list[int], list[int]]:
     """Harness ``_encode_pair``: context ids (with BOS when the tokenizer adds one) and the
-    continuation ids = tokens(context + continuation) past the tokens(context) prefix."""
+    continuation ids = tokens(context + continuation) past the tokens(context) prefix.
+    ``bos``: the BOS id to prepend (None: none); ``"auto"`` asks the tokenizer (``bos_id``)."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     ctx = tokenizer(context, add_special_tokens=False).input_ids
     whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
-    bos = bos_id(tokenizer)
+    if bos == "auto":
+        bos = bos_id(tokenizer)
     return ([bos] if bos is not None else []) + ctx, whole[len(ctx) :]
 
 
@@ -134,8 +138,8 @@ class _Packed:
     targets: list[tuple[int, list[int], list[int]]]  # (choice, predicting positions, tokens)
 
 
-def _pack(tokenizer: Any, qi: int, prompt: MCPrompt) -> _Packed:
-    pairs = [encode_pair(tokenizer, prompt.context, c) for c in prompt.continuations]
+def _pack(tokenizer: Any, qi: int, prompt: MCPrompt, bos: int | None) -> _Packed:
+    pairs = [encode_pair(tokenizer, prompt.context, c, bos=bos) for c in prompt.continuations]
     ctx = pairs[0][0]
     ids, blocks, targets = list(ctx), [], []
     for ci, (_, cont) in enumerate(pairs):
@@ -182,16 +186,17 @@ def score(
     import torch
     from tqdm.auto import tqdm
 
-    site_obj = parse_sites(site, len(blocks_of(lm.model)))
+    site_obj = lm.parse_sites(site)
     if len(site_obj) != 1:
         raise RepdispError(f"give exactly one site for the query embedding, got {site!r}")
     site_obj = site_obj[0]
-    bos = bos_id(lm.tokenizer)
+    bos = lm.bos_id
+    read = sorted({site_obj, *lm.parse_sites("final")})
     packed = sorted(
-        (_pack(lm.tokenizer, qi, p) for qi, p in enumerate(prompts)), key=lambda p: -len(p.ids)
+        (_pack(lm.tokenizer, qi, p, bos) for qi, p in enumerate(prompts)), key=lambda p: -len(p.ids)
     )  # longest first: batches of similar length waste little padding
     loglik = [np.zeros(len(p.continuations)) for p in prompts]
-    emb = np.full((len(prompts), lm.model.config.hidden_size), np.nan, dtype=np.float32)
+    emb = np.full((len(prompts), lm.d_model), np.nan, dtype=np.float32)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else (bos or 0)
     bar = tqdm(total=len(packed), unit="q", disable=not progress, desc=f"score {lm.name}")
     for b in range(0, len(packed), batch_size):
@@ -209,14 +214,14 @@ def score(
                 tok += tokens
                 owner += [(p.qi, ci)] * len(tokens)
         rows_t, pos_t = torch.tensor(rows), torch.tensor(pos)
-        with torch.inference_mode(), SiteReader(lm.model, [site_obj], stop_early=False) as reader:
-            final = lm.model.base_model(
+        with torch.inference_mode(), SiteReader(lm.model, read, stop_early=False) as reader:
+            lm.model.base_model(
                 input_ids=ids.to(lm.device),
                 attention_mask=mask.to(lm.device),
                 position_ids=pos_ids.to(lm.device),
                 use_cache=False,
-            )[0]
-            at_site = final if site_obj.name == "final" else reader.values[site_obj.name]
+            )
+            final, at_site = reader.values["final"], reader.values[site_obj.name]
             # token_nll scores ids[:, 1] from hidden[:, 0]: pack each scored token as one row.
             hid = final[rows_t, pos_t][:, None].expand(-1, 2, -1)
             tgt = torch.tensor(tok)[:, None].expand(-1, 2).to(lm.device)
