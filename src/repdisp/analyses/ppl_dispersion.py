@@ -204,13 +204,11 @@ def plot(result: PplDispersionResult) -> Any:
     """Scatter of bin mean perplexity (x, log) vs dispersion (y): one panel per mode, one line
     per (model, data, length): colour by data and length, line style by model, Pearson r in the
     legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    from ..io.results import new_figure
+
+    fig, axes = new_figure(1, 2, figsize=(12, 5.2))
     models = list(dict.fromkeys(s.model for s in result.series))  # line style per model
     keys = list(dict.fromkeys((s.data, s.seq_len) for s in result.series))  # colour per data
     xlabel = (

@@ -15,9 +15,7 @@ import importlib.util
 import json
 import os
 import pickle
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 from .corpus import bos_id
 from .errors import RepdispError
 from .gguf import check_magic
+from .shards import atomic_folder
 from .sites import Site, blocks_of, parse_sites
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -187,17 +186,10 @@ def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-    try:
+    with atomic_folder(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "repdisp.json").write_text(json.dumps({"source": gguf.name}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from ..core.corpus import load_texts, token_stream
 from ..core.errors import RepdispError
 from ..core.models import cache_root
+from ..core.shards import atomic_folder
 from .config import TrainConfig, _resolve
 
 EOT = "<|endoftext|>"
@@ -34,10 +34,13 @@ def _load(cfg: TrainConfig, source: str, text_field: str) -> list[str]:
     return ["".join(t) for t in zip(*parts, strict=True)]
 
 
-def split_docs(docs: list[str], fractions: list[float]) -> list[list[str]]:
+def split_docs(
+    docs: list[str], fractions: list[float], *, next_line: bool = False
+) -> list[list[str]]:
     """Cut the documents, in order, into consecutive parts holding ``fractions`` of the characters.
 
-    A cut falls on a line boundary inside the document it lands in."""
+    A cut falls on a line boundary inside the document it lands in: the last one before it, or
+    with ``next_line`` the first one at or after it. Blank pieces are dropped."""
     total = sum(len(d) for d in docs)
     cuts = list(np.cumsum(fractions)[:-1] * total)
     parts: list[list[str]] = [[] for _ in fractions]
@@ -46,8 +49,12 @@ def split_docs(docs: list[str], fractions: list[float]) -> list[list[str]]:
         start = 0
         while k < len(cuts) and pos + len(doc) > cuts[k]:
             at = int(cuts[k] - pos)
-            nl = doc.rfind("\n", start, at)
-            cut = nl + 1 if nl >= start else max(at, start)
+            if next_line:
+                nl = doc.find("\n", max(at - 1, start))
+                cut = len(doc) if nl < 0 else nl + 1
+            else:
+                nl = doc.rfind("\n", start, at)
+                cut = nl + 1 if nl >= start else max(at, start)
             if doc[start:cut].strip():
                 parts[k].append(doc[start:cut])
             start, k = cut, k + 1
@@ -142,13 +149,10 @@ def prepare_data(cfg: TrainConfig, cache: bool = True) -> PreparedData:
         for s in splits
     }
     if cache:
-        tmp = folder.with_name(f"{key}.tmp{os.getpid()}")
-        tok.save_pretrained(tmp / "tokenizer")
-        np.savez(tmp / "blocks.npz", **{f"{s}/{n}": a for s, d in by.items() for n, a in d.items()})
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first: keep its copy
-            pass
+        with atomic_folder(folder, replace=False) as tmp:  # another process first: keep its copy
+            tok.save_pretrained(tmp / "tokenizer")
+            arrays = {f"{s}/{n}": a for s, d in by.items() for n, a in d.items()}
+            np.savez(tmp / "blocks.npz", **arrays)
     return PreparedData(tok, by["train"], by["val"], by["test"])
 
 

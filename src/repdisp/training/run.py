@@ -73,14 +73,9 @@ class RunResult:
 
     def plot(self, path: str | Path) -> Path:
         """Training CE and batch dispersion against the step."""
-        import matplotlib
+        from ..io.results import new_figure, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from ..io.results import save_figure
-
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+        fig, (ax1, ax2) = new_figure(1, 2, figsize=(9, 3.4))
         steps = [h["step"] for h in self.history]
         ax1.plot(steps, [h["ce"] for h in self.history])
         ax1.set(xlabel="step", ylabel="training CE", title=f"{self.name}, λ={self.aux_weight:g}")

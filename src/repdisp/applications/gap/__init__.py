@@ -25,7 +25,7 @@ from .analysis import (
     parse_accuracy,
     plot_gap,
 )
-from .distances import METRICS, GapComponents, cosine_between, euclidean_between, gap_components
+from .distances import METRICS, GapComponents, cosine_between, gap_components
 from .rows import EmbeddingRows, _matrix_shape
 from .words import DOMAINS, REFERENCES, TokenSet, load_words, token_set
 
@@ -41,7 +41,6 @@ __all__ = [
     "_matrix_shape",
     "checkpoint_gap",
     "cosine_between",
-    "euclidean_between",
     "gap",
     "gap_components",
     "load_words",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 
 from ...core.errors import RepdispError
 from ...core.models import cache_root
+from ...core.shards import atomic_write
 from .distances import METRICS, GapComponents, gap_components
 from .rows import EmbeddingRows, _matrix_shape
 from .words import DOMAINS, REFERENCES, TokenSet, load_words, token_set
@@ -77,9 +77,8 @@ def _token_sets(
         tokenizers[key] = src.tokenizer()
     sets = (token_set(tokenizers[key], *domain_words), token_set(tokenizers[key], *reference_words))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([{**vars(t), "ids": t.ids.tolist()} for t in sets]))
-    os.replace(tmp, path)
+    text = json.dumps([{**vars(t), "ids": t.ids.tolist()} for t in sets]).encode()
+    atomic_write(path, lambda f: f.write(text))
     return sets
 
 
@@ -186,12 +185,9 @@ def gap(
 
 def plot_gap(res: GapResult):
     """Fig. 9 style: D-D (within T), D-NM (between T, T') and gap bars; accuracy as a line."""
-    import matplotlib
+    from ...io.results import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4.5, 2.2 * len(res.checkpoints)), 3.6))
+    fig, ax = new_figure(figsize=(max(4.5, 2.2 * len(res.checkpoints)), 3.6))
     x = np.arange(len(res.checkpoints))
     comps = [getattr(c, res.metric) for c in res.checkpoints]
     for k, (label, vals) in enumerate(

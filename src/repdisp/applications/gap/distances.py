@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...core.errors import RepdispError
-from ...core.geometry import CosineStats, dispersion, mean_euclidean
+from ...core.geometry import CosineStats, dispersion, mean_euclidean, mean_euclidean_between
 
 METRICS = ("cosine", "euclidean")
 
@@ -22,17 +22,6 @@ def cosine_between(a: np.ndarray, b: np.ndarray) -> float:
     """Mean cosine distance over all pairs (a_i, b_j), O((n + m)·d): 1 - (Σû)·(Σv̂)/(n m)."""
     sa, sb = CosineStats().update(a), CosineStats().update(b)
     return 1.0 - float(sa.total @ sb.total) / (sa.count * sb.count)
-
-
-def euclidean_between(a: np.ndarray, b: np.ndarray, block: int = 1024) -> float:
-    """Exact mean Euclidean distance over all pairs (a_i, b_j), in blocks of rows."""
-    total = 0.0
-    sb = (b * b).sum(1)
-    for i in range(0, len(a), block):
-        x = a[i : i + block]
-        d2 = (x * x).sum(1)[:, None] + sb[None, :] - 2.0 * x @ b.T
-        total += float(np.sqrt(np.maximum(d2, 0.0)).sum())
-    return total / (len(a) * len(b))
 
 
 @dataclass
@@ -53,6 +42,8 @@ def gap_components(domain: np.ndarray, reference: np.ndarray, metric: str) -> Ga
         )
     if metric == "euclidean":
         return GapComponents(
-            mean_euclidean(domain), mean_euclidean(reference), euclidean_between(domain, reference)
+            mean_euclidean(domain),
+            mean_euclidean(reference),
+            mean_euclidean_between(domain, reference),
         )
     raise RepdispError(f"unknown metric {metric!r}; choose {', '.join(METRICS)}")

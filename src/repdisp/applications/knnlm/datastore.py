@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,9 +207,8 @@ def build_datastore(
             faiss = _faiss()
             idx, info = build_index(keys[s], index)
             target = folder / f"index.{_site_file(s)}.faiss"
-            tmp = target.with_name(f".{target.name}.tmp")
-            faiss.write_index(idx, str(tmp))
-            os.replace(tmp, target)
+            data = faiss.serialize_index(idx)  # the bytes write_index would write
+            atomic_write(target, lambda f, data=data: f.write(data.tobytes()))
             manifest["index"][s] = info
             _write_manifest(folder, manifest)
     manifest["complete"] = True

@@ -215,12 +215,9 @@ def evaluate(
 
 def plot_eval(result: KnnEval) -> Any:
     """kNN-LM perplexity vs λ per site (at the best temperature), base perplexity dashed."""
-    import matplotlib
+    from ...io.results import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     for s in result.sites:
         rows = sorted(
             (r for r in s.grid if r["temperature"] == s.best_temperature), key=lambda r: r["lmbda"]

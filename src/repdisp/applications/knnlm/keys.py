@@ -142,12 +142,9 @@ def profile_keys(
 
 def plot_profile(profile: KeyProfile) -> Any:
     """Dispersion vs N per site (error bars = std over seeds); with many sites, vs depth per N."""
-    import matplotlib
+    from ...io.results import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     if len(profile.sites) <= 4:
         for s in profile.sites:
             rs = [profile.row(s, n) for n in profile.chunks]

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ...core.corpus import Segments, load_texts, token_stream
+from ...core.corpus import Segments, load_texts, prepend_bos, token_stream
 from ...core.errors import RepdispError
 from ...core.models import LoadedModel
 
@@ -77,9 +77,8 @@ def _window_batch(
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Input ids of equal-length windows and, per window, the position range of its new targets
     (position j predicts input token j + 1)."""
-    prefix = [] if bos is None else [bos]
-    ids = np.stack([np.concatenate([prefix, tokens[b:e]]).astype(np.int64) for b, e, _ in windows])
-    p = len(prefix)
+    ids = prepend_bos(np.stack([tokens[b:e] for b, e, _ in windows]), bos)
+    p = int(bos is not None)
     return ids, [(n - b + p - 1, e - b + p - 1) for b, e, n in windows]
 
 
@@ -88,7 +87,5 @@ def chunk_windows(tokens: np.ndarray, chunk_len: int, bos: int | None, source: s
     n = len(tokens) // chunk_len
     if n < 2:
         raise RepdispError(f"{source}: fewer than 2 chunks of {chunk_len} tokens")
-    ids = tokens[: n * chunk_len].reshape(n, chunk_len).astype(np.int64)
-    if bos is not None:
-        ids = np.concatenate([np.full((n, 1), bos, dtype=np.int64), ids], axis=1)
+    ids = prepend_bos(tokens[: n * chunk_len].reshape(n, chunk_len), bos)
     return Segments(ids, np.arange(n), bos is not None, source)

@@ -28,6 +28,7 @@ from ...core.corpus import bos_id
 from ...core.errors import RepdispError
 from ...core.extract import token_nll
 from ...core.models import LoadedModel
+from ...core.shards import atomic_write
 from ...core.sites import SiteReader
 from .prompts import MCPrompt, make_prompts
 from .tasks import MCItem, default_format, load_task
@@ -78,16 +79,16 @@ class MCResult:
         for i, row in enumerate(self.loglik):
             ll[i, : len(row)] = row
         items = json.dumps([asdict(it) for it in self.items])
-        np.savez(
-            path,
-            loglik=ll,
-            pred=self.pred,
-            pred_norm=self.pred_norm,
-            embeddings=self.embeddings,
-            model=np.array(self.model),
-            items=np.array(items),
-            site=np.array(self.site),
-        )
+        arrays = {
+            "loglik": ll,
+            "pred": self.pred,
+            "pred_norm": self.pred_norm,
+            "embeddings": self.embeddings,
+            "model": np.array(self.model),
+            "items": np.array(items),
+            "site": np.array(self.site),
+        }
+        atomic_write(path, lambda f: np.savez(f, **arrays))
         return path
 
     @classmethod
