@@ -128,6 +128,7 @@ def sample_contexts(
 def clusters(
     models: list[str | LoadedModel],
     data: str,
+    *,
     ngram: int = 10,
     min_count: int = 100,
     per_cluster: int = 100,
@@ -167,7 +168,17 @@ def clusters(
             )
         elif not np.array_equal(token_stream(lm.tokenizer, docs), stream):
             raise RepdispError(f"{lm.name} tokenises {data} differently from {models[0]}")
-        ex = extract(lm, ctx.segments, site, "last", False, batch_size, 0, cache, progress)
+        ex = extract(
+            lm,
+            ctx.segments,
+            site,
+            "last",
+            perplexity=False,
+            batch_size=batch_size,
+            skip_first=0,
+            cache=cache,
+            progress=progress,
+        )
         x = ex.get(ex.sites[0], "last")
         d = cluster_distances(x, ctx.labels)
         centroids = np.stack(

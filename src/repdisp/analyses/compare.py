@@ -112,9 +112,10 @@ class CompareResult:
         return "\n".join(lines)
 
 
-def compare(
+def compare_models(
     models: Sequence[ModelLike],
     data: str,
+    *,
     sampling: Sampling | None = None,
     pooling: str = "last",
     site: str = "final",

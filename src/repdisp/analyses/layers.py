@@ -75,6 +75,7 @@ class LayersResult:
 def layers(
     model: ModelLike,
     data: str,
+    *,
     sites: str | list[str] = "all",
     sampling: Sampling | None = None,
     bin_size: int = 50,

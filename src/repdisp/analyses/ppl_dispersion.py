@@ -124,6 +124,7 @@ class PplDispersionResult:
 def ppl_vs_dispersion(
     models: Sequence[ModelLike],
     datas: Sequence[str],
+    *,
     sampling: Sampling | None = None,
     bin_size: int = 50,
     n_bins: int = 10,

@@ -145,6 +145,7 @@ def run_protocol(
 
 def accuracy_probe(
     result: MCResult,
+    *,
     model: str,
     task: str,
     levels: tuple[float, ...] = DEFAULT_LEVELS,

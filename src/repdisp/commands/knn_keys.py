@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     profile = profile_keys(
         lm,
         windows,
-        int_list(args.chunks),
-        args.seeds,
-        args.sites,
-        args.batch_size,
+        chunks=int_list(args.chunks),
+        seeds=args.seeds,
+        sites=args.sites,
+        batch_size=args.batch_size,
         cache=not args.no_cache,
         progress=not args.quiet,
     )

@@ -175,6 +175,7 @@ def extract(
     segments: Segments,
     sites: str | list[str] = "final",
     pools: str | list[str] = "last",
+    *,
     perplexity: bool = True,
     batch_size: int = 8,
     skip_first: int = 1,

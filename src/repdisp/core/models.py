@@ -264,6 +264,7 @@ def load_model(
     spec: str = DEFAULT_MODEL,
     device: str = "auto",
     dtype: str = "auto",
+    *,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> LoadedModel:

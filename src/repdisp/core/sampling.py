@@ -41,12 +41,28 @@ class Sampling:
         seq_len: int | None = None,
     ) -> tuple[Segments, Extraction]:
         """Sample the segments (same seed for every model) and run one extraction pass."""
+        segs = self.sample(lm, data, docs, seq_len)
+        return segs, self.extract(lm, segs, sites, pools)
+
+    def sample(
+        self,
+        lm: LoadedModel,
+        data: str,
+        docs: list[str] | None = None,
+        seq_len: int | None = None,
+    ) -> Segments:
+        """The segments of ``data`` for ``lm``'s tokenizer (seeded: the same for every model)."""
         if docs is None:
             docs = load_texts(data, self.text_field, encoding_errors=self.encoding_errors)
-        segs = make_segments(
+        return make_segments(
             lm.tokenizer, data, self.segments, seq_len or self.seq_len, self.seed, docs, lm.max_len
         )
-        ex = extract(
+
+    def extract(
+        self, lm: LoadedModel, segs: Segments, sites: str | list[str], pools: str | list[str]
+    ) -> Extraction:
+        """One extraction pass over ``segs`` with perplexity and these settings."""
+        return extract(
             lm,
             segs,
             sites,
@@ -57,7 +73,6 @@ class Sampling:
             cache=self.cache,
             progress=self.progress,
         )
-        return segs, ex
 
 
 def loaded(model: ModelLike, load: Callable[[str], LoadedModel] = load_model) -> LoadedModel:

@@ -5,7 +5,7 @@ the from-scratch GPT-2 recipe
 from .config import DomainSpec, TrainConfig, load_config
 from .data import PreparedData, prepare_data
 from .loss import PushAwayLoss, PushAwayOutput, naive_dispersion
-from .run import RunResult, evaluate, train_run
+from .run import RunResult, evaluate_blocks, train_run
 from .sweep import SweepResult, run_sweep
 from .trainer import PushAwayTrainer
 
@@ -18,7 +18,7 @@ __all__ = [
     "RunResult",
     "SweepResult",
     "TrainConfig",
-    "evaluate",
+    "evaluate_blocks",
     "load_config",
     "naive_dispersion",
     "prepare_data",

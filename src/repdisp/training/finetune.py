@@ -21,7 +21,6 @@ import numpy as np
 
 from ..core.corpus import load_texts, make_segments
 from ..core.errors import RepdispError
-from ..core.extract import extract
 from ..core.geometry import (
     bootstrap_ci,
     bootstrap_weights,
@@ -30,6 +29,7 @@ from ..core.geometry import (
     weighted_dispersion,
 )
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import Sampling
 from ..core.shards import atomic_write
 from ..io.results import save_figure, write_csv, write_json
 from .data import split_docs
@@ -102,6 +102,7 @@ def finetune(
     model: str | LoadedModel,
     data: str,
     out: str | Path,
+    *,
     method: str = "lora",
     steps: int = 50,
     learning_rate: float = 2e-4,
@@ -262,22 +263,21 @@ def before_after(
     base: str,
     checkpoint: str | Path,
     data: str,
-    segments: int = 128,
-    seq_len: int = 128,
-    seed: int = 0,
-    batch_size: int = 8,
+    *,
+    sampling: Sampling | None = None,
     device: str = "auto",
     bootstrap: int = 1000,
-    progress: bool = True,
 ) -> BeforeAfter:
     """Measure base and fine-tuned model on identical segments of ``data`` (e.g. heldout.txt);
-    the checkpoint keeps the base tokenizer, so the base model's segments serve both."""
+    the checkpoint keeps the base tokenizer, so the base model's segments serve both.
+    ``sampling`` defaults to 128 segments of 128 tokens, seed 0."""
+    sampling = sampling or Sampling(segments=128, seq_len=128)
+    seed = sampling.seed
     segs, rows, units, ppl = None, [], [], []
     for label, spec in (("base", base), ("fine-tuned", str(checkpoint))):
         lm = load_model(spec, device)
-        if segs is None:
-            segs = make_segments(lm.tokenizer, data, segments, seq_len, seed, max_len=lm.max_len)
-        ex = extract(lm, segs, "final", "last", True, batch_size, 1, True, progress)
+        segs = segs if segs is not None else sampling.sample(lm, data)
+        ex = sampling.extract(lm, segs, "final", "last")
         x = ex.get(ex.sites[0], "last")
         lo, hi = bootstrap_ci(x, bootstrap, seed)
         rows.append(
@@ -303,7 +303,7 @@ def before_after(
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     change = rows[1]["dispersion"] - rows[0]["dispersion"]
     lower = float((ppl[1] < ppl[0]).mean())
-    return BeforeAfter(data, n, seq_len, rows, change, float(lo), float(hi), lower)
+    return BeforeAfter(data, n, sampling.seq_len, rows, change, float(lo), float(hi), lower)
 
 
 def write_before_after(result: BeforeAfter, out: Path) -> None:

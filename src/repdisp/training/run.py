@@ -23,7 +23,7 @@ from .loss import PushAwayLoss
 
 
 @torch.no_grad()
-def evaluate(model: Any, blocks: np.ndarray, batch_size: int = 16) -> dict[str, float]:
+def evaluate_blocks(model: Any, blocks: np.ndarray, batch_size: int = 16) -> dict[str, float]:
     """Perplexity over all predicted tokens of the blocks, and the token-level dispersion of the
     final-layer states (exact, via ``CosineStats``)."""
     was_training = model.training
@@ -137,7 +137,7 @@ def train_run(
             if state.global_step in steps:
                 for split in ("val", "test"):
                     for n in names:
-                        r = evaluate(model, getattr(data, split)[n])
+                        r = evaluate_blocks(model, getattr(data, split)[n])
                         evals.append({"step": state.global_step, "domain": n, "split": split, **r})
 
     t0 = time.perf_counter()

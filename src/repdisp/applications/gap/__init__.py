@@ -21,9 +21,9 @@ from .analysis import (
     CheckpointGap,
     GapResult,
     checkpoint_gap,
-    gap,
     parse_accuracy,
     plot_gap,
+    rank_by_gap,
 )
 from .distances import METRICS, GapComponents, cosine_between, gap_components
 from .rows import EmbeddingRows, _matrix_shape
@@ -41,7 +41,7 @@ __all__ = [
     "_matrix_shape",
     "checkpoint_gap",
     "cosine_between",
-    "gap",
+    "rank_by_gap",
     "gap_components",
     "load_words",
     "parse_accuracy",

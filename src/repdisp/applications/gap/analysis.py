@@ -143,9 +143,10 @@ class GapResult:
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
-def gap(
+def rank_by_gap(
     models: list[str],
     domain: str,
+    *,
     reference: str = "everyday",
     metric: str = "cosine",
     accuracy: dict[str, float] | None = None,

@@ -13,7 +13,7 @@ highest-dispersion key win?).
 """
 
 from .datastore import BuildReport, Datastore, build_datastore
-from .evaluation import KnnEval, SiteEval, evaluate, plot_eval
+from .evaluation import KnnEval, SiteEval, evaluate_knnlm, plot_eval
 from .index import FLAT_MAX_KEYS, build_index
 from .keys import SITE_SETS, KeyProfile, KeyRow, plot_profile, profile_keys
 from .mixture import interpolate, knn_log_prob, perplexity
@@ -33,7 +33,7 @@ __all__ = [
     "build_datastore",
     "build_index",
     "chunk_windows",
-    "evaluate",
+    "evaluate_knnlm",
     "interpolate",
     "knn_log_prob",
     "load_tokens",

@@ -81,7 +81,7 @@ class Datastore:
         return _on_gpu(index)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildReport:
     folder: str
     n_tokens: int
@@ -117,6 +117,7 @@ def build_datastore(
     lm: LoadedModel,
     tokens: np.ndarray,
     folder: str | Path,
+    *,
     sites: str | list[str] = "-1.ffn",
     source: str = "",
     context: int = 512,
@@ -214,16 +215,16 @@ def build_datastore(
     manifest["complete"] = True
     _write_manifest(folder, manifest)
     return BuildReport(
-        str(folder),
-        len(tokens),
-        n_keys,
-        names,
-        computed,
-        reused,
-        fwd_s,
-        write_s,
-        manifest["index"],
-        time.perf_counter() - t_start,
+        folder=str(folder),
+        n_tokens=len(tokens),
+        n_keys=n_keys,
+        sites=names,
+        shards_computed=computed,
+        shards_reused=reused,
+        forward_seconds=fwd_s,
+        write_seconds=write_s,
+        index=manifest["index"],
+        seconds=time.perf_counter() - t_start,
     )
 
 

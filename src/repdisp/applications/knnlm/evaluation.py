@@ -18,7 +18,7 @@ from .mixture import interpolate, knn_log_prob, perplexity
 from .windows import _batches, _window_batch, plan_windows
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SiteEval:
     """kNN-LM perplexity with one site's datastore; ``grid`` rows are {lmbda, temperature, ppl}."""
 
@@ -33,7 +33,7 @@ class SiteEval:
     grid: list[dict[str, float]] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KnnEval:
     model: str
     datastore: str
@@ -95,10 +95,11 @@ class KnnEval:
         return head + "\n".join(lines)
 
 
-def evaluate(
+def evaluate_knnlm(
     lm: LoadedModel,
     datastore: Datastore,
     tokens: np.ndarray,
+    *,
     source: str = "",
     sites: list[str] | None = None,
     k: int = 1024,
@@ -180,36 +181,36 @@ def evaluate(
         chosen = next(r for r in grid if r["lmbda"] == lmbda and r["temperature"] == temperature)
         results.append(
             SiteEval(
-                s,
-                datastore.meta["n_keys"],
-                datastore.manifest["index"][s]["kind"],
-                chosen["ppl"],
-                best["ppl"],
-                best["lmbda"],
-                best["temperature"],
-                covered[s] / len(base),
-                grid,
+                site=s,
+                n_keys=datastore.meta["n_keys"],
+                index=datastore.manifest["index"][s]["kind"],
+                knn_ppl=chosen["ppl"],
+                best_ppl=best["ppl"],
+                best_lmbda=best["lmbda"],
+                best_temperature=best["temperature"],
+                knn_only_coverage=covered[s] / len(base),
+                grid=grid,
             )
         )
     return KnnEval(
-        lm.name,
-        str(datastore.folder),
-        source,
-        len(tokens),
-        len(base),
-        context,
-        stride,
-        k,
-        lmbda,
-        temperature,
-        perplexity(base),
-        uni_ppl,
-        uni_lmbda,
-        results,
-        fwd_s,
-        search_s,
-        time.perf_counter() - t_start,
-        log_p,
+        model=lm.name,
+        datastore=str(datastore.folder),
+        data=source,
+        n_tokens=len(tokens),
+        n_targets=len(base),
+        context=context,
+        stride=stride,
+        k=k,
+        lmbda=lmbda,
+        temperature=temperature,
+        base_ppl=perplexity(base),
+        unigram_ppl=uni_ppl,
+        unigram_lmbda=uni_lmbda,
+        sites=results,
+        forward_seconds=fwd_s,
+        search_seconds=search_s,
+        seconds=time.perf_counter() - t_start,
+        log_p=log_p,
     )
 
 

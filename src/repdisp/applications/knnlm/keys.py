@@ -25,7 +25,7 @@ from ...core.models import LoadedModel
 SITE_SETS = {"final-block": "-1.attn,-1.ffn", "all": "all.attn,all"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KeyRow:
     """Dispersion at one site for N chunks: mean and std over seeds (and the per-seed values)."""
 
@@ -36,7 +36,7 @@ class KeyRow:
     values: list[float]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KeyProfile:
     model: str
     data: str
@@ -81,6 +81,7 @@ class KeyProfile:
 def profile_keys(
     lm: LoadedModel,
     windows: Segments,
+    *,
     chunks: list[int] = (10, 50, 100),
     seeds: int = 10,
     sites: str = "final-block",
@@ -121,22 +122,30 @@ def profile_keys(
         x = ex.get(site, "last")
         for n in chunks:
             vals = [dispersion(x[r[:n]]) for r in row_of]
-            rows.append(KeyRow(site, n, float(np.mean(vals)), float(np.std(vals)), vals))
+            rows.append(
+                KeyRow(
+                    site=site,
+                    n_chunks=n,
+                    mean=float(np.mean(vals)),
+                    std=float(np.std(vals)),
+                    values=vals,
+                )
+            )
     best = max(
         names, key=lambda s: next(r.mean for r in rows if r.site == s and r.n_chunks == chunks[-1])
     )
     return KeyProfile(
-        lm.name,
-        windows.source,
-        windows.ids.shape[1] - int(windows.has_bos),
-        n_windows,
-        seeds,
-        chunks,
-        names,
-        len(union),
-        best,
-        rows,
-        time.perf_counter() - t0,
+        model=lm.name,
+        data=windows.source,
+        chunk_len=windows.ids.shape[1] - int(windows.has_bos),
+        n_windows=n_windows,
+        seeds=seeds,
+        chunks=chunks,
+        sites=names,
+        n_extracted=len(union),
+        recommended=best,
+        rows=rows,
+        seconds=time.perf_counter() - t0,
     )
 
 

@@ -15,12 +15,12 @@ import numpy as np
 from ...core.models import LoadedModel
 from ...core.stats import mean_ci
 from .datastore import BuildReport, Datastore, build_datastore
-from .evaluation import KnnEval, evaluate
+from .evaluation import KnnEval, evaluate_knnlm
 from .keys import KeyProfile, profile_keys
 from .windows import chunk_windows
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SelectReport:
     model: str
     recommended: str  # highest dispersion at the largest N
@@ -89,6 +89,7 @@ def select_key(
     train: np.ndarray,
     evaluation: np.ndarray,
     folder: str | Path,
+    *,
     sites: str = "final-block",
     chunks: int = 100,
     seeds: int = 5,
@@ -104,22 +105,36 @@ def select_key(
     forward pass), one evaluation pass, and whether the highest-dispersion site won.
     ``cache`` is the profile's extraction cache (see ``repdisp.extract``)."""
     windows = chunk_windows(train, chunk_len, lm.bos_id, train_source)
-    profile = profile_keys(lm, windows, [chunks], seeds, sites, cache=cache, progress=progress)
-    build = build_datastore(
-        lm, train, folder, profile.sites, train_source, progress=progress, **(build_kwargs or {})
+    profile = profile_keys(
+        lm, windows, chunks=[chunks], seeds=seeds, sites=sites, cache=cache, progress=progress
     )
-    result = evaluate(
+    build = build_datastore(
+        lm,
+        train,
+        folder,
+        sites=profile.sites,
+        source=train_source,
+        progress=progress,
+        **(build_kwargs or {}),
+    )
+    result = evaluate_knnlm(
         lm,
         Datastore.open(folder),
         evaluation,
-        eval_source,
+        source=eval_source,
         progress=progress,
         **(eval_kwargs or {}),
     )
     ranked = sorted(result.sites, key=lambda s: s.best_ppl)
     winner = ranked[0].site
     report = SelectReport(
-        lm.name, profile.recommended, winner, winner == profile.recommended, profile, result, build
+        model=lm.name,
+        recommended=profile.recommended,
+        winner=winner,
+        picked_winner=winner == profile.recommended,
+        profile=profile,
+        evaluation=result,
+        build=build,
     )
     if len(ranked) > 1:
         diff = result.log_p[winner] - result.log_p[ranked[1].site]

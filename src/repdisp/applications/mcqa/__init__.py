@@ -2,7 +2,7 @@
 lm-evaluation-harness style scoring with the query embedding at any site (``scoring``)."""
 
 from .prompts import FORMATS, MCPrompt, make_prompts
-from .scoring import MCResult, encode_pair, evaluate, score
+from .scoring import MCResult, encode_pair, evaluate_task, score
 from .tasks import (
     LETTERS,
     TASKS,
@@ -23,7 +23,7 @@ __all__ = [
     "MCResult",
     "default_format",
     "encode_pair",
-    "evaluate",
+    "evaluate_task",
     "load_arc",
     "load_generic",
     "load_mmlu",

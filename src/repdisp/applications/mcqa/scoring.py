@@ -179,6 +179,7 @@ def score(
     lm: LoadedModel,
     items: list[MCItem],
     prompts: list[MCPrompt],
+    *,
     site: str = "final",
     batch_size: int = 16,
     progress: bool = True,
@@ -246,10 +247,11 @@ def score(
     return MCResult(items, loglik, pred, pred_norm, emb, site_obj.name, lm.name)
 
 
-def evaluate(
+def evaluate_task(
     lm: LoadedModel,
     task: str,
     data: str,
+    *,
     fmt: str | None = None,
     shots: int = 0,
     shots_data: str | None = None,
@@ -267,4 +269,4 @@ def evaluate(
         items = [items[i] for i in keep]
     pool = load_task(task, shots_data, **columns) if shots and shots_data else None
     prompts = make_prompts(items, fmt or default_format(task), shots, pool)
-    return score(lm, items, prompts, site, batch_size, progress)
+    return score(lm, items, prompts, site=site, batch_size=batch_size, progress=progress)
