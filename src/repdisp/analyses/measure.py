@@ -30,7 +30,16 @@ from ..core.stats import mean_ci
 @dataclass
 class SiteDispersion:
     """Dispersion at one site: Eq. 1 over segment vectors, or the mean token-level value for
-    ``within`` pooling; with a percentile-bootstrap CI over segments."""
+    ``within`` pooling; with a percentile-bootstrap CI over segments.
+
+    Examples
+    --------
+    >>> from repdisp import measure
+    >>> r = measure("smollm2-135m", "python-docs", segments=50, seq_len=64)  # doctest: +SKIP
+    >>> s = r.sites[0]  # doctest: +SKIP
+    >>> s.ci_low <= s.dispersion <= s.ci_high  # doctest: +SKIP
+    True
+    """
 
     site: str
     pooling: str
@@ -41,6 +50,16 @@ class SiteDispersion:
 
 @dataclass
 class MeasureResult:
+    """What ``measure`` found: the run's settings, perplexity statistics and one
+    ``SiteDispersion`` per site.
+
+    Examples
+    --------
+    >>> from repdisp import measure
+    >>> r = measure("smollm2-135m", "python-docs", segments=50, seq_len=64)  # doctest: +SKIP
+    >>> print(r.table())  # doctest: +SKIP
+    """
+
     model: str
     data: str
     n_segments: int
@@ -135,7 +154,18 @@ def measure(
     return per-segment perplexity statistics and the dispersion at each site.
 
     ``cache``: True (``$REPDISP_HOME/runs/KEY``), a shard folder, or False. Under a multi-process
-    launcher the folder must be shared by all processes, so ``cache=False`` is refused there."""
+    launcher the folder must be shared by all processes, so ``cache=False`` is refused there.
+
+    Returns
+    -------
+    MeasureResult
+
+    Examples
+    --------
+    >>> import repdisp
+    >>> r = repdisp.measure("smollm2-135m", "python-docs", segments=200, seq_len=256)  # doctest: +SKIP
+    >>> print(r.table())  # doctest: +SKIP
+    """
     if pooling not in ("last", "mean", "within"):
         raise RepdispError(f"unknown pooling {pooling!r}; choose last, mean or within")
     if bootstrap < 1:

@@ -83,7 +83,25 @@ def converted_dir(name: str) -> Path:
 
 @dataclass
 class LoadedModel:
-    """A model ready for extraction, with what identifies it in cache keys."""
+    """A model ready for extraction, with what identifies it in cache keys.
+
+    The facts callers need (``n_blocks``, ``bos_id``, ``max_len``, ``d_model``,
+    ``parse_sites``) are read from the model and its tokenizer here, once.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from repdisp import LoadedModel, Segments, extract
+    >>> cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50,
+    ...                  bos_token_id=0, eos_token_id=0)
+    >>> net = GPT2LMHeadModel(cfg).eval()
+    >>> lm = LoadedModel(net, None, "tiny", "tiny-doc", torch.device("cpu"), torch.float32)
+    >>> lm.n_blocks, lm.d_model, lm.max_len
+    (2, 16, 1024)
+    >>> [s.name for s in lm.parse_sites("-1.attn,final")]
+    ['1.attn', 'final']
+    """
 
     model: Any
     tokenizer: Any
@@ -169,7 +187,14 @@ def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
 
 
 def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
-    """Convert a bundled GGUF into a safetensors folder once; return that folder."""
+    """Convert a bundled GGUF into a safetensors folder once; return that folder.
+
+    Examples
+    --------
+    >>> from repdisp import prepare
+    >>> prepare("smollm2-135m").name  # doctest: +SKIP
+    'smollm2-135m'
+    """
     if name not in BUNDLED:
         raise RepdispError(f"unknown bundled model {name!r}; bundled: {', '.join(BUNDLED)}")
     target = converted_dir(name)
@@ -268,7 +293,31 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> LoadedModel:
-    """Load ``spec`` (bundled name, folder, .gguf file or hub id) in eval mode on ``device``."""
+    """Load ``spec`` (bundled name, folder, .gguf file or hub id) in eval mode on ``device``.
+
+    Parameters
+    ----------
+    spec : str
+        A bundled name (``smollm2-135m``, ``gemma3-270m``), a model folder, a ``.gguf`` file or
+        a hub id ``org/name``.
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    dtype : str
+        ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+    trust_remote_code, allow_pickle : bool
+        Run a folder's custom model code; read pickled (non-safetensors) weights.
+
+    Returns
+    -------
+    LoadedModel
+
+    Examples
+    --------
+    >>> from repdisp import load_model
+    >>> lm = load_model("smollm2-135m", device="cpu")  # doctest: +SKIP
+    >>> lm.n_blocks, lm.d_model  # doctest: +SKIP
+    (30, 576)
+    """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path = Path(spec).expanduser()
