@@ -205,7 +205,7 @@ def measure(
             world_size=dist.world_size,
             **opts,
         )
-        dim = lm.model.get_input_embeddings().embedding_dim
+        dim = lm.d_model
         total = dist.all_reduce_sum(_sums(ex, ex.sites, pooling, dim), lm.device)
         result = None
         if dist.is_main:
