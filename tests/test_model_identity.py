@@ -76,7 +76,8 @@ def _scale_middle_tensor(path, factor: float) -> str:
     name, info = next(
         (k, v)
         for k, v in header.items()
-        if k != "__metadata__" and 8 + n + v["data_offsets"][0] <= middle < 8 + n + v["data_offsets"][1]
+        if k != "__metadata__"
+        and 8 + n + v["data_offsets"][0] <= middle < 8 + n + v["data_offsets"][1]
     )
     assert info["dtype"] == "F32"
     lo, hi = (8 + n + o for o in info["data_offsets"])

@@ -144,7 +144,9 @@ def _memo_key(path: Path) -> str:
     size, mtime and ctime in ns (ctime cannot be set back by a user, so even an in-place edit
     that restores the mtime is noticed)."""
     st = path.stat()
-    return f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    return (
+        f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    )
 
 
 def _read_memo(memo_path: Path) -> dict[str, str]:
