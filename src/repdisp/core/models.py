@@ -248,7 +248,7 @@ def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
     return target
 
 
-def prepare_gguf(path: Path, progress: bool = True) -> Path:
+def prepare_gguf(path: Path, force: bool = False, progress: bool = True) -> Path:
     """Convert any ``.gguf`` file once into a safetensors folder under ``$REPDISP_HOME/models``
     named by the file's content hash (so an edited or replaced file is converted again, and the
     same file under another name is not); return that folder."""
@@ -256,7 +256,7 @@ def prepare_gguf(path: Path, progress: bool = True) -> Path:
     digest = file_hashes([path])[path]
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:60]
     target = converted_dir(f"gguf-{stem}-{digest[:16]}")
-    if not (target / "config.json").exists():
+    if force or not (target / "config.json").exists():
         _convert_gguf(path, target, progress)
     return target
 
