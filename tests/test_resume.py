@@ -56,17 +56,17 @@ KW = dict(steps=6, learning_rate=1e-2, batch_size=2, seq_len=16, save_every=2, p
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_interrupted_finetune_resumes_to_the_same_weights(tiny_tokenizer, tmp_path, method):
     assert tiny_tokenizer.pad_token is None  # and finetune works without one
-    ref = finetune(_tiny_lm(tiny_tokenizer), "python-docs", tmp_path / "ref", method, **KW)
+    ref = finetune(_tiny_lm(tiny_tokenizer), "python-docs", tmp_path / "ref", method=method, **KW)
     out = tmp_path / "run"
     with pytest.raises(Interrupted):
         finetune(
-            _tiny_lm(tiny_tokenizer), "python-docs", out, method, **KW,
+            _tiny_lm(tiny_tokenizer), "python-docs", out, method=method, **KW,
             callbacks=[_interrupt_at(5)],
         )  # fmt: skip
     work = tmp_path / ".run.partial"
     assert not out.exists()  # nothing that looks finished
     assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-4"]
-    res = finetune(_tiny_lm(tiny_tokenizer), "python-docs", out, method, **KW)
+    res = finetune(_tiny_lm(tiny_tokenizer), "python-docs", out, method=method, **KW)
     assert not work.exists() and not list(tmp_path.glob(".run.tmp-*"))
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys()
@@ -82,15 +82,17 @@ def test_other_job_in_the_way_is_discarded_not_reused(tiny_tokenizer, tmp_path, 
     out = tmp_path / "run"
     with pytest.raises(Interrupted):
         finetune(
-            _tiny_lm(tiny_tokenizer), "python-docs", out, "full", **KW,
+            _tiny_lm(tiny_tokenizer), "python-docs", out, method="full", **KW,
             callbacks=[_interrupt_at(3)],
         )  # fmt: skip
     other = {**KW, "learning_rate": 5e-3}
     r = finetune(
-        _tiny_lm(tiny_tokenizer), "python-docs", out, "full", **{**other, "progress": True}
+        _tiny_lm(tiny_tokenizer), "python-docs", out, method="full", **{**other, "progress": True}
     )
     assert "other settings; starting over" in capsys.readouterr().err
-    ref = finetune(_tiny_lm(tiny_tokenizer), "python-docs", tmp_path / "ref", "full", **other)
+    ref = finetune(
+        _tiny_lm(tiny_tokenizer), "python-docs", tmp_path / "ref", method="full", **other
+    )
     assert [x["loss"] for x in r.loss] == [x["loss"] for x in ref.loss]
 
 
@@ -99,10 +101,15 @@ def test_crash_without_checkpoints_does_not_block_rerun(tiny_tokenizer, tmp_path
     kw = {**KW, "save_every": 0}
     with pytest.raises(Interrupted):
         finetune(
-            _tiny_lm(tiny_tokenizer), "python-docs", out, "full", **kw, callbacks=[_interrupt_at(2)]
+            _tiny_lm(tiny_tokenizer),
+            "python-docs",
+            out,
+            method="full",
+            **kw,
+            callbacks=[_interrupt_at(2)],
         )
     assert not out.exists()
-    r = finetune(_tiny_lm(tiny_tokenizer), "python-docs", out, "full", **kw)
+    r = finetune(_tiny_lm(tiny_tokenizer), "python-docs", out, method="full", **kw)
     assert len(r.loss) == 6 and (out / "model.safetensors").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..applications.knn_keys import plot_profile, profile_keys
+from ..applications.knnlm.keys import plot_profile, profile_keys
 from ..core.corpus import make_segments
 from ..core.errors import RepdispError
 from ..io.results import save_figure, write_csv, write_json
@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     profile = profile_keys(
         lm,
         windows,
-        int_list(args.chunks),
-        args.seeds,
-        args.sites,
-        args.batch_size,
+        chunks=int_list(args.chunks),
+        seeds=args.seeds,
+        sites=args.sites,
+        batch_size=args.batch_size,
         cache=not args.no_cache,
         progress=not args.quiet,
     )
