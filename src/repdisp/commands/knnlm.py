@@ -73,6 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--context", type=int, default=512)
     e.add_argument("--stride", type=int, default=256)
     e.add_argument("--out", help="folder for knnlm_eval.json / .csv / .png")
+    e.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the sha256 of every datastore shard and index (reads it all); sizes and "
+        "records are always checked",
+    )
     _text_args(e)
     _eval_args(e)
     e.set_defaults(func=run_eval)
@@ -146,7 +152,7 @@ def _write_eval(result, out: Path) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     lm = model_from_args(args)
-    store = Datastore.open(args.datastore)
+    store = Datastore.open(args.datastore, verify=args.verify)
     sites = [x for x in args.site.split(",") if x.strip()] if args.site else None
     result = evaluate_knnlm(
         lm,

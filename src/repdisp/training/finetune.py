@@ -11,6 +11,7 @@ the output folder is a plain safetensors model + tokenizer that ``models.load_mo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from ..core.models import LoadedModel, load_model
 from ..core.sampling import Sampling
 from ..core.shards import atomic_write
 from ..io.results import save_figure, write_csv, write_json
+from .checkpoints import check_save_every, open_work
 from .data import split_docs
 
 METHODS = ("lora", "full")
@@ -120,17 +122,26 @@ def finetune(
     text_field: str = "text",
     encoding_errors: str = "strict",
     progress: bool = True,
+    save_every: int = 0,
+    callbacks: list[Any] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune ``model`` on ``data`` for ``steps`` optimiser steps and save it to ``out``."""
+    """Fine-tune ``model`` on ``data`` for ``steps`` optimiser steps and save it to ``out``.
+
+    ``out`` appears only when the job is done (it is written beside it and renamed). Meanwhile
+    ``.OUT.partial`` beside it holds a checkpoint every ``save_every`` steps (0: none); the same
+    call after a crash resumes from the last one (``training.checkpoints``). A tokenizer without
+    a pad token is fine: the segments all have ``seq_len`` tokens and are never padded.
+    ``callbacks``: extra ``TrainerCallback``s (tests use one to interrupt a run)."""
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments, default_data_collator
 
     if method not in METHODS:
         raise RepdispError(f"unknown --method {method!r}; choose lora or full")
     if steps < 1 or batch_size < 1 or grad_accum < 1:
         raise RepdispError("--steps, --batch-size and --grad-accum must be at least 1")
+    check_save_every(save_every)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RepdispError(f"--out {out} exists and is not empty; choose a new folder")
     start = time.perf_counter()
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, "float32")
@@ -140,6 +151,18 @@ def finetune(
         lm.tokenizer, data, None, seq_len, seed, docs=train_docs, max_len=lm.max_len
     )
 
+    settings = dict(
+        method=method, steps=steps, learning_rate=learning_rate, batch_size=batch_size,
+        seq_len=seq_len, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, warmup_steps=warmup_steps, weight_decay=weight_decay,
+        grad_accum=grad_accum, save_every=save_every,
+    )  # fmt: skip
+    spec = {"model": lm.identity, "segments": segs.fingerprint, **settings}
+    work = out.with_name(f".{out.name}.partial")
+    resume = open_work(work, spec, quiet=not progress)
+    if resume is not None and progress:
+        print(f"resuming from {resume.name} in {work}")
+
     net = lm.model
     net.train()
     if method == "lora":
@@ -147,7 +170,6 @@ def finetune(
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total = sum(p.numel() for p in net.parameters())
     on_cpu = lm.device.type == "cpu"
-    work = out / ".trainer"
     args = TrainingArguments(
         output_dir=str(work),
         max_steps=steps,
@@ -158,7 +180,9 @@ def finetune(
         weight_decay=weight_decay,
         lr_scheduler_type="linear",
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if save_every else "no",
+        save_steps=save_every or None,
+        save_total_limit=1 if save_every else None,
         eval_strategy="no",
         report_to="none",
         seed=seed,
@@ -171,9 +195,13 @@ def finetune(
         remove_unused_columns=False,
     )
     trainer = Trainer(
-        model=net, args=args, train_dataset=_SegmentDataset(segs.ids), processing_class=lm.tokenizer
+        model=net,
+        args=args,
+        train_dataset=_SegmentDataset(segs.ids),
+        data_collator=default_data_collator,  # fixed-length segments: no padding, no pad token
+        callbacks=callbacks,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     loss = [
         {
             "step": int(r["step"]),
@@ -186,32 +214,42 @@ def finetune(
     if method == "lora":
         net = net.merge_and_unload()
     net.eval()
-    net.save_pretrained(out, safe_serialization=True)
-    lm.tokenizer.save_pretrained(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        net.save_pretrained(tmp, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp)
+        heldout = _write_heldout(tmp, heldout_docs) if heldout_docs else None
+        result = FinetuneResult(
+            base_model=lm.name,
+            data=data,
+            method=method,
+            steps=steps,
+            learning_rate=learning_rate,
+            batch_size=batch_size * grad_accum,
+            seq_len=seq_len,
+            seed=seed,
+            lora_r=lora_r if method == "lora" else None,
+            lora_alpha=lora_alpha if method == "lora" else None,
+            train_fraction=train_fraction,
+            train_segments=len(segs),
+            train_tokens_seen=steps * batch_size * grad_accum * segs.ids.shape[1],
+            trainable_params=trainable,
+            total_params=total,
+            checkpoint=str(out),
+            heldout=heldout and str(out / Path(heldout).name),
+            seconds=time.perf_counter() - start,
+            loss=loss,
+        )
+        write_outputs(result, tmp)
+        if out.exists():  # an empty folder given as --out
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-    heldout = _write_heldout(out, heldout_docs) if heldout_docs else None
-    result = FinetuneResult(
-        base_model=lm.name,
-        data=data,
-        method=method,
-        steps=steps,
-        learning_rate=learning_rate,
-        batch_size=batch_size * grad_accum,
-        seq_len=seq_len,
-        seed=seed,
-        lora_r=lora_r if method == "lora" else None,
-        lora_alpha=lora_alpha if method == "lora" else None,
-        train_fraction=train_fraction,
-        train_segments=len(segs),
-        train_tokens_seen=steps * batch_size * grad_accum * segs.ids.shape[1],
-        trainable_params=trainable,
-        total_params=total,
-        checkpoint=str(out),
-        heldout=heldout,
-        seconds=time.perf_counter() - start,
-        loss=loss,
-    )
-    write_outputs(result, out)
     return result
 
 

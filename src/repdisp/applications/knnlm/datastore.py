@@ -4,7 +4,9 @@
 Datastore folder: ``values.npy`` (int32, n) and ``keys.SITE.npy`` (float16, n × d) as memmaps,
 filled shard by shard (a shard = a run of windows); ``manifest.json`` (written atomically) records
 each finished shard's row checksums, so an interrupted build resumes at the first missing shard.
-``index.SITE.faiss`` is an exact ``IndexFlatL2`` for small stores, IVF-PQ for large ones.
+``index.SITE.faiss`` is an exact ``IndexFlatL2`` for small stores, IVF-PQ for large ones; its
+sha256 is in the manifest too. ``Datastore.open`` checks sizes and records always and every
+checksum with ``verify=True``; every fault is one error line.
 """
 
 from __future__ import annotations
@@ -37,23 +39,155 @@ def _site_file(site: str) -> str:
     return site.replace("/", "_")
 
 
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset of a ``.npy`` file, from its header alone."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"npy format version {version}")
+        return tuple(shape), np.dtype(dtype), f.tell()
+
+
+def shard_ranges(meta: dict[str, Any]) -> list[tuple[int, int]]:
+    """Key rows [lo, hi) of each shard of a datastore, as ``build_datastore`` lays them out."""
+    windows = plan_windows(int(meta["n_tokens"]), int(meta["context"]), int(meta["stride"]))
+    offsets = np.cumsum([0] + [e - n for _, e, n in windows])
+    w = int(meta["shard_windows"])
+    return [
+        (int(offsets[i]), int(offsets[min(i + w, len(windows))])) for i in range(0, len(windows), w)
+    ]
+
+
+_META_KEYS = {
+    "identity": str, "model": str, "n_tokens": int, "context": int, "stride": int,
+    "sites": list, "n_keys": int, "dim": int, "shard_windows": int,
+}  # fmt: skip
+
+
 @dataclass
 class Datastore:
-    """An opened datastore folder: memmapped keys per site, values, and the manifest."""
+    """An opened datastore folder: memmapped keys per site, values, and the manifest.
+
+    ``open`` checks what it opens. Always (cheap, no data read): the manifest parses and has the
+    expected fields; ``values.npy`` and every ``keys.SITE.npy`` have the recorded shape, dtype
+    and exact file size; every shard has its checksum record and the shards cover all key rows;
+    every site has its index file. With ``verify=True`` also the sha256 of every shard's value and
+    key rows, and of every index file, against the manifest (reads the whole datastore)."""
 
     folder: Path
     manifest: dict[str, Any] = field(repr=False)
 
     @classmethod
-    def open(cls, folder: str | Path) -> Datastore:
+    def open(cls, folder: str | Path, verify: bool = False) -> Datastore:
         folder = Path(folder)
         path = folder / "manifest.json"
+        if not folder.is_dir():
+            raise RepdispError(f"datastore {folder} not found")
         if not path.exists():
             raise RepdispError(f"{folder} is not a datastore (no manifest.json)")
-        manifest = json.loads(path.read_text())
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RepdispError(
+                f"datastore {folder}: manifest.json is corrupt ({type(e).__name__}); rebuild it "
+                "with `repdisp knnlm build`"
+            ) from None
+        store = cls(folder, manifest)
+        store._check_manifest()
         if not manifest.get("complete"):
             raise RepdispError(f"datastore {folder} is unfinished; rerun `repdisp knnlm build`")
-        return cls(folder, manifest)
+        store._check_files()
+        if verify:
+            store.verify()
+        return store
+
+    def _fault(self, what: str) -> RepdispError:
+        return RepdispError(
+            f"datastore {self.folder}: {what}; rebuild it with `repdisp knnlm build`"
+        )
+
+    def _check_manifest(self) -> None:
+        m = self.manifest
+        if not isinstance(m, dict) or not isinstance(m.get("meta"), dict):
+            raise self._fault("manifest.json is corrupt (no meta)")
+        for key, kind in _META_KEYS.items():
+            value = m["meta"].get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise self._fault(f"manifest.json is corrupt (meta.{key} = {value!r})")
+        if not all(isinstance(s, str) for s in m["meta"]["sites"]) or not m["meta"]["sites"]:
+            raise self._fault("manifest.json is corrupt (meta.sites)")
+        for key in ("shards", "index"):
+            if not isinstance(m.get(key), dict):
+                raise self._fault(f"manifest.json is corrupt (no {key} record)")
+
+    def _check_array(self, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+        path = self.folder / name
+        if not path.is_file():
+            raise self._fault(f"{name} is missing")
+        try:
+            got_shape, got_dtype, offset = _npy_layout(path)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise self._fault(f"{name} is not a valid .npy file ({type(e).__name__})") from None
+        if got_shape != shape or got_dtype != np.dtype(dtype):
+            raise self._fault(
+                f"{name} holds {got_shape} {got_dtype}, the manifest says {shape} {np.dtype(dtype)}"
+            )
+        size = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if path.stat().st_size != size:
+            raise self._fault(f"{name} has {path.stat().st_size} bytes, expected {size}")
+
+    def _check_files(self) -> None:
+        meta = self.meta
+        n, d = meta["n_keys"], meta["dim"]
+        self._check_array("values.npy", (n,), np.int32)
+        for s in self.sites:
+            self._check_array(f"keys.{_site_file(s)}.npy", (n, d), np.float16)
+        try:
+            ranges = shard_ranges(meta)
+        except RepdispError as e:
+            raise self._fault(f"manifest.json is corrupt ({e})") from None
+        if not ranges or ranges[-1][1] != n:
+            raise self._fault(f"the shards of the manifest do not cover its {n} keys")
+        for i in range(len(ranges)):
+            rec = self.manifest["shards"].get(str(i))
+            if not isinstance(rec, dict) or not all(
+                isinstance(rec.get(k), str) for k in ("values", *self.sites)
+            ):
+                raise self._fault(f"shard {i} has no checksum record")
+        if len(self.manifest["shards"]) != len(ranges):
+            raise self._fault(
+                f"the manifest records {len(self.manifest['shards'])} shards, the layout has "
+                f"{len(ranges)}"
+            )
+        for s in self.sites:
+            name = f"index.{_site_file(s)}.faiss"
+            if not isinstance(self.manifest["index"].get(s), dict):
+                raise self._fault(f"no index record for site {s}")
+            if not (self.folder / name).is_file() or (self.folder / name).stat().st_size == 0:
+                raise self._fault(f"index file {name} is missing")
+
+    def verify(self) -> None:
+        """Full check: the sha256 of every shard's rows and of every index file."""
+        values = self.values()
+        keys = {s: self.keys(s) for s in self.sites}
+        for i, (lo, hi) in enumerate(shard_ranges(self.meta)):
+            rec = self.manifest["shards"][str(i)]
+            if rec["values"] != _rows_sha(values[lo:hi]):
+                raise self._fault(f"values.npy rows {lo}-{hi} (shard {i}) fail their checksum")
+            for s in self.sites:
+                if rec[s] != _rows_sha(keys[s][lo:hi]):
+                    raise self._fault(
+                        f"keys.{_site_file(s)}.npy rows {lo}-{hi} (shard {i}) fail their checksum"
+                    )
+        for s in self.sites:
+            want = self.manifest["index"][s].get("sha256")
+            name = f"index.{_site_file(s)}.faiss"
+            if want is not None and want != _file_sha(self.folder / name):
+                raise self._fault(f"{name} fails its checksum")
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -75,10 +209,27 @@ class Datastore:
 
     def index(self, site: str, nprobe: int = 32) -> Any:
         faiss = _faiss()
-        index = faiss.read_index(str(self.folder / f"index.{_site_file(site)}.faiss"))
+        name = f"index.{_site_file(site)}.faiss"
+        try:
+            index = faiss.read_index(str(self.folder / name))
+        except RuntimeError:  # FAISS reports unreadable files this way
+            raise self._fault(f"{name} is not a readable FAISS index") from None
+        if index.ntotal != self.meta["n_keys"] or index.d != self.meta["dim"]:
+            raise self._fault(
+                f"{name} holds {index.ntotal} vectors of dimension {index.d}, the manifest says "
+                f"{self.meta['n_keys']} of dimension {self.meta['dim']}"
+            )
         if hasattr(index, "nprobe"):
             index.nprobe = nprobe
         return _on_gpu(index)
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass(kw_only=True)
@@ -155,8 +306,15 @@ def build_datastore(
         "shard_windows": shard_windows,
     }
     path = folder / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else None
-    if manifest is not None and manifest["meta"] != meta:
+    try:
+        manifest = json.loads(path.read_text()) if path.exists() else None
+        if manifest is not None and not isinstance(manifest.get("shards"), dict):
+            raise ValueError("no shards record")
+    except (OSError, ValueError, AttributeError) as e:
+        raise RepdispError(
+            f"{path} is corrupt ({type(e).__name__}); delete {folder} or choose another --out"
+        ) from None
+    if manifest is not None and manifest.get("meta") != meta:
         raise RepdispError(
             f"{folder} holds a different datastore ({manifest['meta'].get('model')}, "
             f"{manifest['meta'].get('sites')}); choose another --out or delete it"
@@ -210,7 +368,7 @@ def build_datastore(
             target = folder / f"index.{_site_file(s)}.faiss"
             data = faiss.serialize_index(idx)  # the bytes write_index would write
             atomic_write(target, lambda f, data=data: f.write(data.tobytes()))
-            manifest["index"][s] = info
+            manifest["index"][s] = info | {"sha256": hashlib.sha256(data.tobytes()).hexdigest()}
             _write_manifest(folder, manifest)
     manifest["complete"] = True
     _write_manifest(folder, manifest)

@@ -125,11 +125,25 @@ def evaluate_knnlm(
         )
     if temperature <= 0 or any(t <= 0 for t in temperature_grid or []):
         raise RepdispError("--temperature must be positive")
+    if k < 1:
+        raise RepdispError(f"--k must be at least 1 (neighbours per target), got {k}")
+    if nprobe < 1:
+        raise RepdispError(f"--nprobe must be at least 1, got {nprobe}")
+    if not all(0.0 <= x <= 1.0 for x in [lmbda, *(lmbda_grid or [])]):
+        raise RepdispError("--lmbda and --lmbda-grid values must be in [0, 1]")
     names = sites or datastore.sites
     site_list = lm.parse_sites(names)
     names = [s.name for s in site_list]
     indexes = {s: datastore.index(s, nprobe) for s in names}
     store_values = np.asarray(datastore.values())
+    vocab = getattr(lm.model.config, "vocab_size", None)
+    if len(store_values) and (
+        store_values.min() < 0 or (vocab is not None and store_values.max() >= vocab)
+    ):
+        raise RepdispError(
+            f"datastore {datastore.folder}: values.npy holds token ids outside [0, {vocab}); it "
+            "is corrupt - rebuild it with `repdisp knnlm build`"
+        )
     temps = sorted({temperature, *(temperature_grid or [])})
     windows = plan_windows(len(tokens), context, stride)
     lp_lm: list[np.ndarray] = []
