@@ -145,15 +145,15 @@ def _kinds(tiny_gpt2):
     import copy
 
     from repdisp.analyses.clusters import clusters
-    from repdisp.analyses.compare import compare
+    from repdisp.analyses.compare import compare_models
     from repdisp.analyses.layers import layers
     from repdisp.analyses.ppl_dispersion import ppl_vs_dispersion
-    from repdisp.analyses.sampling import Sampling
     from repdisp.applications.accuracy_probe import accuracy_probe
     from repdisp.applications.hard_slices import hard_slices
-    from repdisp.applications.knn_keys import profile_keys
+    from repdisp.applications.knnlm.keys import profile_keys
     from repdisp.applications.mcqa import MCItem, MCResult
     from repdisp.core.corpus import make_segments
+    from repdisp.core.sampling import Sampling
     from repdisp.training.finetune import BeforeAfter, FinetuneResult
     from repdisp.training.sweep import SweepResult
 
@@ -184,16 +184,19 @@ def _kinds(tiny_gpt2):
     return {
         "measure": repdisp.measure(tiny_gpt2, segments=6, seq_len=12, bootstrap=20, cache=False,
                                    progress=False, sites=["final", "0.attn"]),  # fmt: skip
-        "ppl": ppl_vs_dispersion([tiny_gpt2], ["python-docs"], samp, bin_size=4, n_bins=3,
+        "ppl": ppl_vs_dispersion([tiny_gpt2], ["python-docs"], sampling=samp, bin_size=4, n_bins=3,
                                  bootstrap=30),  # fmt: skip
-        "layers": layers(tiny_gpt2, "python-docs", "embed,0,final", samp, 4, 3, bootstrap=30),
-        "compare": compare([tiny_gpt2, other], "python-docs", samp, bootstrap=30),
+        "layers": layers(tiny_gpt2, "python-docs", sites="embed,0,final", sampling=samp,
+                         bin_size=4, n_bins=3, bootstrap=30),
+        "compare": compare_models([tiny_gpt2, other], "python-docs", sampling=samp, bootstrap=30),
         "clusters": clusters([tiny_gpt2], "python-docs", ngram=2, min_count=5, per_cluster=4,
                              context=6, n_clusters=4, cache=False, progress=False,
                              bootstrap=20),  # fmt: skip
-        "probe": accuracy_probe(mc, "m", "t", (0.0, 0.5, 1.0), 10, 3),
+        "probe": accuracy_probe(mc, model="m", task="t", levels=(0.0, 0.5, 1.0), sample=10,
+                                seeds=3),
         "hard": hard_slices(mc, 0.25),
-        "keys": profile_keys(tiny_gpt2, windows, [4, 8], 2, cache=False, progress=False),
+        "keys": profile_keys(tiny_gpt2, windows, chunks=[4, 8], seeds=2, cache=False,
+                             progress=False),
         "finetune": FinetuneResult("b", "d", "lora", 2, 1e-3, 2, 16, 0, 8, 16, 0.9, 10, 64, 100,
                                    1000, "ck", None, 1.5, [{"step": 1, "loss": 5.0,
                                                             "learning_rate": 1e-3}]),  # fmt: skip

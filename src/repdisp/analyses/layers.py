@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import Correlation
 from ..io.results import Result, new_figure, record, recorded
 from .binning import select_bins
-from .sampling import MODES, BinPoint, ModelLike, Sampling, bin_points, correlate, loaded
+from .sampling import MODES, BinPoint, bin_points, correlate
 
 
 @dataclass
@@ -101,6 +102,7 @@ class LayersResult(Result):
 def layers(
     model: ModelLike,
     data: str,
+    *,
     sites: str | list[str] = "all",
     sampling: Sampling | None = None,
     bin_size: int = 50,
@@ -140,18 +142,18 @@ def layers(
 def plot(result: LayersResult) -> Any:
     """Left: across-segment dispersion of each bin along depth, coloured by bin perplexity.
     Right: Pearson r (95% bootstrap CI) of bin perplexity vs dispersion along depth, both modes."""
-    import matplotlib
+    from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import FuncFormatter
+
 
     sites = [layer.site for layer in result.layers]
     x = list(range(len(sites)))
     means = [p.mean_ppl for p in result.layers[0].bins]
     norm = LogNorm(min(means), max(means))
-    cmap = matplotlib.colormaps["viridis"]
-    fig = new_figure((13, 4.8))
-    left, right = fig.subplots(1, 2)
+    cmap = colormaps["viridis"]
+    fig, (left, right) = new_figure(1, 2, figsize=(13, 4.8))
     for k, m in enumerate(means):
         left.plot(x, [layer.bins[k].across for layer in result.layers], lw=1.2, color=cmap(norm(m)))
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=left)

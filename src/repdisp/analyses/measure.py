@@ -32,7 +32,16 @@ from ..io.results import Result, new_figure, record, recorded
 @dataclass
 class SiteDispersion:
     """Dispersion at one site: Eq. 1 over segment vectors, or the mean token-level value for
-    ``within`` pooling; with a percentile-bootstrap CI over segments."""
+    ``within`` pooling; with a percentile-bootstrap CI over segments.
+
+    Examples
+    --------
+    >>> from repdisp import measure
+    >>> r = measure("smollm2-135m", "python-docs", segments=50, seq_len=64)  # doctest: +SKIP
+    >>> s = r.sites[0]  # doctest: +SKIP
+    >>> s.ci_low <= s.dispersion <= s.ci_high  # doctest: +SKIP
+    True
+    """
 
     site: str
     pooling: str
@@ -43,12 +52,20 @@ class SiteDispersion:
 
 @dataclass
 class MeasureResult(Result):
-    """Perplexity and dispersion of one model on one text source.
+    """What ``measure`` found: the run's settings, perplexity statistics and one
+    ``SiteDispersion`` per site.
 
     Headline perplexities are exp(mean NLL) (``ppl``: over every predicted token, which for
     equal-length segments is exp of the mean segment NLL; ``last_token_ppl``: over the segments'
     last tokens) and the medians over segments; not the arithmetic mean of exp(NLL), which one
-    outlier segment decides. ``segments()`` holds the per-segment values when asked for."""
+    outlier segment decides. ``segments()`` holds the per-segment values when asked for.
+
+    Examples
+    --------
+    >>> from repdisp import measure
+    >>> r = measure("smollm2-135m", "python-docs", segments=50, seq_len=64)  # doctest: +SKIP
+    >>> print(r.table())  # doctest: +SKIP
+    """
 
     kind: ClassVar[str] = "measure"
 
@@ -107,8 +124,7 @@ class MeasureResult(Result):
         """Dispersion per site with its 95% CI (points along the site order)."""
         if not self.sites:
             return None
-        fig = new_figure((max(4.5, 0.35 * len(self.sites) + 3), 3.6))
-        ax = fig.subplots()
+        fig, ax = new_figure(figsize=(max(4.5, 0.35 * len(self.sites) + 3), 3.6))
         y = np.array([s.dispersion for s in self.sites])
         lo = np.array([s.ci_low for s in self.sites])
         hi = np.array([s.ci_high for s in self.sites])
@@ -182,6 +198,7 @@ def _site_values(total: np.ndarray, sites: list[str], pooling: str, dim: int) ->
 def measure(
     model: str | LoadedModel = DEFAULT_MODEL,
     data: str = "python-docs",
+    *,
     sites: str | list[str] = "final",
     segments: int = 200,
     seq_len: int = 256,
@@ -207,7 +224,18 @@ def measure(
     ``cache``: True (``$REPDISP_HOME/runs/KEY``), a shard folder, or False. Under a multi-process
     launcher the folder must be shared by all processes, so ``cache=False`` is refused there.
     ``per_segment``: also keep one row per segment (``result.segments()``, see
-    ``segment_rows``); this extracts the ``within`` pooling too."""
+    ``core.segment_table.segment_rows``); this extracts the ``within`` pooling too.
+
+    Returns
+    -------
+    MeasureResult
+
+    Examples
+    --------
+    >>> import repdisp
+    >>> r = repdisp.measure("smollm2-135m", "python-docs", segments=200, seq_len=256)  # doctest: +SKIP
+    >>> print(r.table())  # doctest: +SKIP
+    """
     if pooling not in ("last", "mean", "within"):
         raise RepdispError(f"unknown pooling {pooling!r}; choose last, mean or within")
     if bootstrap < 1:
@@ -221,30 +249,41 @@ def measure(
         lm = (
             model
             if isinstance(model, LoadedModel)
-            else load_model(model, device, dtype, trust_remote_code, allow_pickle)
+            else load_model(
+                model, device, dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+            )
         )
-        max_len = getattr(lm.model.config, "max_position_embeddings", None)
         segs = make_segments(
             lm.tokenizer,
             data,
             segments,
             seq_len,
             seed,
-            max_len=max_len,
+            max_len=lm.max_len,
             text_field=text_field,
             encoding_errors=encoding_errors,
         )
         pools = [pooling]
         if per_segment:
             pools.append("within" if pooling != "within" else "last")
-        args = (lm, segs, sites, pools, True, batch_size, skip_first, cache)
-        ex = extract(*args, progress and dist.is_main, shard_segments, dist.rank, dist.world_size)
-        dim = lm.model.get_input_embeddings().embedding_dim
+        opts = {"perplexity": True, "batch_size": batch_size, "skip_first": skip_first}
+        opts |= {"cache": cache, "shard_segments": shard_segments}
+        ex = extract(
+            lm,
+            segs,
+            sites,
+            pools,
+            progress=progress and dist.is_main,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            **opts,
+        )
+        dim = lm.d_model
         total = dist.all_reduce_sum(_sums(ex, ex.sites, pooling, dim), lm.device)
         result = None
         if dist.is_main:
             if dist.world_size > 1:  # every shard is written by now: read them all back
-                ex = extract(*args, False, shard_segments, 0, 1)
+                ex = extract(lm, segs, sites, pools, progress=False, rank=0, world_size=1, **opts)
             site_results, ppl = _summaries(ex, total, pooling, dim, bootstrap, seed)
             result = MeasureResult(
                 model=lm.name,

@@ -25,6 +25,7 @@ import numpy as np
 from ..core.corpus import load_texts
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.segment_table import segment_rows
 from ..core.stats import Correlation
 from ..io.results import Result, new_figure, record, recorded
@@ -32,11 +33,8 @@ from .binning import BinSelection, select_bins
 from .sampling import (
     MODES,
     BinPoint,
-    ModelLike,
-    Sampling,
     bin_points,
     correlate,
-    loaded,
     model_label,
     short_name,
 )
@@ -163,6 +161,7 @@ class PplDispersionResult(Result):
 def ppl_vs_dispersion(
     models: Sequence[ModelLike],
     datas: Sequence[str],
+    *,
     sampling: Sampling | None = None,
     bin_size: int = 50,
     n_bins: int = 10,
@@ -284,8 +283,7 @@ def plot(result: PplDispersionResult) -> Any:
     Colour by data and length, marker by model."""
     from matplotlib.ticker import FuncFormatter
 
-    fig = new_figure((12, 5.2))
-    axes = fig.subplots(1, 2)
+    fig, axes = new_figure(1, 2, figsize=(12, 5.2))
     models = list(dict.fromkeys(s.model for s in result.series))  # marker per model
     keys = list(dict.fromkeys((s.data, s.seq_len) for s in result.series))  # colour per data
     xlabel = (

@@ -171,6 +171,7 @@ def run_protocol(
 @recorded
 def accuracy_probe(
     result: MCResult,
+    *,
     model: str,
     task: str,
     levels: tuple[float, ...] = DEFAULT_LEVELS,
@@ -213,8 +214,7 @@ def accuracy_probe(
 
 def plot_probe(results: list[ProbeResult]) -> Any:
     """Dispersion vs fraction correct, one line (mean ± sem) per result."""
-    fig = new_figure((5, 3.6))
-    ax = fig.subplots()
+    fig, ax = new_figure(figsize=(5, 3.6))
     for r in results:
         x = [lv.level * 100 for lv in r.levels]
         ax.errorbar(

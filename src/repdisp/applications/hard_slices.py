@@ -52,8 +52,7 @@ class HardSlices(Result):
 
     def figure(self) -> Any:
         """Histogram of the scores, the slice shaded."""
-        fig = new_figure((5, 3.4))
-        ax = fig.subplots()
+        fig, ax = new_figure(figsize=(5, 3.4))
         cut = float(self.scores[self.slice_idx].max())
         ax.hist(self.scores, bins=40, color="C0", alpha=0.8)
         ax.axvspan(float(self.scores.min()), cut, color="C3", alpha=0.15, label="slice")

@@ -46,7 +46,11 @@ def add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
 
 def model_from_args(args: argparse.Namespace, spec: str | None = None) -> LoadedModel:
     return load_model(
-        spec or args.model, args.device, args.dtype, args.trust_remote_code, args.allow_pickle
+        spec or args.model,
+        args.device,
+        args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
     )
 
 

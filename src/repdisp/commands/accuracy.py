@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..applications.accuracy_probe import accuracy_probe
 from ..applications.hard_slices import hard_slices
-from ..applications.mcqa import FORMATS, TASKS, MCResult, evaluate
+from ..applications.mcqa import FORMATS, TASKS, MCResult, evaluate_task
 from ..core.errors import RepdispError
 from ..io.results import write_result
 from . import add_model_args, model_from_args
@@ -55,18 +55,18 @@ def _scored(args: argparse.Namespace) -> tuple[MCResult, str]:
             "choices_field": args.choices_field,
             "answer_field": args.answer_field,
         }
-    result = evaluate(
+    result = evaluate_task(
         lm,
         args.task,
         args.data,
-        args.format,
-        args.shots,
-        args.shots_data,
-        args.limit,
-        args.seed,
-        args.site,
-        args.batch_size,
-        not args.quiet,
+        fmt=args.format,
+        shots=args.shots,
+        shots_data=args.shots_data,
+        limit=args.limit,
+        seed=args.seed,
+        site=args.site,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
         **columns,
     )
     path = result.save(Path(args.out) / "queries.npz")
@@ -120,7 +120,14 @@ def run_probe(args: argparse.Namespace) -> int:
         raise RepdispError("--sample must be at least 2 and --seeds at least 1")
     result, model = _scored(args)
     probe = accuracy_probe(
-        result, model, args.task, levels, args.sample, args.seeds, args.correct_by, args.on_short
+        result,
+        model=model,
+        task=args.task,
+        levels=levels,
+        sample=args.sample,
+        seeds=args.seeds,
+        correct_by=args.correct_by,
+        short=args.on_short,
     )
     print(probe.table())
     paths = write_result(args.out, "probe", probe)

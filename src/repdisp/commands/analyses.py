@@ -121,15 +121,15 @@ def run_ppl(args: argparse.Namespace) -> int:
     result = ppl_mod.ppl_vs_dispersion(
         args.model,
         args.data or ["python-docs"],
-        _sampling(args),
-        args.bin_size,
-        args.bins,
-        args.pooling,
-        args.site,
-        args.last_token,
-        contexts,
-        args.bootstrap,
-        _loader(args),
+        sampling=_sampling(args),
+        bin_size=args.bin_size,
+        n_bins=args.bins,
+        pooling=args.pooling,
+        site=args.site,
+        last_token=args.last_token,
+        contexts=contexts,
+        bootstrap=args.bootstrap,
+        load=_loader(args),
         per_segment=args.save_segments,
     )
     _write(args, result)
@@ -158,27 +158,27 @@ def run_layers(args: argparse.Namespace) -> int:
     result = layers_mod.layers(
         args.model,
         args.data,
-        args.sites,
-        _sampling(args),
-        args.bin_size,
-        args.bins,
-        args.pooling,
-        args.bootstrap,
-        _loader(args),
+        sites=args.sites,
+        sampling=_sampling(args),
+        bin_size=args.bin_size,
+        n_bins=args.bins,
+        pooling=args.pooling,
+        bootstrap=args.bootstrap,
+        load=_loader(args),
     )
     _write(args, result)
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    result = compare_mod.compare(
+    result = compare_mod.compare_models(
         args.model,
         args.data,
-        _sampling(args),
-        args.pooling,
-        args.site,
-        args.bootstrap,
-        _loader(args),
+        sampling=_sampling(args),
+        pooling=args.pooling,
+        site=args.site,
+        bootstrap=args.bootstrap,
+        load=_loader(args),
     )
     _write(args, result)
     return 0

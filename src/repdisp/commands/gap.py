@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..applications.gap import DOMAINS, METRICS, REFERENCES, gap, parse_accuracy, plot_gap
+from ..applications.gap import DOMAINS, METRICS, REFERENCES, parse_accuracy, plot_gap, rank_by_gap
 from ..io.results import save_figure, write_csv, write_json
 
 
@@ -41,7 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_gap(args: argparse.Namespace) -> int:
-    res = gap(args.model, args.domain, args.reference, args.metric, parse_accuracy(args.accuracy))
+    res = rank_by_gap(
+        args.model,
+        args.domain,
+        reference=args.reference,
+        metric=args.metric,
+        accuracy=parse_accuracy(args.accuracy),
+    )
     print(res.table())
     out = Path(args.out)
     write_json(out / "gap.json", res)

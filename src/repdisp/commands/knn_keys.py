@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..applications.knn_keys import profile_keys
+from ..applications.knnlm.keys import profile_keys
 from ..core.corpus import make_segments
 from ..core.errors import RepdispError
 from ..io.results import write_result
@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     profile = profile_keys(
         lm,
         windows,
-        int_list(args.chunks),
-        args.seeds,
-        args.sites,
-        args.batch_size,
+        chunks=int_list(args.chunks),
+        seeds=args.seeds,
+        sites=args.sites,
+        batch_size=args.batch_size,
         cache=not args.no_cache,
         progress=not args.quiet,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..applications.knnlm import (
     Datastore,
     build_datastore,
-    evaluate,
+    evaluate_knnlm,
     load_tokens,
     plot_eval,
     select_key,
@@ -73,6 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--context", type=int, default=512)
     e.add_argument("--stride", type=int, default=256)
     e.add_argument("--out", help="folder for knnlm_eval.json / .csv / .png")
+    e.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the sha256 of every datastore shard and index (reads it all); sizes and "
+        "records are always checked",
+    )
     _text_args(e)
     _eval_args(e)
     e.set_defaults(func=run_eval)
@@ -119,13 +125,13 @@ def run_build(args: argparse.Namespace) -> int:
         lm,
         _tokens(lm, args.data, args),
         args.out,
-        args.site,
-        " + ".join(args.data),
-        args.context,
-        args.stride,
-        args.batch_size,
-        args.shard_windows,
-        args.index,
+        sites=args.site,
+        source=" + ".join(args.data),
+        context=args.context,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        shard_windows=args.shard_windows,
+        index=args.index,
         progress=not args.quiet,
     )
     print(
@@ -146,14 +152,14 @@ def _write_eval(result, out: Path) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     lm = model_from_args(args)
-    store = Datastore.open(args.datastore)
+    store = Datastore.open(args.datastore, verify=args.verify)
     sites = [x for x in args.site.split(",") if x.strip()] if args.site else None
-    result = evaluate(
+    result = evaluate_knnlm(
         lm,
         store,
         _tokens(lm, args.data, args),
-        " + ".join(args.data),
-        sites,
+        source=" + ".join(args.data),
+        sites=sites,
         progress=not args.quiet,
         **_eval_kwargs(args),
     )
@@ -172,12 +178,12 @@ def run_select(args: argparse.Namespace) -> int:
         _tokens(lm, args.train, args),
         _tokens(lm, args.eval, args),
         out / "datastore",
-        "final-block" if args.sites == "auto" else args.sites,
-        args.chunks,
-        args.seeds,
-        args.chunk_len,
-        " + ".join(args.train),
-        " + ".join(args.eval),
+        sites="final-block" if args.sites == "auto" else args.sites,
+        chunks=args.chunks,
+        seeds=args.seeds,
+        chunk_len=args.chunk_len,
+        train_source=" + ".join(args.train),
+        eval_source=" + ".join(args.eval),
         build_kwargs={
             "context": args.context,
             "stride": args.stride,

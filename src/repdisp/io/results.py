@@ -136,6 +136,17 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return _atomic_bytes(Path(path), _csv_bytes(rows))
 
 
+def new_figure(
+    nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **subplots: Any
+) -> tuple[Any, Any]:
+    """A ``matplotlib.figure.Figure`` and its axes (``Figure.subplots``), made without pyplot: no
+    global backend switch and nothing registered with pyplot. ``layout`` goes to the Figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout=subplots.pop("layout", None))
+    return fig, fig.subplots(nrows, ncols, **subplots)
+
+
 def save_figure(fig: Any, path: str | Path) -> Path:
     """Save a matplotlib figure as PNG (150 dpi, tight), atomically; pyplot figures are closed."""
     buf = io.BytesIO()
@@ -143,13 +154,6 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     if "matplotlib.pyplot" in sys.modules:  # only figures made through pyplot are registered
         sys.modules["matplotlib.pyplot"].close(fig)
     return _atomic_bytes(Path(path), buf.getvalue())
-
-
-def new_figure(figsize: tuple[float, float] = (6.4, 4.8)) -> Any:
-    """A matplotlib Figure that belongs to no pyplot state and switches no backend."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,18 +24,19 @@ import numpy as np
 
 from ..core.corpus import Segments, load_texts, make_segments
 from ..core.errors import RepdispError
-from ..core.extract import extract
-from ..core.geometry import bootstrap_ci, dispersion, unit_rows, weighted_dispersion
-from ..core.models import LoadedModel, load_model
-from ..io.results import (
-    Result,
-    new_figure,
-    record,
-    recorded,
-    save_figure,
-    write_csv,
-    write_result,
+from ..core.geometry import (
+    bootstrap_ci,
+    bootstrap_weights,
+    dispersion,
+    unit_rows,
+    weighted_dispersion,
 )
+from ..core.models import LoadedModel, load_model
+from ..core.sampling import Sampling
+from ..core.shards import atomic_write
+from ..io.results import Result, new_figure, record, recorded, save_figure, write_csv, write_result
+from .checkpoints import check_save_every, open_work
+from .data import split_docs
 
 METHODS = ("lora", "full")
 
@@ -79,8 +80,7 @@ class FinetuneResult(Result):
         )
 
     def figure(self) -> Any:
-        fig = new_figure((5, 3.2))
-        ax = fig.subplots()
+        fig, ax = new_figure(figsize=(5, 3.2))
         ax.plot([r["step"] for r in self.loss], [r["loss"] for r in self.loss], marker=".")
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("training loss (mean NLL per token, nats)")
@@ -96,19 +96,8 @@ def split_text(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
     the documents before the cut train, the ones after are held out. Works for one big file too."""
     if not 0.0 < fraction <= 1.0:
         raise RepdispError(f"--train-fraction must be in (0, 1], got {fraction}")
-    if fraction == 1.0:
-        return docs, []
-    cut = int(fraction * sum(len(d) for d in docs))
-    head: list[str] = []
-    for i, doc in enumerate(docs):
-        if cut < len(doc):
-            nl = doc.find("\n", max(cut - 1, 0))
-            at = len(doc) if nl < 0 else nl + 1
-            tail = ([doc[at:]] if doc[at:].strip() else []) + docs[i + 1 :]
-            return head + ([doc[:at]] if doc[:at].strip() else []), tail
-        head.append(doc)
-        cut -= len(doc)
-    return head, []
+    head, tail = split_docs(docs, [fraction, 1.0 - fraction], next_line=True)
+    return head, tail
 
 
 class _SegmentDataset:
@@ -135,25 +124,11 @@ def _wrap_lora(model: Any, r: int, alpha: int, dropout: float) -> Any:
     return get_peft_model(model, config)
 
 
-@contextlib.contextmanager
-def _tensorboard_dir(folder: Path | None) -> Any:
-    """Point transformers' TensorBoard callback at ``folder`` (unless the user set
-    TENSORBOARD_LOGGING_DIR) while the Trainer is made, as the Trainer's own folder is temporary
-    here."""
-    if folder is None or "TENSORBOARD_LOGGING_DIR" in os.environ:
-        yield
-        return
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
-    try:
-        yield
-    finally:
-        os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
-
-
 def finetune(
     model: str | LoadedModel,
     data: str,
     out: str | Path,
+    *,
     method: str = "lora",
     steps: int = 50,
     learning_rate: float = 2e-4,
@@ -171,40 +146,59 @@ def finetune(
     text_field: str = "text",
     encoding_errors: str = "strict",
     progress: bool = True,
-    *,
+    save_every: int = 0,
+    callbacks: list[Any] | None = None,
     report_to: str | list[str] = "none",
     dispersion_every: int = 0,
     dispersion_segments: int = 32,
-    callbacks: list[Any] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``data`` for ``steps`` optimiser steps and save it to ``out``.
 
+    ``out`` appears only when the job is done (it is written beside it and renamed). Meanwhile
+    ``.OUT.partial`` beside it holds a checkpoint every ``save_every`` steps (0: none); the same
+    call after a crash resumes from the last one (``training.checkpoints``). A tokenizer without
+    a pad token is fine: the segments all have ``seq_len`` tokens and are never padded.
+    ``callbacks``: extra ``TrainerCallback``s (tests use one to interrupt a run).
     ``report_to``: the Trainer's trackers (``none``, ``tensorboard`` - written to ``out/logs`` -,
     ``wandb``, ...). ``dispersion_every`` > 0 adds a ``DispersionCallback`` that logs the final
     site's dispersion on ``dispersion_segments`` fixed probe segments (held-out text when
-    ``train_fraction`` < 1, else a seeded sample of the training segments) every that many steps.
-    ``callbacks``: more ``TrainerCallback``s."""
+    ``train_fraction`` < 1, else a seeded sample of the training segments) every that many
+    steps."""
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments, default_data_collator
 
     if method not in METHODS:
         raise RepdispError(f"unknown --method {method!r}; choose lora or full")
     if steps < 1 or batch_size < 1 or grad_accum < 1:
         raise RepdispError("--steps, --batch-size and --grad-accum must be at least 1")
+    check_save_every(save_every)
     tb = "tensorboard" in ([report_to] if isinstance(report_to, str) else report_to)
     if tb and importlib.util.find_spec("tensorboard") is None:
         raise RepdispError(
             "--report-to tensorboard needs the tensorboard package (pip install tensorboard)"
         )
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RepdispError(f"--out {out} exists and is not empty; choose a new folder")
     start = time.perf_counter()
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, "float32")
     docs = load_texts(data, text_field=text_field, encoding_errors=encoding_errors)
     train_docs, heldout_docs = split_text(docs, train_fraction)
-    max_len = getattr(lm.model.config, "max_position_embeddings", None)
-    segs = make_segments(lm.tokenizer, data, None, seq_len, seed, docs=train_docs, max_len=max_len)
+    segs = make_segments(
+        lm.tokenizer, data, None, seq_len, seed, docs=train_docs, max_len=lm.max_len
+    )
+
+    settings = dict(
+        method=method, steps=steps, learning_rate=learning_rate, batch_size=batch_size,
+        seq_len=seq_len, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, warmup_steps=warmup_steps, weight_decay=weight_decay,
+        grad_accum=grad_accum, save_every=save_every,
+    )  # fmt: skip
+    spec = {"model": lm.identity, "segments": segs.fingerprint, **settings}
+    work = out.with_name(f".{out.name}.partial")
+    resume = open_work(work, spec, quiet=not progress)
+    if resume is not None and progress:
+        print(f"resuming from {resume.name} in {work}")
 
     net = lm.model
     net.train()
@@ -213,7 +207,6 @@ def finetune(
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total = sum(p.numel() for p in net.parameters())
     on_cpu = lm.device.type == "cpu"
-    work = out / ".trainer"
     args = TrainingArguments(
         output_dir=str(work),
         max_steps=steps,
@@ -224,7 +217,9 @@ def finetune(
         weight_decay=weight_decay,
         lr_scheduler_type="linear",
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if save_every else "no",
+        save_steps=save_every or None,
+        save_total_limit=1 if save_every else None,
         eval_strategy="no",
         report_to=report_to,
         seed=seed,
@@ -236,27 +231,27 @@ def finetune(
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    with _tensorboard_dir(out / "logs" if tb else None):  # read when the Trainer is made
+    logs = out.with_name(f".{out.name}.logs")  # moved into OUT/logs at the end
+    with _tensorboard_dir(logs if tb else None):  # read when the Trainer is made
         trainer = Trainer(
             model=net,
             args=args,
             train_dataset=_SegmentDataset(segs.ids),
-            processing_class=lm.tokenizer,
+            data_collator=default_data_collator,  # fixed-length segments: no padding or pad token
             callbacks=callbacks,
         )
     if dispersion_every > 0:
         from .callback import DispersionCallback
 
+        probe = segs
         if heldout_docs:
             probe = make_segments(
-                lm.tokenizer, data, None, seq_len, seed, docs=heldout_docs, max_len=max_len
+                lm.tokenizer, data, None, seq_len, seed, docs=heldout_docs, max_len=lm.max_len
             )
-        else:
-            probe = segs
-        pick = np.random.default_rng(seed).permutation(len(probe))[:dispersion_segments]
-        probe = Segments(probe.ids[np.sort(pick)], probe.index[np.sort(pick)], probe.has_bos, data)
+        pick = np.sort(np.random.default_rng(seed).permutation(len(probe))[:dispersion_segments])
+        probe = Segments(probe.ids[pick], probe.index[pick], probe.has_bos, data)
         DispersionCallback(probe, every_n_steps=dispersion_every).attach(trainer)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     loss = [
         {
             "step": int(r["step"]),
@@ -269,44 +264,56 @@ def finetune(
     if method == "lora":
         net = net.merge_and_unload()
     net.eval()
-    net.save_pretrained(out, safe_serialization=True)
-    lm.tokenizer.save_pretrained(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        net.save_pretrained(tmp, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp)
+        heldout = _write_heldout(tmp, heldout_docs) if heldout_docs else None
+        result = FinetuneResult(
+            base_model=lm.name,
+            data=data,
+            method=method,
+            steps=steps,
+            learning_rate=learning_rate,
+            batch_size=batch_size * grad_accum,
+            seq_len=seq_len,
+            seed=seed,
+            lora_r=lora_r if method == "lora" else None,
+            lora_alpha=lora_alpha if method == "lora" else None,
+            train_fraction=train_fraction,
+            train_segments=len(segs),
+            train_tokens_seen=steps * batch_size * grad_accum * segs.ids.shape[1],
+            trainable_params=trainable,
+            total_params=total,
+            checkpoint=str(out),
+            heldout=heldout and str(out / Path(heldout).name),
+            seconds=time.perf_counter() - start,
+            loss=loss,
+        )
+        record(result, models=lm, data=segs, seed=seed)
+        write_outputs(result, tmp)
+        if tb and logs.is_dir():
+            os.replace(logs, tmp / "logs")
+        if out.exists():  # an empty folder given as --out
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-    heldout = _write_heldout(out, heldout_docs) if heldout_docs else None
-    result = FinetuneResult(
-        base_model=lm.name,
-        data=data,
-        method=method,
-        steps=steps,
-        learning_rate=learning_rate,
-        batch_size=batch_size * grad_accum,
-        seq_len=seq_len,
-        seed=seed,
-        lora_r=lora_r if method == "lora" else None,
-        lora_alpha=lora_alpha if method == "lora" else None,
-        train_fraction=train_fraction,
-        train_segments=len(segs),
-        train_tokens_seen=steps * batch_size * grad_accum * segs.ids.shape[1],
-        trainable_params=trainable,
-        total_params=total,
-        checkpoint=str(out),
-        heldout=heldout,
-        seconds=time.perf_counter() - start,
-        loss=loss,
-    )
-    record(result, models=lm, data=segs, seed=seed)
-    write_outputs(result, out)
     return result
 
 
 def _write_heldout(out: Path, docs: list[str]) -> str:
     """The held-out text as a file any ``--data`` option reads (one document: .txt; more: .jsonl)."""
     if len(docs) == 1:
-        path = out / "heldout.txt"
-        path.write_text(docs[0], encoding="utf-8")
+        path, text = out / "heldout.txt", docs[0]
     else:
-        path = out / "heldout.jsonl"
-        path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+        path, text = out / "heldout.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in docs)
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))
     return str(path)
 
 
@@ -315,6 +322,21 @@ def write_outputs(result: FinetuneResult, out: Path) -> None:
     write_result(out, "finetune", result, tables=False, figure=False)
     write_csv(out / "finetune_loss.csv", result.loss)
     save_figure(result.figure(), out / "finetune_loss.png")
+
+
+@contextlib.contextmanager
+def _tensorboard_dir(folder: Path | None) -> Any:
+    """Point transformers' TensorBoard callback at ``folder`` (unless the user set
+    TENSORBOARD_LOGGING_DIR) while the Trainer is made: the Trainer's own folder is temporary
+    here."""
+    if folder is None or "TENSORBOARD_LOGGING_DIR" in os.environ:
+        yield
+        return
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
 
 
 @dataclass
@@ -371,8 +393,7 @@ class BeforeAfter(Result):
         disp = np.array([r["dispersion"] for r in self.rows])
         lo = np.array([r["ci_low"] for r in self.rows])
         hi = np.array([r["ci_high"] for r in self.rows])
-        fig = new_figure((9, 3.4))
-        a, b = fig.subplots(1, 2)
+        fig, (a, b) = new_figure(1, 2, figsize=(9, 3.4), layout="constrained")
         a.bar(names, [r["token_ppl"] for r in self.rows], color=["#888", "#37c"])
         a.set_ylabel("token-level perplexity, exp(mean NLL)")
         b.bar(names, disp, color=["#888", "#37c"])
@@ -385,7 +406,6 @@ class BeforeAfter(Result):
             f"dispersion change {self.dispersion_change:+.4f} "
             f"[{self.change_ci_low:+.4f}, {self.change_ci_high:+.4f}]"
         )
-        fig.tight_layout()
         return fig
 
 
@@ -394,24 +414,22 @@ def before_after(
     base: str,
     checkpoint: str | Path,
     data: str,
-    segments: int = 128,
-    seq_len: int = 128,
-    seed: int = 0,
-    batch_size: int = 8,
+    *,
+    sampling: Sampling | None = None,
     device: str = "auto",
     bootstrap: int = 1000,
-    progress: bool = True,
 ) -> BeforeAfter:
     """Measure base and fine-tuned model on identical segments of ``data`` (e.g. heldout.txt);
-    the checkpoint keeps the base tokenizer, so the base model's segments serve both."""
+    the checkpoint keeps the base tokenizer, so the base model's segments serve both.
+    ``sampling`` defaults to 128 segments of 128 tokens, seed 0."""
+    sampling = sampling or Sampling(segments=128, seq_len=128)
+    seed = sampling.seed
     segs, rows, units, ppl, used = None, [], [], [], []
     for label, spec in (("base", base), ("fine-tuned", str(checkpoint))):
         lm = load_model(spec, device)
         used.append(lm)
-        if segs is None:
-            max_len = getattr(lm.model.config, "max_position_embeddings", None)
-            segs = make_segments(lm.tokenizer, data, segments, seq_len, seed, max_len=max_len)
-        ex = extract(lm, segs, "final", "last", True, batch_size, 1, True, progress)
+        segs = segs if segs is not None else sampling.sample(lm, data)
+        ex = sampling.extract(lm, segs, "final", "last")
         x = ex.get(ex.sites[0], "last")
         lo, hi = bootstrap_ci(x, bootstrap, seed)
         rows.append(
@@ -428,12 +446,16 @@ def before_after(
         units.append(unit_rows(x))
         ppl.append(ex.seq_ppl)
     n = len(segs)
-    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=bootstrap)
-    diffs = weighted_dispersion(units[1], weights) - weighted_dispersion(units[0], weights)
+    diffs = np.concatenate(
+        [
+            weighted_dispersion(units[1], w) - weighted_dispersion(units[0], w)
+            for w in bootstrap_weights(n, bootstrap, seed)
+        ]
+    )
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     change = rows[1]["dispersion"] - rows[0]["dispersion"]
     lower = float((ppl[1] < ppl[0]).mean())
-    result = BeforeAfter(data, n, seq_len, rows, change, float(lo), float(hi), lower)
+    result = BeforeAfter(data, n, sampling.seq_len, rows, change, float(lo), float(hi), lower)
     return record(result, models=used, data=segs, seed=seed)
 
 

@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..io.results import Result, new_figure, write_csv, write_json, write_result
-from .recipe import RunResult, TrainConfig, prepare_data, train_run
+from .config import TrainConfig
+from .data import prepare_data
+from .run import RunResult, train_run
 
 
 @dataclass
@@ -193,8 +195,7 @@ def _plot(grid: list[dict[str, Any]]) -> Any:
     test = [g for g in grid if g["split"] == "test"]
     last = max(g["step"] for g in test)
     doms = sorted({g["domain"] for g in test})
-    fig = new_figure((5 * len(doms), 3.6))
-    axes = fig.subplots(1, len(doms), squeeze=False)
+    fig, axes = new_figure(1, len(doms), figsize=(5 * len(doms), 3.6), squeeze=False)
     for ax, dom in zip(axes[0], doms, strict=True):
         for lr in sorted({g["lr"] for g in test}):
             pts = sorted(
