@@ -204,7 +204,66 @@ def _kinds(tiny_gpt2):
                                     "mean_ppl": 9.0, "token_ppl": 8.0, "dispersion": 0.4,
                                     "ci_low": 0.3, "ci_high": 0.5}], 0.01, -0.02, 0.03, 0.5),
         "sweep": SweepResult("cfg", [grid_row], {"0.001": 0.1}, [t2]),
+        **_synthetic_kinds(),
     }  # fmt: skip
+
+
+def _synthetic_kinds():
+    """gap, kNN-LM eval/select and a training run, built from their fields (no FAISS, no GGUF)."""
+    from repdisp.applications.gap.analysis import CheckpointGap, GapResult
+    from repdisp.applications.gap.distances import GapComponents
+    from repdisp.applications.knnlm.datastore import BuildReport
+    from repdisp.applications.knnlm.evaluation import KnnEval, SiteEval
+    from repdisp.applications.knnlm.keys import KeyProfile, KeyRow
+    from repdisp.applications.knnlm.select import SelectReport
+    from repdisp.core.stats import Correlation
+    from repdisp.training.run import RunResult
+
+    ck = [
+        CheckpointGap(f"m{i}", "gguf", "output.weight", True, (512, 32), 10, 12, ["x"], [],
+                      GapComponents(0.5 + i / 10, 0.6, 0.7), GapComponents(1.0, 1.1, 1.2), 30.0 + i)
+        for i in range(3)
+    ]  # fmt: skip
+    gap = GapResult("code", "everyday", "cosine", ck, ["m2", "m1", "m0"],
+                    Correlation("spearman", 1.0, 0.0, 1.0, 1.0, 3), None, ["a note"])  # fmt: skip
+    sites = [
+        SiteEval(site=s, n_keys=100, index="flat", knn_ppl=ppl, best_ppl=9.0 + k,
+                 best_lmbda=0.25, best_temperature=1.0, knn_only_coverage=0.4,
+                 grid=[{"lmbda": 1.0, "temperature": 1.0, "ppl": math.inf},
+                       {"lmbda": 0.25, "temperature": 1.0, "ppl": 9.0 + k}])
+        for k, (s, ppl) in enumerate((("1.attn", 11.0), ("1.ffn", 12.0)))
+    ]  # fmt: skip
+    ev = KnnEval(model="m", datastore="ds", data="d", n_tokens=500, n_targets=400, context=32,
+                 stride=16, k=8, lmbda=0.25, temperature=1.0, base_ppl=10.0, unigram_ppl=10.5,
+                 unigram_lmbda=0.1, sites=sites, forward_seconds=1.0, search_seconds=2.0,
+                 seconds=3.0)  # fmt: skip
+    prof = KeyProfile(model="m", data="d", chunk_len=16, n_windows=20, seeds=2, chunks=[4],
+                      sites=["1.attn", "1.ffn"], n_extracted=8, recommended="1.ffn",
+                      rows=[KeyRow(site="1.attn", n_chunks=4, mean=0.3, std=0.01, values=[0.29, 0.31]),
+                            KeyRow(site="1.ffn", n_chunks=4, mean=0.4, std=0.01, values=[0.39, 0.41])], seconds=0.5)  # fmt: skip
+    build = BuildReport(folder="ds", n_tokens=500, n_keys=100, sites=["1.attn", "1.ffn"],
+                        shards_computed=2, shards_reused=0, forward_seconds=1.0,
+                        write_seconds=0.5, index={"1.attn": {"type": "flat"}},
+                        seconds=2.0)  # fmt: skip
+    sel = SelectReport(model="m", recommended="1.ffn", winner="1.attn", picked_winner=False,
+                       profile=prof, evaluation=ev, build=build, margin_nats=0.01,
+                       margin_ci=(0.005, 0.02))  # fmt: skip
+    run = RunResult("cfg", "single", ["d"], 1e-3, 0.1, 0, 4, 8, 16, 1000, 1, {"d": 10},
+                    [{"step": 1, "loss": 5.0, "ce": 5.0, "aux": 0.1, "dispersion": 0.3}],
+                    [{"step": 4, "domain": "d", "split": "test", "ppl": 90.0, "nll": 4.5,
+                      "dispersion": 0.3}], 12.5)  # fmt: skip
+    return {"gap": gap, "knnlm_eval": ev, "knnlm_select": sel, "train": run}
+
+
+def test_knnlm_lambda_one_infinity_is_explained(tmp_path):
+    ev = _synthetic_kinds()["knnlm_eval"]
+    doc = json.loads(write_result(tmp_path, "ev", ev)[0].read_text())
+    assert doc["sites"][0]["grid"][0]["ppl"] is None
+    (note,) = [n for n in doc["notes"] if n["key"] == "sites[0].grid[0].ppl"]
+    assert note["value"] == "inf" and "λ = 1" in note["why"] and "probability 0" in note["why"]
+    assert doc["run"]["search_seconds"] == 2.0 and "search_seconds" not in doc
+    back = load_result(tmp_path / "ev.json")
+    assert back.sites[0].grid[0]["ppl"] == math.inf and back.search_seconds == 2.0
 
 
 def test_load_result_reads_every_kind_back(tiny_gpt2, tmp_path):

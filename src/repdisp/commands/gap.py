@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..applications.gap import DOMAINS, METRICS, REFERENCES, parse_accuracy, plot_gap, rank_by_gap
-from ..io.results import save_figure, write_csv, write_json
+from ..applications.gap import DOMAINS, METRICS, REFERENCES, parse_accuracy, rank_by_gap
+from ..io.results import write_result
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,9 +48,6 @@ def run_gap(args: argparse.Namespace) -> int:
         accuracy=parse_accuracy(args.accuracy),
     )
     print(res.table())
-    out = Path(args.out)
-    write_json(out / "gap.json", res)
-    write_csv(out / "gap.csv", [c.row() for c in res.checkpoints])
-    save_figure(plot_gap(res), out / "gap.png")
-    print(f"wrote {out}/gap.json, gap.csv, gap.png")
+    paths = write_result(args.out, "gap", res)
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -10,11 +10,10 @@ from ..applications.knnlm import (
     build_datastore,
     evaluate_knnlm,
     load_tokens,
-    plot_eval,
     select_key,
 )
 from ..core.errors import RepdispError
-from ..io.results import save_figure, write_csv, write_json
+from ..io.results import write_result
 from . import add_model_args, model_from_args
 
 DATA_HELP = "text source (as in measure); SOURCE@START:END takes a token range; repeat to join"
@@ -144,10 +143,8 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_eval(result, out: Path) -> None:
-    write_json(out / "knnlm_eval.json", result.to_dict())
-    write_csv(out / "knnlm_eval.csv", result.rows())
-    save_figure(plot_eval(result), out / "knnlm_eval.png")
+def _write_eval(result, out: Path) -> list[Path]:
+    return write_result(out, "knnlm_eval", result)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -165,8 +162,8 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     print(result.table())
     if args.out:
-        _write_eval(result, Path(args.out))
-        print(f"wrote {args.out}/knnlm_eval.{{json,csv,png}}")
+        paths = _write_eval(result, Path(args.out))
+        print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -196,8 +193,6 @@ def run_select(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(report.table())
-    write_json(out / "knnlm_select.json", report.to_dict())
-    write_csv(out / "knnlm_select.csv", report.rows())
-    save_figure(plot_eval(report.evaluation), out / "knnlm_select.png")
-    print(f"wrote {out}/knnlm_select.{{json,csv,png}}")
+    paths = write_result(out, "knnlm_select", report)
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io.results import write_csv, write_json
+from ..io.results import write_csv, write_result
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -25,6 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-all-reduce",
         action="store_true",
         help="multi-process: per-process dispersion instead of the exact global-batch one",
+    )
+    t.add_argument(
+        "--report-to",
+        default="none",
+        help="the Trainer's trackers, comma list: none, tensorboard (OUT/logs), wandb, mlflow, "
+        "... (default none)",
+    )
+    t.add_argument(
+        "--dispersion-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="log the final site's dispersion on fixed validation blocks every N steps (0 = off)",
     )
     t.set_defaults(func=run_train)
 
@@ -46,11 +59,17 @@ def run_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         aux_all_reduce=False if args.no_all_reduce else None,
     )
-    run = train_run(cfg, progress=not args.quiet)
+    out = Path(args.out or f"runs/training/{cfg.name}")
+    run = train_run(
+        cfg,
+        progress=not args.quiet,
+        report_to=[x.strip() for x in args.report_to.split(",") if x.strip()] or "none",
+        logging_dir=out / "logs",
+        dispersion_every=args.dispersion_every,
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    out = Path(args.out or f"runs/training/{cfg.name}")
-    write_json(out / "run.json", run.to_dict())
+    write_result(out, "run", run, tables=False, figure=False)
     write_csv(out / "history.csv", run.history)
     write_csv(out / "evals.csv", run.evals)
     run.plot(out / "curves.png")

@@ -58,7 +58,8 @@ margin:.8em 0;background:#fafafa}
 background:#777}.badge.sig{background:#2a7d2a}.badge.ns{background:#b06a00}
 .notes{background:#fff7e0;border:1px solid #f0d890;padding:.4em .8em;font-size:.85em}
 details{margin:.4em 0}summary{cursor:pointer;color:#345}
-nav .answer{color:#555;font-size:.85em}
+nav .answer{color:#555;font-size:.85em}.run{color:#555;font-size:.85em}
+img{max-width:min(100%,1100px)}
 @media (max-width:600px){body{margin:1em auto;padding:0 .6em}h1{font-size:1.3em}
 .card .answer{font-size:1.1em}table{font-size:.75em}}
 """
@@ -219,7 +220,7 @@ def _card(head: dict[str, Any]) -> str:
         if sig is True
         else ("ns", "not significant")
         if sig is False
-        else ("", "no significance test")
+        else ("", "estimate (no test)")
     )
     ci = head.get("ci")
     ci_text = f" &middot; 95% CI [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
@@ -260,7 +261,7 @@ def _provenance(doc: dict[str, Any]) -> str:
     run = doc.get("run") or {}
     if run:
         parts.append(
-            "<p class='what'>run: "
+            "<p class='run'>run: "
             + html.escape(", ".join(f"{k} {_fmt(v)}" for k, v in run.items()))
             + "</p>"
         )

@@ -166,9 +166,30 @@ _REGISTRY: dict[str, type] = {}
 class Result:
     """Mixin of the result protocol for result dataclasses (see the module docstring).
 
+    Examples
+    --------
+    >>> from dataclasses import dataclass
+    >>> from repdisp import Result
+    >>> @dataclass
+    ... class Scores(Result):
+    ...     model: str
+    ...     rows: list
+    >>> r = Scores("m", [{"site": "final", "dispersion": 0.5}, {"site": "embed", "dispersion": 0.2}])
+    >>> r.to_frame()["dispersion"].tolist()
+    [0.5, 0.2]
+    >>> print(r.table())
+    rows
+    site   dispersion
+    final  0.5
+    embed  0.2
+    <BLANKLINE>
+    summary
+    model
+    m
+
     Class attributes: ``kind`` names the file kind (``load_result`` maps it back to the class);
-    ``run_keys`` are the top-level fields that vary between identical runs (timings), written
-    into the ``run`` block instead of the result."""
+    ``run_keys`` are the fields that vary between identical runs (timings; ``a.b`` for a nested
+    one), written into the ``run`` block instead of the result."""
 
     kind: ClassVar[str] = ""
     run_keys: ClassVar[tuple[str, ...]] = ("seconds",)
@@ -262,8 +283,10 @@ def text_table(rows: list[dict[str, Any]], limit: int = 40) -> str:
 
     cells = [[fmt(r.get(k)) for k in keys] for r in rows[:limit]]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     if len(rows) > limit:
         lines.append(f"... {len(rows) - limit} more rows")
     return "\n".join(lines)
@@ -422,7 +445,7 @@ def record(result: Any, *, models: Any = (), data: Any = (), seed: Any = None, *
         return result
     prov = result.provenance
     for lm in models if isinstance(models, (list, tuple)) else [models]:
-        entry = model_provenance(lm)
+        entry = dict(lm) if isinstance(lm, dict) else model_provenance(lm)
         if entry not in prov.setdefault("models", []):
             prov["models"].append(entry)
     for d in data if isinstance(data, (list, tuple)) else [data]:
@@ -491,6 +514,25 @@ def recorded(fn: Any) -> Any:
 # the writer and the reader
 
 
+_MISSING = object()
+
+
+def _pop_path(d: dict[str, Any], key: str) -> Any:
+    """Remove ``a.b.c`` from nested dicts and return it (``_MISSING`` when absent)."""
+    *parents, last = key.split(".")
+    for part in parents:
+        d = d.get(part) if isinstance(d, dict) else None
+    return d.pop(last) if isinstance(d, dict) and last in d else _MISSING
+
+
+def _put_path(d: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        d = d.get(part) if isinstance(d, dict) else None
+    if isinstance(d, dict):
+        d[last] = value
+
+
 def result_document(
     result: Any, *, command: list[str] | None = None, run: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -505,7 +547,7 @@ def result_document(
         run_keys, explain, kind, typename = ("seconds",), None, None, None
     if not isinstance(body, dict):
         body = {"value": body}
-    timing = {k: body.pop(k) for k in list(body) if k in run_keys}
+    timing = {k: v for k in run_keys if (v := _pop_path(body, k)) is not _MISSING}
     doc: dict[str, Any] = {"kind": kind, "type": typename, "schema": SCHEMA}
     doc |= body
     doc, notes = strict_json(doc, explain)
@@ -538,7 +580,22 @@ def write_result(
     ``NAME.csv`` and ``NAME_<table>.csv`` from ``tables()`` (or the given dict), ``NAME.png``
     from ``figure()`` (or the given figure). Returns the paths written, the JSON first.
 
-    ``overwrite=False`` refuses to replace an existing ``NAME.json``."""
+    ``overwrite=False`` refuses to replace an existing ``NAME.json``.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> import repdisp
+    >>> from repdisp.io.results import GenericResult
+    >>> folder = tempfile.mkdtemp()
+    >>> doc = {"model": "m", "rows": [{"x": 1.0}, {"x": float("inf")}]}
+    >>> paths = repdisp.write_result(folder, "demo", GenericResult(doc))
+    >>> [p.name for p in paths]
+    ['demo.json', 'demo.csv', 'demo_summary.csv']
+    >>> saved = json.loads(paths[0].read_text())
+    >>> saved["rows"][1], saved["notes"][0]["key"], sorted(saved["run"])
+    ({'x': None}, 'rows[1].x', ['date', 'host'])
+    """
     out = Path(out_dir)
     path = out / f"{name}.json"
     if not overwrite and path.exists():
@@ -582,9 +639,14 @@ class GenericResult(Result):
         return dict(self.document)
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
-        if self.csv_tables:
-            return self.csv_tables
-        return Result.tables(self)
+        """The JSON document's record lists, then the CSV tables beside it that they lack (the
+        main CSV, ``NAME.csv``, repeats the first record list when there is one)."""
+        found = {k: v for k, v in Result.tables(self).items() if k != "summary"}
+        for name, rows in self.csv_tables.items():
+            if not (name == "main" and found):
+                found.setdefault(name, rows)
+        summary = Result.tables(self).get("summary")
+        return found | ({"summary": summary} if summary else {})
 
 
 _TABLE_ONLY = {"notes", "provenance", "run"}
@@ -634,7 +696,19 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 def load_result(path: str | Path) -> Any:
     """Read a result file (``NAME.json`` written by any command, or ``NAME.csv``) back into its
     result type; kinds without a class (or older files) become a ``GenericResult``. The
-    ``provenance``, ``notes`` and ``run`` blocks are kept on ``.provenance`` and ``.file_info``."""
+    ``provenance``, ``notes`` and ``run`` blocks are kept on ``.provenance`` and ``.file_info``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import repdisp
+    >>> from repdisp.io.results import GenericResult
+    >>> folder = tempfile.mkdtemp()
+    >>> path = repdisp.write_result(folder, "demo", GenericResult({"rows": [{"x": 1.0}]}))[0]
+    >>> r = repdisp.load_result(path)
+    >>> r.to_frame("rows")["x"].tolist(), "python" in r.provenance
+    ([1.0], True)
+    """
     path = Path(path)
     if path.is_dir():
         found = sorted(p for p in path.glob("*.json") if p.name != "manifest.json")
@@ -664,11 +738,15 @@ def load_result(path: str | Path) -> Any:
         return GenericResult({"value": doc}, csvs)
     doc = _restore(doc)
     cls = _result_class(doc.get("kind"), doc.get("type"))
+    if cls is GenericResult:
+        cls = None
     body = {k: v for k, v in doc.items() if k not in _TABLE_ONLY | {"kind", "type", "schema"}}
     result = None
     if cls is not None:
         run = doc.get("run") or {}  # timings go back into their fields
-        body |= {k: run[k] for k in getattr(cls, "run_keys", ()) if k in run}
+        for k in getattr(cls, "run_keys", ()):
+            if k in run:
+                _put_path(body, k, run[k])
         if dataclasses.is_dataclass(cls) and "notes" in {f.name for f in dataclasses.fields(cls)}:
             body["notes"] = [n for n in doc.get("notes") or [] if not isinstance(n, dict)]
         try:

@@ -25,6 +25,11 @@ values are also added to the evaluation's ``metrics`` (``eval_dispersion/<site>`
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,7 +66,18 @@ class DispersionCallback(TrainerCallback):
     ``probe``: ``Segments`` (e.g. ``make_segments(tok, "heldout.txt", 64, 128)``) or (N, T)
     token ids, N >= 2. ``sites``: site names as anywhere in repdisp (``final``, ``-1.attn``,
     ``3.ffn``, ...). ``pooling``: ``last`` (the paper's h_N) or ``mean``. ``every_n_steps``:
-    measure every N optimiser steps (None: only at evaluations, if ``at_evaluate``)."""
+    measure every N optimiser steps (None: only at evaluations, if ``at_evaluate``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import DispersionCallback
+    >>> probe = np.arange(64).reshape(4, 16)  # 4 probe segments of 16 token ids
+    >>> cb = DispersionCallback(probe, sites=["final", "-1.attn"], every_n_steps=50)
+    >>> len(cb.probe), cb.every_n_steps, cb.history
+    (4, 50, [])
+    >>> # cb.attach(trainer); trainer.train()  -> "dispersion/final" etc. in report_to
+    """
 
     def __init__(
         self,
@@ -169,3 +185,28 @@ class DispersionCallback(TrainerCallback):
             if state.log_history and state.log_history[-1].get("step") == state.global_step:
                 state.log_history[-1].update(self._pending)  # the Trainer appended a copy
             self._pending = None
+
+
+def check_report_to(report_to: str | list[str]) -> bool:
+    """Whether ``report_to`` names TensorBoard; a clear error when its package is missing."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    if "tensorboard" in names and importlib.util.find_spec("tensorboard") is None:
+        raise RepdispError(
+            "--report-to tensorboard needs the tensorboard package (pip install tensorboard)"
+        )
+    return "tensorboard" in names
+
+
+@contextlib.contextmanager
+def tensorboard_dir(folder: Path | None) -> Iterator[None]:
+    """Point transformers' TensorBoard callback at ``folder`` while a Trainer is made (it reads
+    TENSORBOARD_LOGGING_DIR then), unless the user set that variable; for Trainers whose own
+    output folder is temporary."""
+    if folder is None or "TENSORBOARD_LOGGING_DIR" in os.environ:
+        yield
+        return
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("TENSORBOARD_LOGGING_DIR", None)

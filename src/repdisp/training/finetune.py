@@ -10,8 +10,6 @@ the output folder is a plain safetensors model + tokenizer that ``models.load_mo
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -35,6 +33,7 @@ from ..core.models import LoadedModel, load_model
 from ..core.sampling import Sampling
 from ..core.shards import atomic_write
 from ..io.results import Result, new_figure, record, recorded, save_figure, write_csv, write_result
+from .callback import DispersionCallback, check_report_to, tensorboard_dir
 from .checkpoints import check_save_every, open_work
 from .data import split_docs
 
@@ -172,11 +171,7 @@ def finetune(
     if steps < 1 or batch_size < 1 or grad_accum < 1:
         raise RepdispError("--steps, --batch-size and --grad-accum must be at least 1")
     check_save_every(save_every)
-    tb = "tensorboard" in ([report_to] if isinstance(report_to, str) else report_to)
-    if tb and importlib.util.find_spec("tensorboard") is None:
-        raise RepdispError(
-            "--report-to tensorboard needs the tensorboard package (pip install tensorboard)"
-        )
+    tb = check_report_to(report_to)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RepdispError(f"--out {out} exists and is not empty; choose a new folder")
@@ -232,7 +227,7 @@ def finetune(
         remove_unused_columns=False,
     )
     logs = out.with_name(f".{out.name}.logs")  # moved into OUT/logs at the end
-    with _tensorboard_dir(logs if tb else None):  # read when the Trainer is made
+    with tensorboard_dir(logs if tb else None):  # read when the Trainer is made
         trainer = Trainer(
             model=net,
             args=args,
@@ -241,8 +236,6 @@ def finetune(
             callbacks=callbacks,
         )
     if dispersion_every > 0:
-        from .callback import DispersionCallback
-
         probe = segs
         if heldout_docs:
             probe = make_segments(
@@ -322,21 +315,6 @@ def write_outputs(result: FinetuneResult, out: Path) -> None:
     write_result(out, "finetune", result, tables=False, figure=False)
     write_csv(out / "finetune_loss.csv", result.loss)
     save_figure(result.figure(), out / "finetune_loss.png")
-
-
-@contextlib.contextmanager
-def _tensorboard_dir(folder: Path | None) -> Any:
-    """Point transformers' TensorBoard callback at ``folder`` (unless the user set
-    TENSORBOARD_LOGGING_DIR) while the Trainer is made: the Trainer's own folder is temporary
-    here."""
-    if folder is None or "TENSORBOARD_LOGGING_DIR" in os.environ:
-        yield
-        return
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
-    try:
-        yield
-    finally:
-        os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
 
 
 @dataclass

@@ -8,15 +8,17 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..core.errors import RepdispError
 from ..core.geometry import CosineStats
+from ..io.results import Result, data_provenance, new_figure, record, save_figure
+from .callback import DispersionCallback, check_report_to, tensorboard_dir
 from .config import TrainConfig
 from .data import BlockDataset, PreparedData, prepare_data
 from .loss import PushAwayLoss
@@ -43,8 +45,11 @@ def evaluate_blocks(model: Any, blocks: np.ndarray, batch_size: int = 16) -> dic
 
 
 @dataclass
-class RunResult:
+class RunResult(Result):
     """One training run: its settings, the logged curve and the evaluations."""
+
+    kind: ClassVar[str] = "train"
+    run_keys: ClassVar[tuple[str, ...]] = ("wall_s",)
 
     name: str
     mode: str
@@ -68,24 +73,38 @@ class RunResult:
                 return e[key]
         raise KeyError((step, domain, split))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"history": self.history, "evals": self.evals}
+
+    def headline(self) -> dict[str, Any] | None:
+        last = max((e["step"] for e in self.evals), default=None)
+        test = [e for e in self.evals if e["step"] == last and e["split"] == "test"]
+        if not test:
+            return None
+        return {
+            "what": f"test perplexity after {last} steps: {self.name}, λ {self.aux_weight:g}, "
+            f"lr {self.lr:g}, seed {self.seed}",
+            "value": test[0]["ppl"],
+            "ci": None,
+            "answer": "; ".join(
+                f"{e['domain']} {e['ppl']:.2f} (dispersion {e['dispersion']:.4f})" for e in test
+            ),
+            "significant": None,
+        }
 
     def plot(self, path: str | Path) -> Path:
-        """Training CE and batch dispersion against the step."""
-        from ..io.results import new_figure, save_figure
+        """Training CE and batch dispersion against the step, as a PNG."""
+        return save_figure(self.figure(), path)
 
+    def figure(self) -> Any:
+        """Training CE and batch dispersion against the step."""
         fig, (ax1, ax2) = new_figure(1, 2, figsize=(9, 3.4))
         steps = [h["step"] for h in self.history]
         ax1.plot(steps, [h["ce"] for h in self.history])
         ax1.set(xlabel="step", ylabel="training CE", title=f"{self.name}, λ={self.aux_weight:g}")
         ax2.plot(steps, [h["dispersion"] for h in self.history])
-        ax2.set(xlabel="step", ylabel=f"batch dispersion ({self.mode})")
-        return save_figure(fig, path)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunResult:
-        return cls(**d)
+        ax2.set(xlabel="step", ylabel=f"batch dispersion ({self.mode}), 1 - cos")
+        return fig
 
 
 def build_model(cfg: TrainConfig, tokenizer: Any) -> Any:
@@ -104,9 +123,21 @@ def build_model(cfg: TrainConfig, tokenizer: Any) -> Any:
 
 
 def train_run(
-    cfg: TrainConfig, data: PreparedData | None = None, progress: bool = False
+    cfg: TrainConfig,
+    data: PreparedData | None = None,
+    progress: bool = False,
+    *,
+    report_to: str | list[str] = "none",
+    logging_dir: str | Path | None = None,
+    dispersion_every: int = 0,
+    callbacks: list[Any] | None = None,
 ) -> RunResult:
-    """Train one model with ``cfg.aux_weight`` and evaluate it at ``cfg.eval_steps``."""
+    """Train one model with ``cfg.aux_weight`` and evaluate it at ``cfg.eval_steps``.
+
+    ``report_to``: the Trainer's trackers (``none``, ``tensorboard``, ``wandb``, ...); they get
+    the loss, CE, auxiliary loss and batch dispersion the Trainer logs. TensorBoard files go to
+    ``logging_dir``. ``dispersion_every`` > 0 adds a ``DispersionCallback`` (final site, up to
+    32 validation blocks of the first domain) every that many steps."""
     from transformers import TrainerCallback, TrainingArguments, default_data_collator
 
     from .trainer import PushAwayTrainer
@@ -155,7 +186,7 @@ def train_run(
             max_steps=cfg.max_steps,
             logging_steps=cfg.log_steps,
             save_strategy="no",
-            report_to="none",
+            report_to=report_to,
             use_cpu=not torch.cuda.is_available(),
             bf16=cfg.bf16,
             seed=cfg.seed,
@@ -164,17 +195,22 @@ def train_run(
             dataloader_drop_last=True,
             disable_tqdm=not progress,
         )
-        trainer = PushAwayTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            data_collator=default_data_collator,
-            callbacks=[Recorder()],
-            aux_weight=cfg.aux_weight,
-            push_away=PushAwayLoss(cfg.mode, all_reduce=cfg.aux_all_reduce),
-        )
+        tb = check_report_to(report_to)
+        with tensorboard_dir(Path(logging_dir) if tb and logging_dir else None):
+            trainer = PushAwayTrainer(
+                model=model,
+                args=args,
+                train_dataset=dataset,
+                data_collator=default_data_collator,
+                callbacks=[Recorder(), *(callbacks or [])],
+                aux_weight=cfg.aux_weight,
+                push_away=PushAwayLoss(cfg.mode, all_reduce=cfg.aux_all_reduce),
+            )
+        if dispersion_every > 0:
+            probe = np.asarray(data.val[names[0]][:32])
+            DispersionCallback(probe, every_n_steps=dispersion_every).attach(trainer)
         trainer.train()
-    return RunResult(
+    result = RunResult(
         name=cfg.name,
         mode=cfg.mode,
         domains=names,
@@ -190,4 +226,11 @@ def train_run(
         history=history,
         evals=evals,
         wall_s=time.perf_counter() - t0,
+    )
+    data_ids = {n: data_provenance(np.asarray(data.train[n])) for n in names}
+    return record(
+        result,
+        models={"name": "gpt2 (random init)", "n_params": result.n_params},
+        data=[{"domain": n} | d for n, d in data_ids.items()],
+        seed=cfg.seed,
     )

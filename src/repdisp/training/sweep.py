@@ -9,7 +9,6 @@ so an interrupted sweep resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..io.results import Result, new_figure, write_csv, write_json, write_result
+from ..io.results import Result, load_result, new_figure, write_csv, write_result
 from .config import TrainConfig
 from .data import prepare_data
 from .run import RunResult, train_run
@@ -169,10 +168,13 @@ def run_sweep(cfg: TrainConfig, out: str | Path, progress: bool = False) -> Swee
             for seed in cfg.sweep_seeds:
                 path = _run_path(out, lr, w, seed)
                 if path.is_file():
-                    runs.append(RunResult.from_dict(json.loads(path.read_text())))
+                    done = load_result(path)  # a file from before `kind` is read as generic
+                    if not isinstance(done, RunResult):
+                        done = RunResult.from_dict(done.to_dict())
+                    runs.append(done)
                     continue
                 run = train_run(replace(cfg, lr=lr, aux_weight=w, seed=seed), data, progress)
-                write_json(path, run.to_dict())
+                write_result(path.parent, path.stem, run, tables=False, figure=False)
                 if progress:
                     last = {
                         e["domain"]: round(e["ppl"], 2) for e in run.evals if e["split"] == "test"

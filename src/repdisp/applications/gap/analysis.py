@@ -6,13 +6,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ...core.errors import RepdispError
 from ...core.models import cache_root
 from ...core.shards import atomic_write
+from ...core.stats import Correlation
+from ...io.results import Result, new_figure, record, recorded
 from .distances import METRICS, GapComponents, gap_components
 from .rows import EmbeddingRows, _matrix_shape
 from .words import DOMAINS, REFERENCES, TokenSet, load_words, token_set
@@ -110,15 +112,52 @@ def checkpoint_gap(
 
 
 @dataclass
-class GapResult:
+class GapResult(Result):
+    kind: ClassVar[str] = "gap"
+    run_keys: ClassVar[tuple[str, ...]] = ()
+
     domain: str
     reference: str
     metric: str  # the one used for ranking and correlations
     checkpoints: list[CheckpointGap]
     ranking: list[str]  # highest gap first
-    spearman: Any = None
-    kendall: Any = None
+    spearman: Correlation | None = None
+    kendall: Correlation | None = None
     notes: list[str] = field(default_factory=list)
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"checkpoints": [c.row() for c in self.checkpoints]}
+
+    def figure(self) -> Any:
+        return plot_gap(self)
+
+    def headline(self) -> dict[str, Any] | None:
+        if not self.checkpoints:
+            return None
+        top = next(c for c in self.checkpoints if c.model == self.ranking[0])
+        g = getattr(top, self.metric).gap
+        what = (
+            f"dispersion gap G ({self.metric}) of the output embeddings of {self.domain} tokens vs "
+            f"{self.reference}: {len(self.checkpoints)} checkpoints ranked"
+        )
+        c = self.spearman
+        if c is None:
+            return {
+                "what": what,
+                "value": g,
+                "ci": None,
+                "answer": f"highest G: {Path(top.model).name} ({g:.4f}); ranking "
+                + " > ".join(Path(m).name for m in self.ranking),
+                "significant": None,
+            }
+        return {
+            "what": what + " and correlated with accuracy",
+            "value": c.r,
+            "ci": [c.ci_low, c.ci_high],
+            "answer": f"Spearman r(G, accuracy) = {c.r:+.3f} [95% CI {c.ci_low:+.3f}, "
+            f"{c.ci_high:+.3f}], p = {c.p_value:.2g}, n = {c.n}; highest G: {Path(top.model).name}",
+            "significant": bool(c.p_value < 0.05 and (c.ci_low > 0 or c.ci_high < 0)),
+        }
 
     def table(self) -> str:
         m = self.metric
@@ -143,6 +182,7 @@ class GapResult:
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
+@recorded
 def rank_by_gap(
     models: list[str],
     domain: str,
@@ -168,6 +208,7 @@ def rank_by_gap(
         ckpts.append(c)
     ranking = [c.model for c in sorted(ckpts, key=lambda c: -getattr(c, metric).gap)]
     res = GapResult(dom[0], ref[0], metric, ckpts, ranking)
+    record(res, models=[{"name": c.model, "tensor": c.tensor, "source": c.source} for c in ckpts])
     with_acc = [c for c in ckpts if c.accuracy is not None]
     if len(with_acc) >= 3:
         g = [getattr(c, metric).gap for c in with_acc]
@@ -186,8 +227,6 @@ def rank_by_gap(
 
 def plot_gap(res: GapResult):
     """Fig. 9 style: D-D (within T), D-NM (between T, T') and gap bars; accuracy as a line."""
-    from ...io.results import new_figure
-
     fig, ax = new_figure(figsize=(max(4.5, 2.2 * len(res.checkpoints)), 3.6))
     x = np.arange(len(res.checkpoints))
     comps = [getattr(c, res.metric) for c in res.checkpoints]
@@ -201,7 +240,7 @@ def plot_gap(res: GapResult):
         ax.bar(x + (k - 1) * 0.27, vals, width=0.27, label=label)
     names = [f"{Path(c.model).stem[:24]}\n({c.source})" for c in res.checkpoints]
     ax.set_xticks(x, names, fontsize=7)
-    ax.set_ylabel(f"{res.metric} distance")
+    ax.set_ylabel(f"{res.metric} distance between output-embedding rows")
     ax.set_title(f"dispersion gap: {res.domain} vs {res.reference}")
     ax.legend(fontsize=7, loc="upper left")
     if any(c.accuracy is not None for c in res.checkpoints):

@@ -5,14 +5,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ...core.errors import RepdispError
 from ...core.extract import forward_sites
 from ...core.models import LoadedModel
+from ...io.results import Result, data_provenance, new_figure, record, recorded
 from .datastore import Datastore
 from .mixture import interpolate, knn_log_prob, perplexity
 from .windows import _batches, _window_batch, plan_windows
@@ -34,7 +35,10 @@ class SiteEval:
 
 
 @dataclass(kw_only=True)
-class KnnEval:
+class KnnEval(Result):
+    kind: ClassVar[str] = "knnlm-eval"
+    run_keys: ClassVar[tuple[str, ...]] = ("seconds", "forward_seconds", "search_seconds")
+
     model: str
     datastore: str
     data: str
@@ -57,7 +61,37 @@ class KnnEval:
     log_p: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "log_p"}
+        return {k: v for k, v in super().to_dict().items() if k != "log_p"}
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        grid = [{"site": s.site, **row} for s in self.sites for row in s.grid]
+        return {"sites": self.rows(), "grid": grid}
+
+    def figure(self) -> Any:
+        return plot_eval(self)
+
+    def explain_nonfinite(self, key: str, value: float) -> str | None:
+        if "ppl" in key:
+            return (
+                "infinite perplexity: at λ = 1 (the kNN distribution alone) a target token that "
+                "none of the k neighbours holds gets probability 0"
+            )
+        return None
+
+    def headline(self) -> dict[str, Any] | None:
+        if not self.sites:
+            return None
+        best = min(self.sites, key=lambda s: s.best_ppl)
+        return {
+            "what": f"kNN-LM perplexity of {self.model} on {self.data} ({self.n_targets} targets, "
+            f"k={self.k}) with the datastore {self.datastore}, best site and λ, T on the grid",
+            "value": best.best_ppl,
+            "ci": None,
+            "answer": f"{best.best_ppl:.3f} at {best.site} (λ {best.best_lmbda:g}, T "
+            f"{best.best_temperature:g}) vs base {self.base_ppl:.3f}; no-retrieval control "
+            f"{self.unigram_ppl:.3f}",
+            "significant": None,
+        }
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -95,6 +129,7 @@ class KnnEval:
         return head + "\n".join(lines)
 
 
+@recorded
 def evaluate_knnlm(
     lm: LoadedModel,
     datastore: Datastore,
@@ -206,7 +241,7 @@ def evaluate_knnlm(
                 grid=grid,
             )
         )
-    return KnnEval(
+    result = KnnEval(
         model=lm.name,
         datastore=str(datastore.folder),
         data=source,
@@ -226,12 +261,12 @@ def evaluate_knnlm(
         seconds=time.perf_counter() - t_start,
         log_p=log_p,
     )
+    data = {"source": source} | data_provenance(tokens) | {"source": source}
+    return record(result, models=lm, data=data, datastore=str(datastore.folder))
 
 
 def plot_eval(result: KnnEval) -> Any:
     """kNN-LM perplexity vs λ per site (at the best temperature), base perplexity dashed."""
-    from ...io.results import new_figure
-
     fig, ax = new_figure(figsize=(6, 4))
     for s in result.sites:
         rows = sorted(
@@ -244,8 +279,8 @@ def plot_eval(result: KnnEval) -> Any:
             label=f"{s.site} (T={s.best_temperature:g})",
         )
     ax.axhline(result.base_ppl, color="k", ls="--", lw=1, label="base LM")
-    ax.set_xlabel("λ")
-    ax.set_ylabel("perplexity")
+    ax.set_xlabel("λ (weight of the kNN distribution)")
+    ax.set_ylabel("perplexity, exp(mean NLL) per target token")
     ax.set_title(f"kNN-LM {result.model}: {result.n_targets} targets, k={result.k}")
     ax.legend(fontsize=7)
     return fig

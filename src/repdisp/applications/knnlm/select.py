@@ -8,20 +8,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ...core.models import LoadedModel
 from ...core.stats import mean_ci
+from ...io.results import Result, record, recorded
 from .datastore import BuildReport, Datastore, build_datastore
-from .evaluation import KnnEval, evaluate_knnlm
+from .evaluation import KnnEval, evaluate_knnlm, plot_eval
 from .keys import KeyProfile, profile_keys
 from .windows import chunk_windows
 
 
 @dataclass(kw_only=True)
-class SelectReport:
+class SelectReport(Result):
+    kind: ClassVar[str] = "knnlm-select"
+    run_keys: ClassVar[tuple[str, ...]] = (
+        "profile.seconds",
+        "evaluation.seconds",
+        "evaluation.forward_seconds",
+        "evaluation.search_seconds",
+        "build.seconds",
+        "build.forward_seconds",
+        "build.write_seconds",
+        "build.shards_computed",
+        "build.shards_reused",
+    )
+
     model: str
     recommended: str  # highest dispersion at the largest N
     winner: str  # lowest kNN-LM perplexity (best over the λ × T grid)
@@ -33,9 +47,34 @@ class SelectReport:
     margin_nats: float | None = None
     margin_ci: tuple[float, float] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "evaluation"}
-        return {**out, "evaluation": self.evaluation.to_dict()}
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"sites": self.rows(), "profile": self.profile.csv_rows()}
+
+    def figure(self) -> Any:
+        return plot_eval(self.evaluation)
+
+    def explain_nonfinite(self, key: str, value: float) -> str | None:
+        return self.evaluation.explain_nonfinite(key, value)
+
+    def headline(self) -> dict[str, Any] | None:
+        ci = list(self.margin_ci) if self.margin_ci is not None else None
+        answer = (
+            f"{'yes' if self.picked_winner else 'no'}: highest dispersion at {self.recommended}, "
+            f"best kNN-LM perplexity at {self.winner}"
+        )
+        if self.margin_nats is not None and ci is not None:
+            answer += (
+                f"; winner vs runner-up {self.margin_nats:+.4f} nats/target [95% CI "
+                f"{ci[0]:+.4f}, {ci[1]:+.4f}]"
+            )
+        return {
+            "what": f"does the highest-dispersion key site give the best kNN-LM? {self.model}, "
+            f"{self.evaluation.n_targets} evaluation targets, {self.build.n_keys} keys",
+            "value": self.margin_nats,
+            "ci": ci,
+            "answer": answer,
+            "significant": None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
+        }
 
     def rows(self) -> list[dict[str, Any]]:
         n = self.profile.chunks[-1]
@@ -84,6 +123,7 @@ class SelectReport:
         return "\n".join(lines)
 
 
+@recorded
 def select_key(
     lm: LoadedModel,
     train: np.ndarray,
@@ -139,4 +179,8 @@ def select_key(
     if len(ranked) > 1:
         diff = result.log_p[winner] - result.log_p[ranked[1].site]
         report.margin_nats, report.margin_ci = float(diff.mean()), mean_ci(diff, 2000, 0)
-    return report
+    for part in (profile, result):  # what the two steps recorded: models and data
+        record(
+            report, models=part.provenance.get("models", []), data=part.provenance.get("data", [])
+        )
+    return record(report, datastore=str(folder))
