@@ -104,7 +104,7 @@ def _key(folder) -> tuple[str, str]:
 
 
 def _numbers(r: dict) -> list[float]:
-    return [r["mean_ppl"], r["token_ppl"]] + [s["dispersion"] for s in r["sites"]]
+    return [r["ppl"], r["median_ppl"]] + [s["dispersion"] for s in r["sites"]]
 
 
 def test_edit_in_middle_of_weights_and_config_gives_new_key_and_numbers(home, model_dir, tmp_path):
