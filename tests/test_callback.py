@@ -133,3 +133,51 @@ def test_finetune_report_to_tensorboard(tiny_gpt2_dir, tmp_path):
     steps, values = zip(*sorted(scalars[tag]), strict=True)
     assert steps == (0, 1, 2) and all(0 < v < 2 for v in values)
     assert any(t.endswith("loss") for t in scalars)
+
+
+def test_train_report_to_tensorboard(tmp_path, monkeypatch):
+    """``repdisp train --report-to tensorboard --dispersion-every 2``: the push-away Trainer's own
+    batch dispersion and the probe dispersion both land in OUT/logs; run.json reads back."""
+    from test_training import TINY_YAML
+
+    from repdisp.cli import main
+
+    monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "home"))
+    conf = tmp_path / "tiny.yaml"
+    conf.write_text(TINY_YAML)
+    out = tmp_path / "run"
+    args = ["train", "--config", str(conf), "--out", str(out), "--quiet"]
+    assert main(args + ["--report-to", "tensorboard", "--dispersion-every", "2"]) == 0
+    scalars = _scalars(out / "logs")
+    (probe,) = [t for t in scalars if t.endswith("dispersion/final")]
+    assert [s for s, _ in sorted(scalars[probe])] == [0, 2, 4]
+    batch = [t for t in scalars if t.endswith("/dispersion")]  # logged by PushAwayTrainer
+    assert batch and len(scalars[batch[0]]) == 4
+    run = repdisp.load_result(out / "run.json")
+    history = {h["step"]: h for h in run.history}
+    for step, value in scalars[batch[0]]:
+        assert value == pytest.approx(history[step]["dispersion"], rel=1e-5)
+
+
+def test_dispersion_added_to_evaluation_metrics(tiny_gpt2, tmp_path):
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from repdisp.core.corpus import make_segments
+
+    torch.manual_seed(0)
+    model = copy.deepcopy(tiny_gpt2.model).train()
+    train = make_segments(tiny_gpt2.tokenizer, "python-docs", 8, 16, seed=1)
+    probe = make_segments(tiny_gpt2.tokenizer, "python-docs", 4, 16, seed=2)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
+        eval_strategy="steps", eval_steps=2, logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=_Ids(train.ids),
+                      eval_dataset=_Ids(probe.ids))  # fmt: skip
+    cb = repdisp.DispersionCallback(probe).attach(trainer)  # only at evaluations
+    metrics = trainer.evaluate()
+    assert metrics["eval_dispersion/final"] == pytest.approx(cb.history[-1]["dispersion/final"])
+    trainer.train()
+    assert [h["step"] for h in cb.history] == [0, 2]
