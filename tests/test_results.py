@@ -33,6 +33,7 @@ def test_identical_runs_equal_except_run_block(tiny_measure, tmp_path):
     assert main(tiny_measure + ["--out", str(out)]) == 0
     first = (out / "measure.json").read_bytes()
     seg1 = (out / "measure_segments.parquet").read_bytes()
+    csv1, png1 = (out / "measure.csv").read_bytes(), (out / "measure.png").read_bytes()
     assert main(tiny_measure + ["--out", str(out)]) == 0
     second = (out / "measure.json").read_bytes()
     assert first != second  # the run block (date, seconds) differs ...
@@ -41,6 +42,7 @@ def test_identical_runs_equal_except_run_block(tiny_measure, tmp_path):
     # ... and nothing else: byte-for-byte once `run` is removed
     assert json.dumps(a, indent=2) == json.dumps(b, indent=2)
     assert (out / "measure_segments.parquet").read_bytes() == seg1
+    assert (out / "measure.csv").read_bytes() == csv1 and (out / "measure.png").read_bytes() == png1
     prov = a["provenance"]
     assert prov["command"].startswith("repdisp measure --model ") and "--out" in prov["command"]
     assert prov["seed"] == 0 and prov["python"] and prov["torch"] and prov["transformers"]
@@ -104,6 +106,12 @@ class _Toy(Result):
         return "λ = 1: the kNN distribution alone gives the target zero probability"
 
 
+@dataclass
+class _Plain(Result):
+    ci_low: float
+    ci_high: float
+
+
 def test_infinities_become_null_with_a_note(tmp_path):
     toy = _Toy("a", [1.0, math.inf, -math.inf, math.nan], seconds=1.5)
     (path, *_rest) = write_result(tmp_path, "toy", toy, figure=False)
@@ -121,6 +129,10 @@ def test_infinities_become_null_with_a_note(tmp_path):
     assert back.values[:3] == [1.0, math.inf, -math.inf] and math.isnan(back.values[3])
     _, notes = strict_json({"x": {"y": [float("inf")]}})
     assert notes[0]["key"] == "x.y[0]" and "JSON has no" in notes[0]["why"]
+    # a CI that no bootstrap resample could define: NaN, with the generic explanation
+    (path, *_rest) = write_result(tmp_path, "plain", _Plain(float("nan"), 0.5), figure=False)
+    (note,) = json.loads(path.read_text())["notes"]
+    assert note["key"] == "ci_low" and note["value"] == "nan" and "bootstrap" in note["why"]
 
 
 def test_refuses_to_overwrite_when_asked(tmp_path):

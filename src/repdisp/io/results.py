@@ -253,6 +253,13 @@ class Result:
 
     def explain_nonfinite(self, key: str, value: float) -> str | None:
         """Why the value at ``key`` may be infinite or NaN (written into the file's notes)."""
+        last = key.rsplit(".", 1)[-1]
+        if math.isnan(value) and last in ("ci_low", "ci_high"):
+            return "no bootstrap resample had two distinct values (too few bins or segments)"
+        if math.isnan(value) and last in ("r", "p_value"):
+            return "correlation undefined: one of the two variables is constant"
+        if math.isnan(value) and last == "sem":
+            return "standard error undefined: a single value"
         return None
 
     @property

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -71,12 +72,12 @@ class KnnEval(Result):
         return plot_eval(self)
 
     def explain_nonfinite(self, key: str, value: float) -> str | None:
-        if "ppl" in key:
+        if "ppl" in key and value == math.inf:
             return (
                 "infinite perplexity: at λ = 1 (the kNN distribution alone) a target token that "
                 "none of the k neighbours holds gets probability 0"
             )
-        return None
+        return super().explain_nonfinite(key, value)
 
     def headline(self) -> dict[str, Any] | None:
         if not self.sites:
