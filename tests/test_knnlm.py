@@ -289,7 +289,7 @@ def test_cli_build_eval_select(tiny_gpt2_dir, tmp_path, capsys):
                 "--k",
                 "16",
                 "--lmbda-grid",
-                "0,0.5",
+                "0,0.5,1",
                 "--out",
                 str(tmp_path / "ev"),
             ]
@@ -297,6 +297,13 @@ def test_cli_build_eval_select(tiny_gpt2_dir, tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "ev" / "knnlm_eval.png").exists()
+    # λ = 1 is the kNN distribution alone: targets no neighbour holds make it infinite, which
+    # strict JSON writes as null with a note saying why
+    ev = json.loads((tmp_path / "ev" / "knnlm_eval.json").read_text())
+    assert ev["sites"][0]["knn_only_coverage"] < 1
+    one = [r for r in ev["sites"][0]["grid"] if r["lmbda"] == 1]
+    assert one and all(r["ppl"] is None for r in one)
+    assert any(n["value"] == "inf" and "λ = 1" in n["why"] for n in ev["notes"])
     assert (
         main(
             [
