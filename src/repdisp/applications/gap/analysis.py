@@ -242,13 +242,13 @@ def plot_gap(res: GapResult):
     ax.set_xticks(x, names, fontsize=7)
     ax.set_ylabel(f"{res.metric} distance between output-embedding rows")
     ax.set_title(f"dispersion gap: {res.domain} vs {res.reference}")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     if any(c.accuracy is not None for c in res.checkpoints):
         ax2 = ax.twinx()
         acc = [np.nan if c.accuracy is None else c.accuracy for c in res.checkpoints]
         ax2.plot(x, acc, "k-o", label="accuracy")
         ax2.set_ylabel("accuracy")
-        ax2.legend(fontsize=7, loc="upper right")
+        ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32))
     return fig
 
 
