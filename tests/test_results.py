@@ -363,3 +363,23 @@ def test_report_opens_with_headline_card_then_figure_tables_provenance(tmp_path)
     assert "<h3>provenance</h3>" in page and "transformers" in page
     assert "values[1]</code> = inf (written as null)" in page  # the notes of the toy result
     assert "meta name='viewport'" in page and "http" not in page.replace("http-equiv", "")
+
+
+def test_ppl_vs_dispersion_segments_agree_with_bins(tiny_gpt2):
+    """Per-segment rows: each selected bin's rows average to the bin's mean perplexity and their
+    within-segment dispersions to the bin's ``within`` value."""
+    from repdisp.analyses.ppl_dispersion import ppl_vs_dispersion
+    from repdisp.core.sampling import Sampling
+
+    samp = Sampling(segments=24, seq_len=12, cache=False, progress=False)
+    r = ppl_vs_dispersion([tiny_gpt2], ["python-docs"], sampling=samp, bin_size=4, n_bins=3,
+                          bootstrap=10, per_segment=True)  # fmt: skip
+    rows = r.segments()
+    assert len(rows) == 24 and {row["model"] for row in rows} == {"tiny-gpt2"}
+    for b in r.series[0].bins:
+        members = [row for row in rows if row["bin"] == b.bin]
+        assert len(members) == b.n == 4
+        assert np.mean([m["ppl"] for m in members]) == pytest.approx(b.mean_ppl, rel=1e-9)
+        within = [m["within_dispersion@final"] for m in members]
+        assert np.mean(within) == pytest.approx(b.within, rel=1e-9)
+    assert sum(row["bin"] is None for row in rows) == 24 - 12  # segments in no selected bin
