@@ -383,3 +383,12 @@ def test_ppl_vs_dispersion_segments_agree_with_bins(tiny_gpt2):
         within = [m["within_dispersion@final"] for m in members]
         assert np.mean(within) == pytest.approx(b.within, rel=1e-9)
     assert sum(row["bin"] is None for row in rows) == 24 - 12  # segments in no selected bin
+
+
+def test_command_line_is_named_only_while_the_command_runs(tiny_gpt2, tmp_path):
+    from repdisp.io import results
+
+    with results.command_line(["repdisp", "measure", "--out", "x"]):
+        inside = results.provenance(None)["command"]
+    assert inside == "repdisp measure --out x"
+    assert results.provenance(None)["command"] is None  # a later library call: no command

@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     argv = _glue_negative_sites(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    from .io.results import set_command_line
+    from .io.results import command_line
 
-    set_command_line(["repdisp", *argv])  # named in every result file's provenance
     warnings.filterwarnings("ignore", module="transformers")
     try:
-        return int(args.func(args) or 0)
+        with command_line(["repdisp", *argv]):  # named in every result file's provenance
+            return int(args.func(args) or 0)
     except RepdispError as e:
         print(f"repdisp: error: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ two identical runs give files that are equal byte for byte once ``run`` is remov
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -38,6 +39,7 @@ import sys
 import time
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,6 +57,18 @@ def set_command_line(argv: list[str] | None) -> None:
     """Record the command line (``["repdisp", ...]``) that provenance blocks should name."""
     global _COMMAND_LINE
     _COMMAND_LINE = None if argv is None else [str(a) for a in argv]
+
+
+@contextlib.contextmanager
+def command_line(argv: list[str]) -> Iterator[None]:
+    """``set_command_line(argv)`` while a command runs; the previous value afterwards, so a
+    library call made later in the same process is not credited to the command."""
+    before = _COMMAND_LINE
+    set_command_line(argv)
+    try:
+        yield
+    finally:
+        set_command_line(before)
 
 
 # ---------------------------------------------------------------------------------------------
