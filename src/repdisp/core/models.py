@@ -293,3 +293,54 @@ def list_bundled() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def model_config(spec: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Architecture facts of ``spec`` from its configuration only, never its weights:
+    ``{"name", "architecture", "n_blocks", "d_model"}``. Reads config.json of a folder (a bundled
+    model's converted cache), a .gguf header, or the hub config (AutoConfig)."""
+    path = Path(spec).expanduser()
+    if spec in BUNDLED and (converted_dir(spec) / "config.json").exists():
+        path = converted_dir(spec)
+    elif spec in BUNDLED:
+        gguf = BUNDLED[spec].gguf_path()
+        if gguf is None:
+            raise RepdispError(f"bundled model {spec!r} is not installed: run `{BUNDLED[spec].install}`")
+        path = gguf
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise RepdispError(f"folder {path} has no config.json: not a transformers model folder")
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise RepdispError(f"cannot read {path / 'config.json'}: {_first_line(e)}") from e
+    elif path.is_file() and path.suffix == ".gguf":
+        _check_gguf(path)
+        from gguf import GGUFReader
+
+        try:
+            fields = GGUFReader(str(path)).fields
+            arch = bytes(fields["general.architecture"].parts[-1]).decode()
+            cfg = {
+                "model_type": arch,
+                "num_hidden_layers": int(fields[f"{arch}.block_count"].parts[-1][0]),
+                "hidden_size": int(fields[f"{arch}.embedding_length"].parts[-1][0]),
+            }
+        except (KeyError, ValueError, IndexError, struct.error) as e:
+            raise RepdispError(f"cannot read the GGUF header of {path}: {_first_line(e)}") from e
+    elif path.exists():
+        raise RepdispError(f"{spec} is a file but not a .gguf; pass a model folder or a .gguf file")
+    else:
+        from transformers import AutoConfig
+
+        try:
+            cfg = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code).to_dict()
+        except Exception as e:  # network, auth, no such repo
+            raise RepdispError(f"cannot read the config of {spec!r}: {_first_line(e)}") from e
+    cfg = cfg.get("text_config") or cfg
+    n = next((cfg[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if k in cfg), None)
+    d = next((cfg[k] for k in ("hidden_size", "n_embd", "d_model") if k in cfg), None)
+    if not isinstance(n, int):
+        raise RepdispError(f"{spec}: the config does not say how many blocks the model has")
+    arch = (cfg.get("architectures") or [cfg.get("model_type", "unknown")])[0]
+    return {"name": spec, "architecture": arch, "n_blocks": n, "d_model": d}
