@@ -42,6 +42,17 @@ def _version() -> str:
         return __version__
 
 
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs time at every start)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        print(f"repdisp {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole CLI. Imports only argparse and the light ``commands`` modules (no torch, scipy,
     transformers or matplotlib): each command imports its work when it runs."""
@@ -55,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `repdisp COMMAND --help` for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"repdisp {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS
+        dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS, prog="repdisp"
     )
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name != "options":

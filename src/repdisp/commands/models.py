@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.models import list_bundled, prepare
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="bundled models: list, prepare")
@@ -13,12 +11,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = msub.add_parser("list", help="bundled models, installed or not, and their cache")
     ls.set_defaults(func=run_list)
     pr = msub.add_parser("prepare", help="convert a bundled GGUF into a safetensors cache once")
-    pr.add_argument("name")
+    pr.add_argument("name", help="bundled model name (see `repdisp models list`)")
     pr.add_argument("--force", action="store_true", help="convert again even if cached")
     pr.set_defaults(func=run_prepare)
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from ..core.models import list_bundled
+
     for row in list_bundled():
         state = "installed" if row["installed"] else f"not installed ({row['install']})"
         cache = row["cache"] or "not prepared"
@@ -27,5 +27,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from ..core.models import prepare
+
     print(prepare(args.name, force=args.force))
     return 0

@@ -59,7 +59,7 @@ class HelpFormatter(argparse.HelpFormatter):
         if (
             action.option_strings
             and "(default: " not in text
-            and default not in (None, False, True, argparse.SUPPRESS)
+            and not any(default is x for x in (None, False, True, argparse.SUPPRESS))
             and action.nargs != 0
         ):
             if isinstance(default, (list, tuple)):
@@ -175,7 +175,7 @@ def add_model_options(
     multiple: bool = False,
     loading: bool = True,
     help: str | None = None,
-) -> None:
+) -> argparse._ArgumentGroup:
     """--model (one or several), and, when ``loading``, --model-args --device --dtype
     --trust-remote-code --allow-pickle."""
     g = p.add_argument_group("model options")
@@ -190,7 +190,7 @@ def add_model_options(
     else:
         g.add_argument("--model", default=DEFAULT_MODEL, metavar="MODEL", help=help or MODEL_HELP)
     if not loading:
-        return
+        return g
     g.add_argument(
         "--model-args",
         type=parse_model_args,
@@ -215,6 +215,7 @@ def add_model_options(
         action="store_true",
         help="allow pickled .bin/.pt weights (refused by default)",
     )
+    return g
 
 
 def add_device_option(g: Any) -> None:
@@ -366,28 +367,35 @@ def add_output_options(
     cache: bool = True,
     required: bool = False,
     help: str | None = None,
+    quiet: bool = True,
 ) -> argparse._ArgumentGroup:
     """--out DIR, --overwrite, --quiet (and --no-cache)."""
     g = p.add_argument_group("output options")
     if required:
         g.add_argument("--out", required=True, metavar="DIR", help=help)
-    else:
-        what = f"result folder for {files}" if files else "result folder"
-        g.add_argument(
-            "--out",
-            default=None,
-            metavar="DIR",
-            help=f"{what} (default: a new folder {OUT_ROOT}/{command}-N)",
-        )
+        return _output_tail(g, command, cache, quiet)
+    what = f"result folder for {files}" if files else "result folder"
+    g.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help=help or f"{what} (default: a new folder {OUT_ROOT}/{command}-N)",
+    )
+    if help is None:  # the guarded default grammar
         g.add_argument(
             "--overwrite",
             action="store_true",
             help="replace the results of an earlier run in --out (refused otherwise)",
         )
+    return _output_tail(g, command, cache, quiet)
+
+
+def _output_tail(g: Any, command: str, cache: bool, quiet: bool) -> Any:
     g.set_defaults(_command=command)
     if cache:
         add_cache_options(g)
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    if quiet:
+        g.add_argument("--quiet", action="store_true", help="no progress bars")
     return g
 
 
