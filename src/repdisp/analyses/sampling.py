@@ -17,13 +17,13 @@ import numpy as np
 from ..core.corpus import Segments, load_texts, make_segments
 from ..core.extract import Extraction, extract
 from ..core.geometry import dispersion
-from ..core.models import LoadedModel, load_model
+from ..core.models import LoadedModel, as_loaded, load_model
 from ..core.stats import Correlation, correlation
 from .binning import BinSelection
 
 MODES = ("across", "within")
 METHODS = ("pearson", "spearman")
-ModelLike = str | LoadedModel
+ModelLike = str | LoadedModel | tuple
 
 
 @dataclass
@@ -71,7 +71,9 @@ class Sampling:
 
 
 def loaded(model: ModelLike, load: Callable[[str], LoadedModel] = load_model) -> LoadedModel:
-    """The model itself, or ``load(spec)`` for a spec string."""
+    """The model itself, ``(hf_model, tokenizer)`` wrapped, or ``load(spec)`` for a spec string."""
+    if isinstance(model, tuple):
+        return as_loaded(model)
     return model if isinstance(model, LoadedModel) else load(model)
 
 

@@ -148,7 +148,13 @@ def run_probe(args: argparse.Namespace) -> int:
     check_out(args, "probe.json")
     result, model = _scored(args)
     probe = accuracy_probe(
-        result, model, args.task, levels, args.sample, args.num_seeds, args.correct_by,
+        result,
+        model,
+        args.task,
+        levels,
+        args.sample,
+        args.num_seeds,
+        args.correct_by,
         args.on_short,
     )
     print(probe.table())

@@ -58,7 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_option(add_model_options(p, loading=False))
     add_data_options(p, default=None)
     o = add_output_options(
-        p, "finetune", cache=False, required=True,
+        p,
+        "finetune",
+        cache=False,
+        required=True,
         help="new folder for the checkpoint and results",
     )
     o.add_argument(

@@ -65,7 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _build_args(g)
     add_batch_option(g)
     add_output_options(
-        b, "knnlm-build", cache=False, required=True,
+        b,
+        "knnlm-build",
+        cache=False,
+        required=True,
         help="datastore folder (an interrupted build resumes there)",
     )
     b.set_defaults(func=run_build)
@@ -86,12 +89,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(s)
     d = s.add_argument_group("data options")
     d.add_argument(
-        "--data", action=AppendAction, required=True, metavar="SOURCE",
-        help="datastore (training) text: " + RANGE_HELP + "; repeat to join several",
+        "--data",
+        action=AppendAction,
+        metavar="SOURCE",
+        help="datastore (training) text, required: " + RANGE_HELP + "; repeat to join several",
     )
     d.add_argument(
-        "--eval-data", action=AppendAction, required=True, metavar="SOURCE",
-        help="held-out text to score, same forms as --data; repeat to join several",
+        "--eval-data",
+        action=AppendAction,
+        metavar="SOURCE",
+        help="held-out text to score, required; same forms as --data; repeat to join several",
     )
     d.add_argument("--train", dest="data", action=AppendAction, help=argparse.SUPPRESS)
     d.add_argument("--eval", dest="eval_data", action=AppendAction, help=argparse.SUPPRESS)
@@ -192,6 +199,9 @@ def run_select(args: argparse.Namespace) -> int:
     from ..applications.knnlm import plot_eval, select_key
     from ..io.results import save_figure, write_csv, write_json
 
+    for flag, value in (("--data", args.data), ("--eval-data", args.eval_data)):
+        if not value:
+            raise RepdispError(f"knnlm select needs {flag}")
     if len(args.chunks) != 1:
         raise RepdispError(f"knnlm select profiles one N; got --chunks {args.chunks}")
     check_out(args, "knnlm_select.json")

@@ -11,7 +11,8 @@ Grammar (the same in every command that has the option):
     --site SITE          repeatable, and each value may be a comma list: ``--site a,b --site c`` is
                          three sites; also TransformerLens names and ``hs:K`` HF indices
     --out DIR            a result folder. Omitted: a new folder ``repdisp-out/COMMAND-N`` (the
-                         first N not taken), so runs never collide. Given: the command refuses to
+                         first N not taken; ``$REPDISP_OUT`` replaces ``repdisp-out``), so runs
+                         never collide. Given: the command refuses to
                          start when DIR already holds its result file from an earlier run, unless
                          ``--overwrite``. Different commands may share one folder (their files have
                          different names), which is what ``repdisp report DIR`` renders.
@@ -25,6 +26,7 @@ This module imports nothing heavy: building the parser must stay fast.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,9 @@ def float_list(text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of numbers, got {text!r}"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one number")
     return values
@@ -355,9 +359,7 @@ def one_site(args: argparse.Namespace, command: str) -> str:
 
 
 def add_cache_options(g: Any) -> None:
-    g.add_argument(
-        "--no-cache", action="store_true", help="do not read or write extraction shards"
-    )
+    g.add_argument("--no-cache", action="store_true", help="do not read or write extraction shards")
 
 
 def add_output_options(
@@ -414,7 +416,7 @@ def check_out(args: argparse.Namespace, *names: str) -> None:
 def out_dir(args: argparse.Namespace) -> Path:
     """The result folder: --out, or (once per run) a new ``repdisp-out/COMMAND-N``."""
     if not args.out:
-        root = Path(OUT_ROOT)
+        root = Path(os.environ.get("REPDISP_OUT") or OUT_ROOT)
         root.mkdir(parents=True, exist_ok=True)
         n = 1
         while True:

@@ -11,7 +11,10 @@ from .options import add_output_options
 def _common(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--config", required=True, help="recipe YAML (see configs/train_*.yaml)")
     add_output_options(
-        p, command, cache=False, required=False,
+        p,
+        command,
+        cache=False,
+        required=False,
         help="result folder (default: runs/training/NAME, NAME from the config)",
     )
 

