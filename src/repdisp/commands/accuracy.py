@@ -41,7 +41,7 @@ def _add_mc_args(p: argparse.ArgumentParser, command: str, files: str) -> None:
     d.add_argument("--choices-field", default="choices", help="generic jsonl: choices column")
     d.add_argument("--answer-field", default="answer", help="generic jsonl: answer column")
     g = p.add_argument_group("sampling options")
-    add_site_option(g, help="the one site of the query embedding (same names as measure --site)")
+    add_site_option(g, what="the one site of the query embedding")
     add_batch_option(g)
     add_seed_option(g)
     g.add_argument(

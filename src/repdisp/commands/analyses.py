@@ -31,7 +31,7 @@ def _common(p: argparse.ArgumentParser, command: str, name: str, multiple_data: 
         choices=("last", "mean"),
         help="vector per segment for the 'across' mode: last token (paper default) or mean",
     )
-    g.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for CIs")
+    g.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
     _output(p, command, name)
     return g
 
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(p, multiple=True)
     g = _common(p, "ppl-vs-dispersion", "ppl_vs_dispersion", multiple_data=True)
     _binning(g)
-    add_site_option(g, help="the one site to read (same names as measure --site)")
+    add_site_option(g, what="the one site to read")
     g.add_argument(
         "--last-token",
         action="store_true",
@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="dispersion of several models on the same segments")
     add_model_options(c, multiple=True)
     g = _common(c, "compare", "compare")
-    add_site_option(g, help="the one site to read (same names as measure --site)")
+    add_site_option(g, what="the one site to read")
     c.set_defaults(func=run_compare)
 
     m = sub.add_parser(

@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--per-cluster", type=int, default=100, help="occurrences used per n-gram")
     g.add_argument("--context", type=int, default=100, help="left-context tokens")
     g.add_argument("--clusters", type=int, default=500, help="most frequent n-grams used")
-    add_site_option(g, help="the one site of the context vector (same names as measure --site)")
-    g.add_argument("--bootstrap", type=int, default=1000, help="resamples of clusters for CIs")
+    add_site_option(g, what="the one site of the context vector")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     add_output_options(p, "clusters", "clusters.json/.csv/.png")
     p.set_defaults(func=run_clusters)
 

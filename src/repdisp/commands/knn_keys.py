@@ -29,8 +29,7 @@ def add_profile_options(g, chunks: list[int], num_seeds: int, chunk_len: int, si
     add_site_option(
         g,
         default=sites,
-        help="candidate key sites: final-block (last block's h_att, h_ffn) | all (every block) "
-        "| site names as in measure --site",
+        what="candidate key sites: final-block (last block's h_att, h_ffn), all (every block), or",
     )
 
 

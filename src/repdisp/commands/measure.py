@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("last", "mean", "within"),
         help="last token (paper default), mean of tokens, or token-level within segment",
     )
-    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     o = add_output_options(p, "measure", "measure.json")
     o.add_argument(
         "--cache-dir",

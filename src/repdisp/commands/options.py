@@ -45,11 +45,12 @@ DATA_HELP = (
     "text source: python-docs | python-code | FILE or FOLDER (.txt .jsonl .csv .parquet) | "
     "hf:NAME[:CONFIG]"
 )
-SITE_HELP = (
-    "site(s) to read: embed, I.attn, I.ffn (I may be negative), final, all, all.attn, everything; "
-    "TransformerLens names (blocks.I.hook_resid_mid) and hs:K (HF hidden_states[K]) also work; "
-    "repeat or give a comma list"
+SITE_NAMES = (
+    "embed, I.attn, I.ffn (I may be negative), final, all, all.attn, everything; TransformerLens "
+    "names (blocks.I.hook_resid_mid) and hs:K (HF hidden_states[K]) also work; repeat or give a "
+    "comma list"
 )
+SITE_HELP = "site(s) to read: " + SITE_NAMES
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -334,9 +335,10 @@ def add_seeds_options(g: Any, default: int) -> None:
 
 
 def add_site_option(
-    p: Any, default: str | list[str] | None = "final", help: str | None = None
+    p: Any, default: str | list[str] | None = "final", what: str = "site(s) to read"
 ) -> None:
-    """--site, repeatable and comma lists (``--sites`` is the same option)."""
+    """--site, repeatable and comma lists (``--sites`` is the same option); the help is ``what``
+    followed by the shared list of site names."""
     if isinstance(default, str):
         default = [default]
     p.add_argument(
@@ -346,7 +348,7 @@ def add_site_option(
         action=ListAction,
         default=default,
         metavar="SITE",
-        help=help or SITE_HELP,
+        help=f"{what}: {SITE_NAMES}",
     )
 
 
