@@ -22,9 +22,9 @@ install: $(BIN)/repdisp
 demo: install
 	$(BIN)/repdisp models prepare smollm2-135m
 	$(BIN)/repdisp measure --model smollm2-135m --data python-docs --site final --site -1.attn \
-	    --segments 200 --seq-len 256 --out $(OUT)/measure.json
+	    --segments 200 --seq-len 256 --out $(OUT) --overwrite
 	$(BIN)/repdisp ppl-vs-dispersion --model smollm2-135m --data python-docs --data python-code \
-	    --segments 400 --seq-len 128 --bin-size 40 --bins 8 --out $(OUT)
+	    --segments 400 --seq-len 128 --bin-size 40 --bins 8 --out $(OUT) --overwrite
 	$(BIN)/repdisp report $(OUT)
 	@echo "open $(OUT)/report.html"
 

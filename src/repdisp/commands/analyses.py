@@ -36,8 +36,10 @@ def _common(p: argparse.ArgumentParser, command: str, name: str, multiple_data: 
     return g
 
 
-def _output(p: argparse.ArgumentParser, command: str, name: str, cache: bool = True) -> None:
-    o = add_output_options(p, command, "NAME.json, NAME.csv, NAME.png", cache=cache)
+def _output(
+    p: argparse.ArgumentParser, command: str, name: str, cache: bool = True, quiet: bool = True
+) -> None:
+    o = add_output_options(p, command, "NAME.json, NAME.csv, NAME.png", cache=cache, quiet=quiet)
     o.add_argument("--name", default=name, help="file name stem in --out")
 
 
@@ -105,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "merge-ppl", help="plot the series of several ppl-vs-dispersion results in one figure"
     )
     m.add_argument("results", nargs="+", help="ppl-vs-dispersion JSON files")
-    _output(m, "merge-ppl", "ppl_vs_dispersion_merged", cache=False)
+    _output(m, "merge-ppl", "ppl_vs_dispersion_merged", cache=False, quiet=False)
     m.set_defaults(func=run_merge)
 
     r = sub.add_parser("report", help="render every result in a folder into one HTML page")
