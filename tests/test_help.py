@@ -287,3 +287,11 @@ def test_out_guard_refuses_an_earlier_result_and_numbers_new_folders(tmp_path, m
     firsts = [options.out_dir(COMMANDS["measure"].parse_args([])) for _ in range(3)]
     assert [p.name for p in firsts] == ["measure-1", "measure-2", "measure-3"]
     assert options.out_dir(COMMANDS["gap"].parse_args(["--domain", "python"])).name == "gap-1"
+
+
+@pytest.mark.parametrize("out", ["r.json", "page.html"])
+def test_out_is_a_folder_not_a_file(out, tmp_path, capsys):
+    assert main(["measure", "--out", str(tmp_path / out)]) == 2
+    assert "--out takes a folder" in capsys.readouterr().err
+    (tmp_path / "plain").write_text("x")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "plain")]) == 2

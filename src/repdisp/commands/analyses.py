@@ -14,6 +14,7 @@ from .options import (
     add_sampling_options,
     add_site_option,
     check_out,
+    check_out_folder,
     int_list,
     model_from_args,
     one_site,
@@ -214,6 +215,7 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from ..io.report import write_report
 
+    check_out_folder(args.out)
     out = Path(args.out) / "report.html" if args.out else None
     print(f"wrote {write_report(args.folder, out, args.title)}")
     return 0

@@ -403,8 +403,21 @@ def _output_tail(g: Any, command: str, cache: bool, quiet: bool) -> Any:
     return g
 
 
+def check_out_folder(out: str | None) -> None:
+    """--out is a folder: refuse an existing file or a file-like name (an older habit)."""
+    if not out:
+        return
+    path = Path(out)
+    if path.is_file() or path.suffix.lower() in (".json", ".csv", ".png", ".html", ".parquet"):
+        raise RepdispError(
+            f"--out {out}: --out takes a folder (results are written inside it), not a file; "
+            f"e.g. --out {path.with_suffix('')}"
+        )
+
+
 def check_out(args: argparse.Namespace, *names: str) -> None:
     """Refuse, before any work, to replace an earlier run's result files in an explicit --out."""
+    check_out_folder(args.out)
     if not args.out or getattr(args, "overwrite", False):
         return
     taken = [n for n in names if (Path(args.out) / n).exists()]
