@@ -51,6 +51,9 @@ def test_every_flag_has_help_and_defaults_are_shown_one_way(name):
     parser = COMMANDS[name]
     text = parser.format_help()  # renders every %(...)s
     assert "usage: repdisp " + name in text
+    for a in parser._actions:  # positional arguments too
+        if not a.option_strings:
+            assert a.help and a.help.strip(), f"{name} {a.dest}: no help text"
     for a in options_of(parser):
         flag = a.option_strings[0]
         assert a.help and a.help.strip(), f"{name} {flag}: no help text"
