@@ -112,6 +112,7 @@ def _site_values(total: np.ndarray, sites: list[str], pooling: str, dim: int) ->
 def measure(
     model: str | LoadedModel | tuple = DEFAULT_MODEL,
     data: str = "python-docs",
+    *,
     sites: str | list[str] = "final",
     segments: int = 200,
     seq_len: int = 256,
@@ -150,27 +151,38 @@ def measure(
         lm = (
             model
             if isinstance(model, LoadedModel)
-            else load_model(model, device, dtype, trust_remote_code, allow_pickle)
+            else load_model(
+                model, device, dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+            )
         )
-        max_len = getattr(lm.model.config, "max_position_embeddings", None)
         segs = make_segments(
             lm.tokenizer,
             data,
             segments,
             seq_len,
             seed,
-            max_len=max_len,
+            max_len=lm.max_len,
             text_field=text_field,
             encoding_errors=encoding_errors,
         )
-        args = (lm, segs, sites, pooling, True, batch_size, skip_first, cache)
-        ex = extract(*args, progress and dist.is_main, shard_segments, dist.rank, dist.world_size)
+        opts = {"perplexity": True, "batch_size": batch_size, "skip_first": skip_first}
+        opts |= {"cache": cache, "shard_segments": shard_segments}
+        ex = extract(
+            lm,
+            segs,
+            sites,
+            pooling,
+            progress=progress and dist.is_main,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            **opts,
+        )
         dim = lm.model.get_input_embeddings().embedding_dim
         total = dist.all_reduce_sum(_sums(ex, ex.sites, pooling, dim), lm.device)
         result = None
         if dist.is_main:
             if dist.world_size > 1:  # every shard is written by now: read them all back
-                ex = extract(*args, False, shard_segments, 0, 1)
+                ex = extract(lm, segs, sites, pooling, progress=False, rank=0, world_size=1, **opts)
             site_results, ppl = _summaries(ex, total, pooling, dim, bootstrap, seed)
             result = MeasureResult(
                 model=lm.name,

@@ -57,7 +57,7 @@ def _add_mc_args(p: argparse.ArgumentParser, command: str, files: str) -> None:
 
 
 def _scored(args: argparse.Namespace):
-    from ..applications.mcqa import MCResult, evaluate
+    from ..applications.mcqa import MCResult, evaluate_task
 
     if args.scores:
         result = MCResult.load(args.scores)
@@ -72,18 +72,18 @@ def _scored(args: argparse.Namespace):
             "choices_field": args.choices_field,
             "answer_field": args.answer_field,
         }
-    result = evaluate(
+    result = evaluate_task(
         lm,
         args.task,
         args.data,
-        args.format,
-        args.shots,
-        args.shots_data,
-        args.limit,
-        args.seed,
-        one_site(args, args._command),
-        args.batch_size,
-        not args.quiet,
+        fmt=args.format,
+        shots=args.shots,
+        shots_data=args.shots_data,
+        limit=args.limit,
+        seed=args.seed,
+        site=one_site(args, args._command),
+        batch_size=args.batch_size,
+        progress=not args.quiet,
         **columns,
     )
     path = result.save(out_dir(args) / "queries.npz")
@@ -149,13 +149,13 @@ def run_probe(args: argparse.Namespace) -> int:
     result, model = _scored(args)
     probe = accuracy_probe(
         result,
-        model,
-        args.task,
-        levels,
-        args.sample,
-        args.num_seeds,
-        args.correct_by,
-        args.on_short,
+        model=model,
+        task=args.task,
+        levels=levels,
+        sample=args.sample,
+        seeds=args.num_seeds,
+        correct_by=args.correct_by,
+        short=args.on_short,
     )
     print(probe.table())
     out = out_dir(args)

@@ -144,15 +144,15 @@ def run_ppl(args: argparse.Namespace) -> int:
     result = ppl_mod.ppl_vs_dispersion(
         args.model,
         args.data,
-        _sampling(args),
-        args.bin_size,
-        args.bins,
-        args.pooling,
-        site,
-        args.last_token,
-        args.contexts,
-        args.bootstrap,
-        _loader(args),
+        sampling=_sampling(args),
+        bin_size=args.bin_size,
+        n_bins=args.bins,
+        pooling=args.pooling,
+        site=site,
+        last_token=args.last_token,
+        contexts=args.contexts,
+        bootstrap=args.bootstrap,
+        load=_loader(args),
     )
     _write(args, result, ppl_mod.plot(result))
     return 0
@@ -182,13 +182,13 @@ def run_layers(args: argparse.Namespace) -> int:
     result = layers_mod.layers(
         args.model,
         args.data,
-        site_list(args.sites),
-        _sampling(args),
-        args.bin_size,
-        args.bins,
-        args.pooling,
-        args.bootstrap,
-        _loader(args),
+        sites=site_list(args.sites),
+        sampling=_sampling(args),
+        bin_size=args.bin_size,
+        n_bins=args.bins,
+        pooling=args.pooling,
+        bootstrap=args.bootstrap,
+        load=_loader(args),
     )
     _write(args, result, layers_mod.plot(result))
     return 0
@@ -199,14 +199,14 @@ def run_compare(args: argparse.Namespace) -> int:
 
     site = one_site(args, "compare")
     check_out(args, f"{args.name}.json")
-    result = compare_mod.compare(
+    result = compare_mod.compare_models(
         args.model,
         args.data,
-        _sampling(args),
-        args.pooling,
-        site,
-        args.bootstrap,
-        _loader(args),
+        sampling=_sampling(args),
+        pooling=args.pooling,
+        site=site,
+        bootstrap=args.bootstrap,
+        load=_loader(args),
     )
     _write(args, result, compare_mod.plot(result), {"": result.rows()})
     return 0

@@ -118,22 +118,22 @@ def run_finetune(args: argparse.Namespace) -> int:
         args.model,
         args.data,
         args.out,
-        o["method"],
-        o["steps"],
-        o["lr"],
-        o["batch_size"],
-        o["seq_len"],
-        o["seed"],
-        o["lora_r"],
-        o["lora_alpha"],
-        o["lora_dropout"],
-        o["train_fraction"],
-        o["warmup_steps"],
-        o["weight_decay"],
-        o["grad_accum"],
-        args.device,
-        args.text_field,
-        args.encoding_errors,
+        method=o["method"],
+        steps=o["steps"],
+        learning_rate=o["lr"],
+        batch_size=o["batch_size"],
+        seq_len=o["seq_len"],
+        seed=o["seed"],
+        lora_r=o["lora_r"],
+        lora_alpha=o["lora_alpha"],
+        lora_dropout=o["lora_dropout"],
+        train_fraction=o["train_fraction"],
+        warmup_steps=o["warmup_steps"],
+        weight_decay=o["weight_decay"],
+        grad_accum=o["grad_accum"],
+        device=args.device,
+        text_field=args.text_field,
+        encoding_errors=args.encoding_errors,
         progress=not args.quiet,
     )
     first, last = r.loss[0]["loss"], r.loss[-1]["loss"]
@@ -154,6 +154,7 @@ def _heldout_of(out: Path) -> str:
 
 
 def _evaluate(args: argparse.Namespace, o: dict, heldout: str) -> int:
+    from ..core.sampling import Sampling
     from ..training.finetune import before_after, write_before_after
 
     if o["eval_segments"] < 2:
@@ -162,11 +163,13 @@ def _evaluate(args: argparse.Namespace, o: dict, heldout: str) -> int:
         args.model,
         args.out,
         heldout,
-        o["eval_segments"],
-        o["seq_len"],
-        o["seed"],
+        sampling=Sampling(
+            segments=o["eval_segments"],
+            seq_len=o["seq_len"],
+            seed=o["seed"],
+            progress=not args.quiet,
+        ),
         device=args.device,
-        progress=not args.quiet,
     )
     write_before_after(ev, Path(args.out))
     print(f"held-out {heldout}: {ev.n_segments} segments x {ev.seq_len} tokens")

@@ -38,11 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_gap(args: argparse.Namespace) -> int:
-    from ..applications.gap import gap, parse_accuracy, plot_gap
+    from ..applications.gap import parse_accuracy, plot_gap, rank_by_gap
     from ..io.results import save_figure, write_csv, write_json
 
     check_out(args, "gap.json")
-    res = gap(args.model, args.domain, args.reference, args.metric, parse_accuracy(args.accuracy))
+    res = rank_by_gap(
+        args.model,
+        args.domain,
+        reference=args.reference,
+        metric=args.metric,
+        accuracy=parse_accuracy(args.accuracy),
+    )
     print(res.table())
     out = out_dir(args)
     write_json(out / "gap.json", res)

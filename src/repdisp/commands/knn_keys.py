@@ -50,7 +50,7 @@ def profile_sites(sites: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..applications.knn_keys import plot_profile, profile_keys
+    from ..applications.knnlm.keys import plot_profile, profile_keys
     from ..core.corpus import make_segments
     from ..io.results import save_figure, write_csv, write_json
 
@@ -67,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     profile = profile_keys(
         lm,
         windows,
-        args.chunks,
-        args.num_seeds,
-        profile_sites(site_list(args.sites)),
-        args.batch_size,
+        chunks=args.chunks,
+        seeds=args.num_seeds,
+        sites=profile_sites(site_list(args.sites)),
+        batch_size=args.batch_size,
         cache=not args.no_cache,
         progress=not args.quiet,
     )

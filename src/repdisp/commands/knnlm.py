@@ -144,13 +144,13 @@ def run_build(args: argparse.Namespace) -> int:
         lm,
         _tokens(lm, args.data, args),
         args.out,
-        ",".join(site_list(args.sites)),
-        " + ".join(args.data),
-        args.context,
-        args.stride,
-        args.batch_size,
-        args.shard_windows,
-        args.index,
+        sites=",".join(site_list(args.sites)),
+        source=" + ".join(args.data),
+        context=args.context,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        shard_windows=args.shard_windows,
+        index=args.index,
         progress=not args.quiet,
     )
     print(
@@ -173,18 +173,18 @@ def _write_eval(result, out: Path) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..applications.knnlm import Datastore, evaluate
+    from ..applications.knnlm import Datastore, evaluate_knnlm
 
     check_out(args, "knnlm_eval.json")
     lm = model_from_args(args)
     store = Datastore.open(args.datastore)
     sites = site_list(args.sites) or None
-    result = evaluate(
+    result = evaluate_knnlm(
         lm,
         store,
         _tokens(lm, args.data, args),
-        " + ".join(args.data),
-        sites,
+        source=" + ".join(args.data),
+        sites=sites,
         progress=not args.quiet,
         **_eval_kwargs(args),
     )
@@ -215,12 +215,12 @@ def run_select(args: argparse.Namespace) -> int:
         train,
         held_out,
         out / "datastore",
-        profile_sites(sites),
-        args.chunks[0],
-        args.num_seeds,
-        args.chunk_len,
-        " + ".join(args.data),
-        " + ".join(args.eval_data),
+        sites=profile_sites(sites),
+        chunks=args.chunks[0],
+        seeds=args.num_seeds,
+        chunk_len=args.chunk_len,
+        train_source=" + ".join(args.data),
+        eval_source=" + ".join(args.eval_data),
         build_kwargs={
             "context": args.context,
             "stride": args.stride,

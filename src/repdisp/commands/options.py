@@ -243,8 +243,8 @@ def model_from_args(args: argparse.Namespace, spec: str | None = None) -> Any:
         spec or args.model,
         args.device,
         dtype,
-        args.trust_remote_code,
-        args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
         **kwargs,
     )
 

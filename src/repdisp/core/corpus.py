@@ -144,6 +144,15 @@ def bos_id(tokenizer: Any) -> int | None:
     return bos if bos is not None and tokenizer("a").input_ids[:1] == [bos] else None
 
 
+def prepend_bos(windows: np.ndarray, bos: int | None) -> np.ndarray:
+    """Token windows (n, L) as int64 with ``bos`` in front of each (n, L + 1); unchanged when
+    ``bos`` is None. Every window fed to a model gets its BOS here."""
+    ids = np.asarray(windows, dtype=np.int64)
+    if bos is None:
+        return ids
+    return np.concatenate([np.full((len(ids), 1), bos, dtype=np.int64), ids], axis=1)
+
+
 def token_stream(tokenizer: Any, docs: list[str]) -> np.ndarray:
     """All documents tokenised without special tokens, joined by EOS, as one int64 array."""
     ids = tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]
@@ -208,8 +217,5 @@ def make_segments(
     index = np.arange(n_windows)
     if n_segments is not None:
         index = np.sort(np.random.default_rng(seed).choice(n_windows, n_segments, replace=False))
-    ids = windows[index]
     bos = bos_id(tokenizer)
-    if bos is not None:
-        ids = np.concatenate([np.full((len(ids), 1), bos, dtype=np.int64), ids], axis=1)
-    return Segments(ids, index, bos is not None, source)
+    return Segments(prepend_bos(windows[index], bos), index, bos is not None, source)

@@ -35,7 +35,7 @@ from .corpus import Segments
 from .errors import RepdispError
 from .models import LoadedModel, cache_root
 from .shards import ShardStore
-from .sites import Site, SiteReader, StopForward, blocks_of, parse_sites
+from .sites import Site, SiteReader, StopForward
 
 POOLS = ("last", "mean", "within", "tokens")
 _CACHE_VERSION = 1
@@ -120,15 +120,13 @@ def forward_sites(
     import torch
 
     x = torch.from_numpy(ids).to(lm.device)
-    needs_final = perplexity or any(s.name == "final" for s in sites)
-    with torch.inference_mode(), SiteReader(lm.model, sites, stop_early=not needs_final) as reader:
+    read = sorted(set(sites) | set(lm.parse_sites("final") if perplexity else []))
+    with torch.inference_mode(), SiteReader(lm.model, read, stop_early=True) as reader:
         try:
-            body_out = lm.model.base_model(input_ids=x, use_cache=False)
+            lm.model.base_model(input_ids=x, use_cache=False)
         except StopForward:
-            body_out = None
+            pass
         values = dict(reader.values)
-        if body_out is not None:
-            values["final"] = body_out[0]
         nll = token_nll(lm.model, values["final"], x) if perplexity else None
     return values, nll
 
@@ -177,6 +175,7 @@ def extract(
     segments: Segments,
     sites: str | list[str] = "final",
     pools: str | list[str] = "last",
+    *,
     perplexity: bool = True,
     batch_size: int = 8,
     skip_first: int = 1,
@@ -194,8 +193,7 @@ def extract(
     """
     from tqdm.auto import tqdm
 
-    n_blocks = len(blocks_of(lm.model))
-    site_list = parse_sites(sites, n_blocks)
+    site_list = lm.parse_sites(sites)
     pool_list = [pools] if isinstance(pools, str) else list(pools)
     for p in pool_list:
         if p not in POOLS:

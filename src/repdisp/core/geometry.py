@@ -11,6 +11,7 @@ stream over chunks, merge exactly across shards or processes, and never need an 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,17 @@ def weighted_dispersion(units: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return 1.0 - ((s * s).sum(axis=1) - n) / (n * (n - 1))
 
 
+def bootstrap_weights(n: int, reps: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``reps`` bootstrap resamples of ``n`` items as count rows (b, n), in blocks of at most
+    2·10⁶ counts; one seeded stream, so the rows do not depend on the block size. With
+    ``weighted_dispersion`` each row gives one resample's dispersion; paired statistics use the
+    same rows for both sides."""
+    rng = np.random.default_rng(seed)
+    block = max(1, min(reps, 2_000_000 // n))
+    for start in range(0, reps, block):
+        yield rng.multinomial(n, np.full(n, 1.0 / n), size=min(block, reps - start))
+
+
 def bootstrap_ci(
     x: ArrayLike, reps: int = 1000, seed: int = 0, level: float = 0.95, zero: str = "error"
 ) -> tuple[float, float]:
@@ -149,13 +161,7 @@ def bootstrap_ci(
     n = len(units)
     if n < 2:
         raise RepdispError(f"dispersion needs at least 2 vectors, got {n}")
-    rng = np.random.default_rng(seed)
-    values = []
-    block = max(1, min(reps, 2_000_000 // n))
-    for start in range(0, reps, block):
-        b = min(block, reps - start)
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=b)
-        values.append(weighted_dispersion(units, weights))
+    values = [weighted_dispersion(units, w) for w in bootstrap_weights(n, reps, seed)]
     alpha = (1.0 - level) / 2
     lo, hi = np.quantile(np.concatenate(values), [alpha, 1 - alpha])
     return float(lo), float(hi)
@@ -198,12 +204,29 @@ def mean_euclidean(x: ArrayLike, block: int = 1024) -> float:
     for i in range(0, n, block):
         xi, si = x[i : i + block], sq[i : i + block]
         for j in range(i, n, block):
-            d2 = si[:, None] + sq[None, j : j + block] - 2.0 * xi @ x[j : j + block].T
-            d = np.sqrt(np.maximum(d2, 0.0))
-            if i == j:
-                d = np.triu(d, k=1)
-            total += float(d.sum())
+            total += _distance_sum(xi, si, x[j : j + block], sq[j : j + block], upper=i == j)
     return total / (n * (n - 1) / 2)
+
+
+def mean_euclidean_between(a: ArrayLike, b: ArrayLike, block: int = 1024) -> float:
+    """Exact mean Euclidean distance over all pairs (a_i, b_j), in blocks of rows of ``a``."""
+    a = np.asarray(as_matrix(a), dtype=np.float64)
+    b = np.asarray(as_matrix(b), dtype=np.float64)
+    sb = (b * b).sum(1)
+    total = 0.0
+    for i in range(0, len(a), block):
+        x = a[i : i + block]
+        total += _distance_sum(x, (x * x).sum(1), b, sb)
+    return total / (len(a) * len(b))
+
+
+def _distance_sum(
+    x: np.ndarray, sx: np.ndarray, y: np.ndarray, sy: np.ndarray, upper: bool = False
+) -> float:
+    """Σ ‖x_i - y_j‖ over a block of pairs from squared norms and one gemm (strictly upper
+    triangle only when ``upper``: x and y are the same rows)."""
+    d = np.sqrt(np.maximum(sx[:, None] + sy[None, :] - 2.0 * x @ y.T, 0.0))
+    return float((np.triu(d, k=1) if upper else d).sum())
 
 
 @dataclass

@@ -15,14 +15,17 @@ import importlib.util
 import json
 import os
 import pickle
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .corpus import bos_id
 from .errors import RepdispError
+from .gguf import check_magic
+from .shards import atomic_folder
+from .sites import Site, blocks_of, parse_sites
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -89,6 +92,30 @@ class LoadedModel:
     device: Any
     dtype: Any
 
+    @property
+    def n_blocks(self) -> int:
+        """Number of decoder blocks."""
+        return len(blocks_of(self.model))
+
+    @cached_property
+    def bos_id(self) -> int | None:
+        """The BOS id when the tokenizer adds one by default, else None (``corpus.bos_id``)."""
+        return bos_id(self.tokenizer)
+
+    @property
+    def max_len(self) -> int | None:
+        """Context length in tokens (``max_position_embeddings``), None when the config has none."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream (``hidden_size``)."""
+        return int(self.model.config.hidden_size)
+
+    def parse_sites(self, specs: str | list[str]) -> list[Site]:
+        """``core.sites.parse_sites`` with this model's number of blocks."""
+        return parse_sites(specs, self.n_blocks)
+
 
 def resolve_device(device: str) -> Any:
     import torch
@@ -147,12 +174,6 @@ def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     return pickled
 
 
-def _check_gguf(path: Path) -> None:
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise RepdispError(f"{path} is not a GGUF file (bad magic bytes)")
-
-
 def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
     """Convert a bundled GGUF into a safetensors folder once; return that folder."""
     if name not in BUNDLED:
@@ -171,17 +192,10 @@ def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-    try:
+    with atomic_folder(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "repdisp.json").write_text(json.dumps({"source": gguf.name}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -193,7 +207,7 @@ def _first_line(e: Exception) -> str:
 def _from_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _check_gguf(path)
+    check_magic(path)
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
@@ -262,9 +276,9 @@ def load_model(
     spec: str = DEFAULT_MODEL,
     device: str = "auto",
     dtype: str = "auto",
+    *,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
-    *,
     revision: str | None = None,
     tokenizer: str | None = None,
     adapter: str | None = None,
@@ -430,7 +444,7 @@ def model_config(spec: str, trust_remote_code: bool = False) -> dict[str, Any]:
         except (OSError, ValueError) as e:
             raise RepdispError(f"cannot read {path / 'config.json'}: {_first_line(e)}") from e
     elif path.is_file() and path.suffix == ".gguf":
-        _check_gguf(path)
+        check_magic(path)
         from gguf import GGUFReader
 
         try:

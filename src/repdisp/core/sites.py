@@ -3,7 +3,7 @@
     embed       input to block 0 (token + position embeddings, scaled where the model scales them)
     I.attn      residual stream right after block I's attention sub-layer (the paper's h_att)
     I.ffn       block I's output, after its feed-forward sub-layer (h_ffn; also written ``I``)
-    final       output of the final norm (what HF calls the last hidden state)
+    final       output of the final norm (what HF calls the last hidden state): the body's output
 
 ``I`` counts from 0 and may be negative (``-1.attn`` is the last block's attention output).
 Sites are read with forward hooks; reading stops at the deepest requested site when nothing
@@ -148,7 +148,9 @@ class StopForward(Exception):
 
 
 def _first(output: Any) -> Any:
-    return output[0] if isinstance(output, tuple) else output
+    """The hidden states in a module's output: a tensor, or the first item of a tuple or of a
+    ``ModelOutput`` (``last_hidden_state``)."""
+    return output if hasattr(output, "shape") else output[0]
 
 
 class SiteReader:
@@ -160,7 +162,7 @@ class SiteReader:
 
     def __init__(self, model: Any, sites: list[Site], stop_early: bool):
         self.model, self.sites = model, sites
-        self.stop_at = max(sites).name if stop_early and max(sites).name != "final" else None
+        self.stop_at = max(sites).name if stop_early else None
         self.values: dict[str, Any] = {}
         self._handles: list[Any] = []
 
@@ -174,6 +176,8 @@ class SiteReader:
         for site in self.sites:
             if site.name == "embed":
                 self._on_input(blocks[0], site.name)
+            elif site.name == "final":
+                self._on_output(self.model.base_model, site.name)
             elif site.kind == "ffn":
                 self._on_output(blocks[site.block], site.name)
             elif site.kind == "attn":
