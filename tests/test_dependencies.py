@@ -1,4 +1,5 @@
-"""AUROC without scikit-learn: hand examples, brute force over all pairs, Mann-Whitney U."""
+"""Dependencies: AUROC without scikit-learn (hand examples, brute force over all pairs,
+Mann-Whitney U) and FAISS as an optional extra."""
 
 from __future__ import annotations
 
@@ -43,3 +44,33 @@ def test_auroc_wrong_negates_scores_and_needs_both_classes():
     assert auroc_wrong(scores, wrong) == 1.0
     with pytest.raises(RepdispError):
         auroc_wrong(scores, np.ones(4, bool))
+
+
+def test_missing_faiss_is_one_clear_line(monkeypatch):
+    """FAISS is the optional `repdisp[knnlm]` extra: without it, one line saying how to get it."""
+    import builtins
+
+    from repdisp.applications.knnlm.index import _faiss
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    with pytest.raises(RepdispError, match=r"repdisp\[knnlm\]") as e:
+        _faiss()
+    assert "\n" not in str(e.value)
+
+
+def test_pyproject_extras():
+    import tomllib
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    names = [d.split(">")[0].split("=")[0].split("[")[0].strip() for d in meta["dependencies"]]
+    assert "scikit-learn" not in names and "faiss-cpu" not in names
+    assert any(d.startswith("faiss-cpu") for d in meta["optional-dependencies"]["knnlm"])
+    assert "datasets" in meta["optional-dependencies"]
