@@ -66,8 +66,9 @@ def test_missing_faiss_is_one_clear_line(monkeypatch):
 
 
 def test_pyproject_extras():
-    import tomllib
     from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     names = [d.split(">")[0].split("=")[0].split("[")[0].strip() for d in meta["dependencies"]]
