@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from .corpus import Segments, load_texts, make_segments
 from .extract import Extraction, extract
-from .models import LoadedModel, load_model
+from .models import LoadedModel, as_loaded, load_model
 
-ModelLike = str | LoadedModel
+ModelLike = str | LoadedModel | tuple
 
 
 @dataclass
@@ -76,5 +76,7 @@ class Sampling:
 
 
 def loaded(model: ModelLike, load: Callable[[str], LoadedModel] = load_model) -> LoadedModel:
-    """The model itself, or ``load(spec)`` for a spec string."""
+    """The model itself, ``(hf_model, tokenizer)`` wrapped, or ``load(spec)`` for a spec string."""
+    if isinstance(model, tuple):
+        return as_loaded(model)
     return model if isinstance(model, LoadedModel) else load(model)
