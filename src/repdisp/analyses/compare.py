@@ -28,7 +28,7 @@ from ..core.geometry import (
 from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import mean_ci
-from .sampling import model_label, short_name
+from .labels import model_label, short_name
 
 
 @dataclass
