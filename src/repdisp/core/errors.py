@@ -3,3 +3,10 @@
 
 class RepdispError(Exception):
     """Bad input or an unmet precondition; the CLI prints it on one line and exits with code 2."""
+
+
+def warn(message: str) -> None:
+    """One ``repdisp: warning: ...`` line on stderr: something was skipped, the run goes on."""
+    import sys
+
+    print(f"repdisp: warning: {message}", file=sys.stderr)

@@ -198,6 +198,9 @@ def _from_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
     return model, tok
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
 def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> Any:
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -205,6 +208,11 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
     if not (folder / "config.json").exists():
         raise RepdispError(f"folder {folder} has no config.json: not a transformers model folder")
     weights = _weight_files(folder, allow_pickle)
+    if not any((folder / f).exists() for f in _TOKENIZER_FILES):  # else an empty tokenizer loads
+        raise RepdispError(
+            f"model folder {folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...)"
+            ": save the tokenizer into it (tokenizer.save_pretrained)"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
