@@ -11,7 +11,7 @@ from ..applications.hard_slices import hard_slices, slice_rows
 from ..applications.mcqa import FORMATS, TASKS, MCResult, evaluate
 from ..core.errors import RepdispError
 from ..io.results import save_figure, write_csv, write_json
-from . import add_model_args, model_from_args
+from . import add_model_args, checks, model_from_args
 
 
 def _add_mc_args(p: argparse.ArgumentParser) -> None:
@@ -19,15 +19,21 @@ def _add_mc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="arc-challenge", choices=TASKS, help="data format")
     p.add_argument("--data", help="ARC jsonl file/folder, MMLU csv file/folder, jsonl or hf:NAME")
     p.add_argument("--format", choices=FORMATS, help="prompt format (default: qa; mmlu for mmlu)")
-    p.add_argument("--shots", type=int, default=0, help="solved examples before each question")
+    p.add_argument(
+        "--shots", type=checks.nonneg_int, default=0, help="solved examples before each question"
+    )
     p.add_argument("--shots-data", help="where the solved examples come from (e.g. MMLU dev)")
-    p.add_argument("--limit", type=int, help="score a seeded random subset of this many questions")
+    p.add_argument(
+        "--limit",
+        type=checks.positive_int,
+        help="score a seeded random subset of this many questions",
+    )
     p.add_argument("--question-field", default="question", help="generic jsonl: question column")
     p.add_argument("--choices-field", default="choices", help="generic jsonl: choices column")
     p.add_argument("--answer-field", default="answer", help="generic jsonl: answer column")
     p.add_argument("--site", default="final", help="site of the query embedding (final)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0, help="seed of --limit (0)")
+    p.add_argument("--batch-size", type=checks.positive_int, default=16)
+    p.add_argument("--seed", type=checks.seed, default=0, help="seed of --limit (0)")
     p.add_argument(
         "--scores", help="reuse a queries.npz written by an earlier run instead of the model"
     )
@@ -86,8 +92,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_mc_args(p)
     p.add_argument("--levels", default="0,10,20,30,40,50,60,70,80,90,100", help="percent correct")
-    p.add_argument("--sample", type=int, default=100, help="queries per level and seed (100)")
-    p.add_argument("--seeds", type=int, default=10, help="seeds per level (10)")
+    p.add_argument(
+        "--sample",
+        type=checks.int_at_least(2),
+        default=100,
+        help="queries per level and seed (100)",
+    )
+    p.add_argument("--seeds", type=checks.positive_int, default=10, help="seeds per level (10)")
     p.add_argument(
         "--on-short",
         default="reduce",
@@ -100,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hard-slices", help="rank queries by mean cosine distance; likely-wrong tail"
     )
     _add_mc_args(h)
-    h.add_argument("--fraction", type=float, default=0.2, help="size of the slice (0.2)")
+    h.add_argument("--fraction", type=checks.fraction, default=0.2, help="size of the slice (0.2)")
     h.set_defaults(func=run_hard_slices)
 
 

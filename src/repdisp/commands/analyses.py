@@ -12,7 +12,9 @@ from ..analyses import ppl_dispersion as ppl_mod
 from ..core.errors import RepdispError
 from ..io.report import write_report
 from ..io.results import save_figure, write_csv, write_json
-from . import add_data_args, add_model_args, model_from_args
+from . import add_data_args, add_model_args, checks, model_from_args
+
+_source = checks.nonempty("a file, folder, built-in or hf:NAME")
 
 
 def _common(p: argparse.ArgumentParser, name: str, segments: int = 600) -> None:
@@ -23,14 +25,20 @@ def _common(p: argparse.ArgumentParser, name: str, segments: int = 600) -> None:
         choices=("last", "mean"),
         help="vector per segment for the 'across' mode: last token (paper default) or mean",
     )
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for CIs")
+    p.add_argument(
+        "--bootstrap", type=checks.nonneg_int, default=2000, help="bootstrap resamples for CIs"
+    )
     p.add_argument("--out", required=True, help="folder for the JSON, CSV and PNG files")
     p.add_argument("--name", default=name, help=f"file name stem in --out (default {name})")
 
 
 def _binning(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bin-size", type=int, default=50, help="segments per bin, B (50)")
-    p.add_argument("--bins", type=int, default=10, help="bins chosen by Algorithm 1, K (10)")
+    p.add_argument(
+        "--bin-size", type=checks.int_at_least(2), default=50, help="segments per bin, B (50)"
+    )
+    p.add_argument(
+        "--bins", type=checks.positive_int, default=10, help="bins chosen by Algorithm 1, K (10)"
+    )
 
 
 def _sampling(args: argparse.Namespace) -> ppl_mod.Sampling:
@@ -59,7 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p, multiple=True)
     _common(p, "ppl_vs_dispersion")
-    p.add_argument("--data", action="append", help="text source (see measure); repeat for several")
+    p.add_argument(
+        "--data",
+        action="append",
+        type=_source,
+        help="text source (see measure); repeat for several",
+    )
     p.set_defaults(func=run_ppl)
     _binning(p)
     p.add_argument("--site", default="final", help="site to read (final)")
@@ -71,6 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--contexts",
         default="16,64,128,256",
+        type=checks.int_list(1),
         help="context lengths for --last-token (16,64,128,256)",
     )
 

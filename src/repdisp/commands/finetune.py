@@ -8,6 +8,7 @@ from pathlib import Path
 from ..core.errors import RepdispError
 from ..core.models import DEFAULT_MODEL, DEVICES
 from ..training.finetune import METHODS, before_after, finetune, write_before_after
+from . import check_data, checks
 
 # option name -> (type, default); a --config YAML file may set any of them
 _OPTIONS = {
@@ -27,6 +28,24 @@ _OPTIONS = {
     "eval_segments": (int, 0),
 }
 
+# the range of each option given on the command line (argparse type=)
+_CHECKS = {
+    "steps": checks.positive_int,
+    "lr": checks.positive_float,
+    "batch_size": checks.positive_int,
+    "grad_accum": checks.positive_int,
+    "seq_len": checks.int_at_least(2),
+    "seed": checks.seed,
+    "lora_r": checks.positive_int,
+    "lora_alpha": checks.positive_int,
+    "lora_dropout": checks.float_in(0.0, 1.0, high_open=True),
+    "warmup_steps": checks.nonneg_int,
+    "weight_decay": checks.nonneg_float,
+    "train_fraction": checks.fraction,
+    "eval_segments": checks.nonneg_int,
+}
+_source = checks.nonempty("a file, folder, built-in or hf:NAME")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -34,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fine-tune a model (LoRA merged, or full) into a safetensors checkpoint folder",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default {DEFAULT_MODEL})")
-    p.add_argument("--data", help="training text: built-in, file, folder or hf: (required)")
+    p.add_argument(
+        "--data", type=_source, help="training text: built-in, file, folder or hf: (required)"
+    )
     p.add_argument("--out", required=True, help="new folder for the checkpoint and results")
     p.add_argument("--config", help="YAML file of option values (e.g. configs/finetune_paper.yaml)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto|cpu|cuda")
@@ -46,12 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no training: compare --model with the checkpoint in --out on its held-out text",
     )
-    for name, (kind, default) in _OPTIONS.items():
+    for name, (_kind, default) in _OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if name == "method":
             p.add_argument(flag, choices=METHODS, default=None, help="lora (default) or full")
         else:
-            p.add_argument(flag, type=kind, default=None, help=f"default {default}")
+            p.add_argument(flag, type=_CHECKS[name], default=None, help=f"default {default}")
     p.epilog = (
         "--train-fraction F trains on the first F of the text and writes the rest to "
         "OUT/heldout.txt; --eval-segments N then measures perplexity and dispersion of base and "
@@ -84,6 +105,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         return _evaluate(args, o, _heldout_of(Path(args.out)))
     if not args.data:
         raise RepdispError("--data is required (the training text)")
+    check_data(args)
     if o["eval_segments"] and o["train_fraction"] >= 1.0:
         raise RepdispError("--eval-segments needs held-out text: pass --train-fraction < 1")
     r = finetune(

@@ -9,7 +9,9 @@ from ..applications.knn_keys import plot_profile, profile_keys
 from ..core.corpus import make_segments
 from ..core.errors import RepdispError
 from ..io.results import save_figure, write_csv, write_json
-from . import add_model_args, model_from_args
+from . import add_model_args, check_context, checks, model_from_args
+
+_source = checks.nonempty("a file, folder, built-in or hf:NAME")
 
 
 def int_list(text: str) -> list[int]:
@@ -22,18 +24,29 @@ def int_list(text: str) -> list[int]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("knn-keys", help="dispersion of candidate kNN-LM keys (h_att vs h_ffn)")
     add_model_args(p)
-    p.add_argument("--data", default="python-docs", help="text source (as in measure)")
+    p.add_argument(
+        "--data", default="python-docs", type=_source, help="text source (as in measure)"
+    )
     p.add_argument("--text-field", default="text")
     p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
-    p.add_argument("--chunks", default="10,50,100", help="N values, comma list (10,50,100)")
-    p.add_argument("--seeds", type=int, default=10, help="draws of N chunks per N (10)")
-    p.add_argument("--chunk-len", type=int, default=512, help="tokens per chunk (512)")
+    p.add_argument(
+        "--chunks",
+        default="10,50,100",
+        type=checks.int_list(2),
+        help="N values, comma list (10,50,100)",
+    )
+    p.add_argument(
+        "--seeds", type=checks.positive_int, default=10, help="draws of N chunks per N (10)"
+    )
+    p.add_argument(
+        "--chunk-len", type=checks.int_at_least(2), default=512, help="tokens per chunk (512)"
+    )
     p.add_argument(
         "--sites",
         default="final-block",
         help="final-block (last block's h_att, h_ffn) | all (every block) | a site list",
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=checks.positive_int, default=8)
     p.add_argument("--no-cache", action="store_true", help="do not read or write extraction shards")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", help="folder for knn_keys.json / .csv / .png")
@@ -42,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     lm = model_from_args(args)
+    check_context(lm, "--chunk-len", args.chunk_len)
     windows = make_segments(
         lm.tokenizer,
         args.data,

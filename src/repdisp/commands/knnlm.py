@@ -15,7 +15,9 @@ from ..applications.knnlm import (
 )
 from ..core.errors import RepdispError
 from ..io.results import save_figure, write_csv, write_json
-from . import add_model_args, model_from_args
+from . import add_model_args, check_context, checks, model_from_args
+
+_source = checks.nonempty("a file, folder, built-in or hf:NAME")
 
 DATA_HELP = "text source (as in measure); SOURCE@START:END takes a token range; repeat to join"
 
@@ -32,24 +34,45 @@ def float_list(text: str | None) -> list[float] | None:
 def _text_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text")
     p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=checks.positive_int, default=4)
     p.add_argument("--quiet", action="store_true")
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--context", type=int, default=512, help="tokens per window (512)")
-    p.add_argument("--stride", type=int, default=256, help="window step; new targets per window")
-    p.add_argument("--shard-windows", type=int, default=64, help="windows per resumable shard")
+    p.add_argument(
+        "--context", type=checks.int_at_least(2), default=512, help="tokens per window (512)"
+    )
+    p.add_argument(
+        "--stride",
+        type=checks.positive_int,
+        default=256,
+        help="window step; new targets per window",
+    )
+    p.add_argument(
+        "--shard-windows", type=checks.positive_int, default=64, help="windows per resumable shard"
+    )
     p.add_argument("--index", default="auto", choices=("auto", "flat", "ivfpq"))
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=int, default=1024, help="neighbours (1024)")
-    p.add_argument("--lmbda", type=float, default=0.25, help="interpolation weight λ (0.25)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (1)")
-    p.add_argument("--lmbda-grid", help="also score these λ, e.g. 0,0.05,0.1,0.25,0.5")
-    p.add_argument("--temperature-grid", help="also score these temperatures")
-    p.add_argument("--nprobe", type=int, default=32, help="IVF lists searched (32)")
+    p.add_argument("--k", type=checks.positive_int, default=1024, help="neighbours (1024)")
+    p.add_argument(
+        "--lmbda", type=checks.unit_float, default=0.25, help="interpolation weight λ (0.25)"
+    )
+    p.add_argument(
+        "--temperature", type=checks.positive_float, default=1.0, help="softmax temperature (1)"
+    )
+    p.add_argument(
+        "--lmbda-grid",
+        type=checks.float_list(checks.unit_float),
+        help="also score these λ, e.g. 0,0.05,0.1,0.25,0.5",
+    )
+    p.add_argument(
+        "--temperature-grid",
+        type=checks.float_list(checks.positive_float),
+        help="also score these temperatures",
+    )
+    p.add_argument("--nprobe", type=checks.positive_int, default=32, help="IVF lists searched (32)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = knn.add_parser("build", help="datastore of (site vector -> next token) + FAISS index")
     add_model_args(b)
-    b.add_argument("--data", action="append", required=True, help=DATA_HELP)
+    b.add_argument("--data", action="append", required=True, type=_source, help=DATA_HELP)
     b.add_argument("--site", default="-1.ffn", help="key site(s), comma list (-1.ffn)")
     b.add_argument("--out", required=True, help="datastore folder (resumes if interrupted)")
     _text_args(b)
@@ -68,10 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = knn.add_parser("eval", help="base and kNN-LM perplexity on held-out text")
     add_model_args(e)
     e.add_argument("--datastore", required=True)
-    e.add_argument("--data", action="append", required=True, help=DATA_HELP)
+    e.add_argument("--data", action="append", required=True, type=_source, help=DATA_HELP)
     e.add_argument("--site", help="sites of the datastore to use (default: all)")
-    e.add_argument("--context", type=int, default=512)
-    e.add_argument("--stride", type=int, default=256)
+    e.add_argument("--context", type=checks.int_at_least(2), default=512)
+    e.add_argument("--stride", type=checks.positive_int, default=256)
     e.add_argument("--out", help="folder for knnlm_eval.json / .csv / .png")
     _text_args(e)
     _eval_args(e)
@@ -79,12 +102,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = knn.add_parser("select", help="dispersion profile, then kNN-LM per candidate site")
     add_model_args(s)
-    s.add_argument("--train", action="append", required=True, help=DATA_HELP)
-    s.add_argument("--eval", action="append", required=True, help=DATA_HELP)
+    s.add_argument("--train", action="append", required=True, type=_source, help=DATA_HELP)
+    s.add_argument("--eval", action="append", required=True, type=_source, help=DATA_HELP)
     s.add_argument("--sites", default="auto", help="auto (last block h_att, h_ffn) | all | list")
-    s.add_argument("--chunks", type=int, default=100, help="N chunks for the dispersion (100)")
-    s.add_argument("--seeds", type=int, default=5)
-    s.add_argument("--chunk-len", type=int, default=256)
+    s.add_argument(
+        "--chunks",
+        type=checks.int_at_least(2),
+        default=100,
+        help="N chunks for the dispersion (100)",
+    )
+    s.add_argument("--seeds", type=checks.positive_int, default=5)
+    s.add_argument("--chunk-len", type=checks.int_at_least(2), default=256)
     s.add_argument("--no-cache", action="store_true", help="do not cache the profile's extraction")
     s.add_argument("--out", required=True, help="folder: datastore/ + knnlm_select.*")
     _text_args(s)
@@ -115,6 +143,7 @@ def _eval_kwargs(args: argparse.Namespace) -> dict:
 
 def run_build(args: argparse.Namespace) -> int:
     lm = model_from_args(args)
+    check_context(lm, "--context", args.context)
     r = build_datastore(
         lm,
         _tokens(lm, args.data, args),
@@ -146,6 +175,7 @@ def _write_eval(result, out: Path) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     lm = model_from_args(args)
+    check_context(lm, "--context", args.context)
     store = Datastore.open(args.datastore)
     sites = [x for x in args.site.split(",") if x.strip()] if args.site else None
     result = evaluate(
@@ -166,6 +196,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_select(args: argparse.Namespace) -> int:
     lm = model_from_args(args)
+    check_context(lm, "--context", args.context)
     out = Path(args.out)
     report = select_key(
         lm,

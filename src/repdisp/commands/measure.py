@@ -8,7 +8,7 @@ from ..analyses.measure import measure
 from ..core.distributed import from_env
 from ..core.sites import blocks_of
 from ..io.results import write_json
-from . import add_data_args, add_model_args, model_from_args
+from . import add_data_args, add_model_args, checks, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("last", "mean", "within"),
         help="last token (paper default), mean of tokens, or token-level within segment",
     )
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
+    p.add_argument(
+        "--bootstrap", type=checks.nonneg_int, default=1000, help="bootstrap resamples for the CI"
+    )
     p.add_argument("--out", help="write the result as JSON here")
     p.add_argument(
         "--cache-dir",
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--shard-segments",
-        type=int,
+        type=checks.positive_int,
         default=256,
         help="segments per shard, the unit of resumption and of work per process (256)",
     )

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..io.results import write_csv, write_json
+from . import checks
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -17,10 +18,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train GPT-2 from scratch with the push-away loss")
     _common(t)
-    t.add_argument("--aux-weight", type=float, help="λ; 0 = cross-entropy baseline")
-    t.add_argument("--lr", type=float, help="learning rate (overrides the config)")
-    t.add_argument("--seed", type=int, help="seed of initialisation and data order")
-    t.add_argument("--max-steps", type=int, help="optimizer steps (overrides the config)")
+    t.add_argument("--aux-weight", type=checks.nonneg_float, help="λ; 0 = cross-entropy baseline")
+    t.add_argument("--lr", type=checks.positive_float, help="learning rate (overrides the config)")
+    t.add_argument("--seed", type=checks.seed, help="seed of initialisation and data order")
+    t.add_argument(
+        "--max-steps", type=checks.positive_int, help="optimizer steps (overrides the config)"
+    )
     t.add_argument(
         "--no-all-reduce",
         action="store_true",

@@ -226,6 +226,20 @@ def _read_folder(path: Path, field: str, errors: str) -> list[str]:
     return [d for p in files for d in _read_file(p, field, errors)]
 
 
+_MEMO: dict[tuple, list[str]] = {}  # the last few sources read, so a pre-flight check is free
+_MEMO_SIZE = 4
+
+
+def _signature(source: str) -> tuple:
+    """What identifies the content of a local source without reading it: sizes and mtimes."""
+    path = Path(source).expanduser()
+    try:
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except OSError:
+        return ()
+
+
 def load_texts(
     source: str,
     text_field: str = "text",
@@ -238,7 +252,24 @@ def load_texts(
     Strict: a text value that is not a string, a malformed line, a truncated or corrupt file is
     a one-line ``RepdispError`` naming the file and the line or record. A UTF-8 byte-order mark
     is dropped and ``\\r\\n`` / ``\\r`` line ends read as ``\\n`` in text, jsonl and csv files.
-    ``split`` and ``trust_remote_code`` apply to ``hf:`` sources (default: ``HF_DEFAULTS``)."""
+    ``split`` and ``trust_remote_code`` apply to ``hf:`` sources (default: ``HF_DEFAULTS``).
+    The last few sources read are remembered (keyed by their files' sizes and mtimes), so the
+    CLI's check of the data before the model loads does not read them twice."""
+    split = split or HF_DEFAULTS["split"]
+    trust = HF_DEFAULTS["trust_remote_code"] if trust_remote_code is None else trust_remote_code
+    key = (source, text_field, split, encoding_errors, trust, _signature(source))
+    if key not in _MEMO:
+        docs = _load_texts(source, text_field, split, encoding_errors, trust)
+        while len(_MEMO) >= _MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = docs
+    return list(_MEMO[key])
+
+
+def _load_texts(
+    source: str, text_field: str, split: str, encoding_errors: str, trust_remote_code: bool
+) -> list[str]:
+    """``load_texts`` without the memo."""
     if not source.strip():
         raise RepdispError(
             "--data is empty: give a file, a folder, a built-in "
