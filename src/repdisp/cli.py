@@ -79,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         tf.utils.logging.disable_progress_bar()
     debug = os.environ.get("REPDISP_DEBUG", "") not in ("", "0")
     argv = _glue_negative_sites(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", module="transformers")
     try:
+        args = build_parser().parse_args(argv)
+        warnings.filterwarnings("ignore", module="transformers")
         from .core import corpus
 
         corpus.HF_DEFAULTS.update(
-            split=getattr(args, "split", None) or corpus.HF_DEFAULTS["split"],
+            split=getattr(args, "split", None) or corpus.DEFAULT_SPLIT,
             trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
         )
         return int(args.func(args) or 0)

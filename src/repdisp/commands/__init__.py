@@ -9,6 +9,8 @@ from ..core.errors import RepdispError
 from ..core.models import DEFAULT_MODEL, DEVICES, DTYPES, LoadedModel, load_model
 from . import checks
 
+_model_spec = checks.nonempty("a bundled name, a folder, a .gguf file or a hub id")
+
 
 def add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
     """--model (one or several), --device, --dtype, --trust-remote-code, --allow-pickle."""
@@ -17,12 +19,14 @@ def add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
             "--model",
             action="append",
             required=True,
+            type=_model_spec,
             help="bundled name, folder, .gguf file or hub id; repeat for several",
         )
     else:
         p.add_argument(
             "--model",
             default=DEFAULT_MODEL,
+            type=_model_spec,
             help=f"bundled name, folder, .gguf file or hub id (default {DEFAULT_MODEL})",
         )
     p.add_argument(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zipfile
 from pathlib import Path
 
 from ..applications.accuracy_probe import accuracy_probe, plot_probe
@@ -49,7 +50,10 @@ def _add_mc_args(p: argparse.ArgumentParser) -> None:
 
 def _scored(args: argparse.Namespace) -> tuple[MCResult, str]:
     if args.scores:
-        result = MCResult.load(args.scores)
+        try:
+            result = MCResult.load(args.scores)
+        except zipfile.BadZipFile as e:
+            raise RepdispError(f"{args.scores}: not a queries.npz file ({e})") from None
         return result, result.model
     if not args.data:
         raise RepdispError("give --data (questions) or --scores (an earlier queries.npz)")

@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data", default="python-docs", type=_source, help="built-in, file, folder or hf: source"
     )
     p.add_argument("--text-field", default="text", help="field holding the text in jsonl/csv")
+    p.add_argument("--split", help="split of an hf: dataset (default test)")
     p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
     p.add_argument(
         "--ngram", type=checks.positive_int, default=10, help="n-gram length in tokens (10)"

@@ -60,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file of option values (e.g. configs/finetune_paper.yaml)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto|cpu|cuda")
     p.add_argument("--text-field", default="text", help="field holding the text in jsonl/csv")
+    p.add_argument("--split", help="split of an hf: dataset (default test)")
     p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..applications.gap import DOMAINS, METRICS, REFERENCES, gap, parse_accuracy, plot_gap
+from ..core.errors import RepdispError
 from ..io.results import save_figure, write_csv, write_json
 
 
@@ -40,7 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_gap)
 
 
+def _check_word_file(flag: str, spec: str) -> None:
+    """A word-list file must be UTF-8 text (checked before any model is read)."""
+    path = Path(spec)
+    if path.is_file():
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise RepdispError(f"{flag} {path}: not valid UTF-8 at byte {e.start}") from None
+
+
 def run_gap(args: argparse.Namespace) -> int:
+    _check_word_file("--domain", args.domain)
+    _check_word_file("--reference", args.reference)
     res = gap(args.model, args.domain, args.reference, args.metric, parse_accuracy(args.accuracy))
     print(res.table())
     out = Path(args.out)

@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data", default="python-docs", type=_source, help="text source (as in measure)"
     )
     p.add_argument("--text-field", default="text")
+    p.add_argument("--split", help="split of an hf: dataset (default test)")
     p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
     p.add_argument(
         "--chunks",

@@ -33,6 +33,7 @@ def float_list(text: str | None) -> list[float] | None:
 
 def _text_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text")
+    p.add_argument("--split", help="split of an hf: dataset (default test)")
     p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
     p.add_argument("--batch-size", type=checks.positive_int, default=4)
     p.add_argument("--quiet", action="store_true")

@@ -177,7 +177,8 @@ def _read_file(path: Path, field: str, errors: str) -> list[str]:
 
 
 # How ``hf:`` sources are loaded; the CLI sets these from --split and --trust-remote-code.
-HF_DEFAULTS: dict[str, Any] = {"split": "test", "trust_remote_code": False}
+DEFAULT_SPLIT = "test"
+HF_DEFAULTS: dict[str, Any] = {"split": DEFAULT_SPLIT, "trust_remote_code": False}
 
 
 def _hf_dataset(
