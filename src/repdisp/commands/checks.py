@@ -12,7 +12,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-SEED_MAX = 2**63 - 1  # numpy and torch both take seeds up to here
+SEED_MAX = 2**32 - 1  # the legacy numpy seeding (transformers.set_seed) takes up to here
 
 
 def _int(text: str) -> int:
@@ -50,10 +50,10 @@ nonneg_int = int_at_least(0)
 
 
 def seed(text: str) -> int:
-    """A seed: an integer in ``0 .. 2**63 - 1``."""
+    """A seed: an integer in ``0 .. 2**32 - 1``."""
     value = _int(text)
     if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"must be in 0..2**63-1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be in 0..2**32-1, got {value}")
     return value
 
 
