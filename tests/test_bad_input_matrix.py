@@ -37,7 +37,17 @@ PPL += ["--bootstrap", "10", "--device", "cpu", "--out", "{o}"]
 LAYERS = ["layers", "--model", "{m}", "--data", "{d}/words.txt", "--quiet", "--no-cache"]
 LAYERS += ["--segments", "8", "--seq-len", "16", "--bin-size", "2", "--bins", "2"]
 LAYERS += ["--bootstrap", "10", "--device", "cpu", "--out", "{o}"]
-COMPARE = ["compare", "--model", "{m}", "--model", "{m}", "--data", "{d}/words.txt", "--quiet", "--no-cache"]
+COMPARE = [
+    "compare",
+    "--model",
+    "{m}",
+    "--model",
+    "{m}",
+    "--data",
+    "{d}/words.txt",
+    "--quiet",
+    "--no-cache",
+]
 COMPARE += ["--segments", "4", "--seq-len", "16", "--device", "cpu", "--out", "{o}"]
 COMPARE += ["--bootstrap", "10"]
 PROBE = ["accuracy-probe", "--model", "{m}", "--task", "jsonl", "--data", "{d}/mc.jsonl"]
@@ -137,8 +147,13 @@ CASES: list[Case] = [
     D("csv-bom", "bom.csv", code=0, same="words.csv"),
     D("csv-crlf-cells", "crlf_cells.csv", code=0, same="lines.csv"),
     D("csv-huge-cell", "huge.csv", code=0, same="huge.txt"),
-    M("folder-unknown-files-skipped", ["--data", "{d}/mixed"], code=0, same="words.txt",
-      warning=True),
+    M(
+        "folder-unknown-files-skipped",
+        ["--data", "{d}/mixed"],
+        code=0,
+        same="words.txt",
+        warning=True,
+    ),
     # --- models ---------------------------------------------------------------------------------
     M("model-no-tokenizer", ["--model", "{d}/notokenizer"], "notokenizer", "tokenizer"),
     M("model-no-weights", ["--model", "{d}/noweights"], "no model weights"),
@@ -151,9 +166,13 @@ CASES: list[Case] = [
     M("model-truncated-weights", ["--model", "{d}/truncated"], "cannot load model"),
     C("sites-model-missing", ["sites", "--model", "{d}/missing_model"], "missing_model"),
     C("prepare-unknown", ["models", "prepare", "nope"], "unknown bundled model"),
-    C("model-stale-weights", [*CACHED, "--model", "{d}/stale", "--cache-dir", "{d}/stale_cache"],
-      code=0, ref=[*CACHED, "--model", "{d}/stale", "--no-cache"],
-      area="h10b: model identity (stale cache)"),
+    C(
+        "model-stale-weights",
+        [*CACHED, "--model", "{d}/stale", "--cache-dir", "{d}/stale_cache"],
+        code=0,
+        ref=[*CACHED, "--model", "{d}/stale", "--no-cache"],
+        area="h10b: model identity (stale cache)",
+    ),
     # --- measure flags --------------------------------------------------------------------------
     M("segments-0", ["--segments", "0"], "--segments"),
     M("segments-neg", ["--segments", "-3"], "--segments"),
@@ -178,17 +197,34 @@ CASES: list[Case] = [
     M("dtype-bad", ["--dtype", "int8"], "--dtype"),
     M("device-bad", ["--device", "tpu"], "--device"),
     M("encoding-errors-bad", ["--encoding-errors", "ignore"], "--encoding-errors"),
-    M("out-parent-is-file", ["--data", "{d}/words.txt", "--out", "{d}/words.txt/r.json"],
-      "words.txt"),
+    M(
+        "out-parent-is-file",
+        ["--data", "{d}/words.txt", "--out", "{d}/words.txt/r.json"],
+        "words.txt",
+    ),
     C("cache-dir-is-file", [*CACHED, "--cache-dir", "{d}/words.txt"], "words.txt"),
-    C("bad-flag-keeps-cache", [*CACHED, "--cache-dir", "{d}/keep/cache", "--segments", "0"],
-      "--segments"),
-    C("bad-site-keeps-cache", [*CACHED, "--cache-dir", "{d}/keep/cache", "--site", "9.ffn"],
-      "9.ffn"),
-    C("corrupt-shard-record-list", [*CACHED, "--cache-dir", "{d}/cache_list_record"], code=0,
-      ref=[*CACHED, "--no-cache"]),
-    C("corrupt-shard-record-number", [*CACHED, "--cache-dir", "{d}/cache_num_record"], code=0,
-      ref=[*CACHED, "--no-cache"]),
+    C(
+        "bad-flag-keeps-cache",
+        [*CACHED, "--cache-dir", "{d}/keep/cache", "--segments", "0"],
+        "--segments",
+    ),
+    C(
+        "bad-site-keeps-cache",
+        [*CACHED, "--cache-dir", "{d}/keep/cache", "--site", "9.ffn"],
+        "9.ffn",
+    ),
+    C(
+        "corrupt-shard-record-list",
+        [*CACHED, "--cache-dir", "{d}/cache_list_record"],
+        code=0,
+        ref=[*CACHED, "--no-cache"],
+    ),
+    C(
+        "corrupt-shard-record-number",
+        [*CACHED, "--cache-dir", "{d}/cache_num_record"],
+        code=0,
+        ref=[*CACHED, "--no-cache"],
+    ),
     C("unknown-command", ["frobnicate"], "frobnicate"),
     C("unknown-flag", ["measure", "--frobnicate"], "--frobnicate"),
     # --- ppl-vs-dispersion / layers / compare / merge / report -----------------------------------
@@ -210,10 +246,18 @@ CASES: list[Case] = [
     C("merge-wrong-json", ["merge-ppl", "{d}/list.json", "--out", "{o}"], "list.json"),
     C("merge-latin1", ["merge-ppl", "{d}/latin1.json", "--out", "{o}"], "latin1.json"),
     C("report-missing", ["report", "{d}/no_such_folder"], "no_such_folder"),
-    C("report-non-utf8-csv", ["report", "{d}/report_latin1", "--out", "{o}/r.html"], code=0,
-      warning=True),
-    C("report-non-utf8-json", ["report", "{d}/report_latin1_json", "--out", "{o}/r.html"],
-      code=0, warning=True),
+    C(
+        "report-non-utf8-csv",
+        ["report", "{d}/report_latin1", "--out", "{o}/r.html"],
+        code=0,
+        warning=True,
+    ),
+    C(
+        "report-non-utf8-json",
+        ["report", "{d}/report_latin1_json", "--out", "{o}/r.html"],
+        code=0,
+        warning=True,
+    ),
     C("report-bad-json", ["report", "{d}/report_badjson", "--out", "{o}/r.html"], code=0),
     # --- accuracy-probe / hard-slices -------------------------------------------------------------
     C("probe-levels-text", [*PROBE, "--levels", "x"], "--levels"),
@@ -224,12 +268,21 @@ CASES: list[Case] = [
     C("probe-limit-0", [*PROBE, "--limit", "0"], "--limit"),
     C("probe-batch-0", [*PROBE, "--batch-size", "0"], "--batch-size"),
     C("probe-seed-neg", [*PROBE, "--seed", "-1"], "--seed"),
-    C("probe-data-missing", [*PROBE[:-5], "--data", "{d}/nope.jsonl", "--out", "{o}"],
-      "nope.jsonl"),
-    C("probe-scores-missing", ["accuracy-probe", "--scores", "{d}/nope.npz", "--out", "{o}"],
-      "nope.npz"),
-    C("probe-scores-corrupt", ["accuracy-probe", "--scores", "{d}/corrupt.npz", "--out", "{o}"],
-      "corrupt.npz"),
+    C(
+        "probe-data-missing",
+        [*PROBE[:-5], "--data", "{d}/nope.jsonl", "--out", "{o}"],
+        "nope.jsonl",
+    ),
+    C(
+        "probe-scores-missing",
+        ["accuracy-probe", "--scores", "{d}/nope.npz", "--out", "{o}"],
+        "nope.npz",
+    ),
+    C(
+        "probe-scores-corrupt",
+        ["accuracy-probe", "--scores", "{d}/corrupt.npz", "--out", "{o}"],
+        "corrupt.npz",
+    ),
     C("probe-no-data", ["accuracy-probe", "--model", "{m}", "--out", "{o}"], "--data"),
     C("hard-fraction-0", [*HARD, "--fraction", "0"], "--fraction"),
     C("hard-fraction-big", [*HARD, "--fraction", "1.5"], "--fraction"),
@@ -246,11 +299,17 @@ CASES: list[Case] = [
     C("clusters-data-null", [*CLUSTERS, "--data", "{d}/null.jsonl"], "null.jsonl"),
     C("gap-domain-missing", [*GAP, "--domain", "{d}/nope.txt"], "nope.txt"),
     C("gap-domain-empty", [*GAP, "--domain", "{d}/empty.txt"], "empty.txt"),
-    C("gap-reference-latin1", [*GAP, "--domain", "python", "--reference", "{d}/latin1.txt"],
-      "latin1.txt"),
+    C(
+        "gap-reference-latin1",
+        [*GAP, "--domain", "python", "--reference", "{d}/latin1.txt"],
+        "latin1.txt",
+    ),
     C("gap-accuracy-bad", [*GAP, "--domain", "python", "--accuracy", "x"], "--accuracy"),
-    C("gap-model-missing", ["gap", "--model", "{d}/nomodel", "--domain", "python", "--out", "{o}"],
-      "nomodel"),
+    C(
+        "gap-model-missing",
+        ["gap", "--model", "{d}/nomodel", "--domain", "python", "--out", "{o}"],
+        "nomodel",
+    ),
     C("keys-chunks-text", [*KEYS, "--chunks", "a,b"], "--chunks"),
     C("keys-chunks-0", [*KEYS, "--chunks", "0,2"], "--chunks"),
     C("keys-seeds-0", [*KEYS, "--seeds", "0"], "--seeds"),
@@ -267,8 +326,11 @@ CASES: list[Case] = [
     C("build-data-range-bad", [*BUILD, "--data", "{d}/words.txt@x:y"], "words.txt@x:y"),
     C("build-data-null", [*BUILD, "--data", "{d}/null.jsonl"], "null.jsonl"),
     C("build-site-bad", [*BUILD, "--site", "banana"], "banana"),
-    C("build-into-keep", [*BUILD[:-2], "--out", "{d}/keep/ds", "--context", "33"],
-      "different datastore"),
+    C(
+        "build-into-keep",
+        [*BUILD[:-2], "--out", "{d}/keep/ds", "--context", "33"],
+        "different datastore",
+    ),
     C("eval-k-0", [*EVAL, "--k", "0"], "--k"),
     C("eval-k-neg", [*EVAL, "--k", "-5"], "--k"),
     C("eval-lmbda-big", [*EVAL, "--lmbda", "1.5"], "--lmbda"),
@@ -281,10 +343,18 @@ CASES: list[Case] = [
     C("eval-nprobe-0", [*EVAL, "--nprobe", "0"], "--nprobe"),
     C("eval-context-too-long", [*EVAL, "--context", "1000"], "context"),
     C("eval-datastore-missing", [*EVAL, "--datastore", "{d}/nods"], "nods"),
-    C("eval-datastore-bad-manifest", [*EVAL, "--datastore", "{d}/ds_badmanifest"],
-      "manifest", area="h10b: datastore integrity"),
-    C("eval-lmbda-1-strict-json", [*EVAL, "--lmbda", "1", "--out", "{o}"], code=0,
-      area="h12b: strict JSON results"),
+    C(
+        "eval-datastore-bad-manifest",
+        [*EVAL, "--datastore", "{d}/ds_badmanifest"],
+        "manifest",
+        area="h10b: datastore integrity",
+    ),
+    C(
+        "eval-lmbda-1-strict-json",
+        [*EVAL, "--lmbda", "1", "--out", "{o}"],
+        code=0,
+        area="h12b: strict JSON results",
+    ),
     C("select-chunks-0", [*SELECT, "--chunks", "0"], "--chunks"),
     C("select-seeds-0", [*SELECT, "--seeds", "0"], "--seeds"),
     C("select-k-0", [*SELECT, "--k", "0"], "--k"),
@@ -303,17 +373,37 @@ CASES: list[Case] = [
     C("ft-data-null", [*FINETUNE, "--data", "{d}/null.jsonl"], "null.jsonl"),
     C("ft-data-empty", [*FINETUNE, "--data", ""], "--data"),
     C("ft-config-missing", [*FINETUNE, "--config", "{d}/nope.yaml"], "nope.yaml"),
-    C("ft-config-malformed", [*FINETUNE, "--config", "{d}/malformed.yaml"], "malformed.yaml",
-      area="h10b: YAML config validation"),
-    C("ft-config-list", [*FINETUNE, "--config", "{d}/list.yaml"], "list.yaml",
-      area="h10b: YAML config validation"),
-    C("ft-config-bad-type", [*FINETUNE, "--config", "{d}/badtype.yaml"], "badtype.yaml",
-      area="h10b: YAML config validation"),
+    C(
+        "ft-config-malformed",
+        [*FINETUNE, "--config", "{d}/malformed.yaml"],
+        "malformed.yaml",
+        area="h10b: YAML config validation",
+    ),
+    C(
+        "ft-config-list",
+        [*FINETUNE, "--config", "{d}/list.yaml"],
+        "list.yaml",
+        area="h10b: YAML config validation",
+    ),
+    C(
+        "ft-config-bad-type",
+        [*FINETUNE, "--config", "{d}/badtype.yaml"],
+        "badtype.yaml",
+        area="h10b: YAML config validation",
+    ),
     C("train-config-missing", [*TRAIN, "{d}/nope.yaml"], "nope.yaml"),
-    C("train-config-malformed", [*TRAIN, "{d}/malformed.yaml"], "malformed.yaml",
-      area="h10b: YAML config validation"),
-    C("train-config-latin1", [*TRAIN, "{d}/latin1.yaml"], "latin1.yaml",
-      area="h10b: YAML config validation"),
+    C(
+        "train-config-malformed",
+        [*TRAIN, "{d}/malformed.yaml"],
+        "malformed.yaml",
+        area="h10b: YAML config validation",
+    ),
+    C(
+        "train-config-latin1",
+        [*TRAIN, "{d}/latin1.yaml"],
+        "latin1.yaml",
+        area="h10b: YAML config validation",
+    ),
     C("train-max-steps-0", [*TRAIN, "{d}/train.yaml", "--max-steps", "0"], "--max-steps"),
     C("train-seed-neg", [*TRAIN, "{d}/train.yaml", "--seed", "-1"], "--seed"),
     C("train-lr-neg", [*TRAIN, "{d}/train.yaml", "--lr", "-1"], "--lr"),
@@ -344,8 +434,15 @@ def _tiny_model(folder: Path) -> None:
         tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
     )
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=256, vocab_size=len(tok),
-                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        n_positions=256,
+        vocab_size=len(tok),
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     GPT2LMHeadModel(config).eval().save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
 
@@ -361,7 +458,7 @@ def make_files(d: Path, m: Path, run) -> None:
     import pyarrow.parquet as pq
 
     w = WORDS
-    half = [w[: len(w) // 2], w[len(w) // 2:]]
+    half = [w[: len(w) // 2], w[len(w) // 2 :]]
     files: dict[str, str | bytes] = {
         "words.txt": w,
         "words_lines.txt": "\n".join(half) + "\n",
@@ -382,7 +479,7 @@ def make_files(d: Path, m: Path, run) -> None:
         "bool.jsonl": _jsonl([w, w, True]),
         "object.jsonl": _jsonl([{"a": 1}]),
         "string_line.jsonl": _jsonl([w]) + '"just a string"\n',
-        "array_line.jsonl": '[1, 2]\n' + _jsonl([w]),
+        "array_line.jsonl": "[1, 2]\n" + _jsonl([w]),
         "malformed.jsonl": _jsonl([w]) + '{"text": "unterminated\n',
         "garbage.jsonl": _jsonl([w, w]) + "not json at all\n",
         "nofield.jsonl": _jsonl([w]) + json.dumps({"body": w}) + "\n",
@@ -430,8 +527,15 @@ def make_files(d: Path, m: Path, run) -> None:
     pq.write_table(pa.table({"text": [w] * 50}), d / "good.parquet")
     raw = (d / "good.parquet").read_bytes()
     (d / "truncated.parquet").write_bytes(raw[: len(raw) // 2])
-    for sub in ("empty_folder", "only_unknown", "folder_bad", "mixed", "report_latin1",
-                "report_latin1_json", "report_badjson"):
+    for sub in (
+        "empty_folder",
+        "only_unknown",
+        "folder_bad",
+        "mixed",
+        "report_latin1",
+        "report_latin1_json",
+        "report_badjson",
+    ):
         (d / sub).mkdir()
     (d / "only_unknown" / "a.bin").write_bytes(b"\x00\x01")
     (d / "only_unknown" / "b.docx").write_bytes(b"PK")
@@ -448,8 +552,9 @@ def make_files(d: Path, m: Path, run) -> None:
     # models
     (d / "noweights").mkdir()
     shutil.copy(m / "config.json", d / "noweights")
-    shutil.copytree(m, d / "notokenizer", ignore=shutil.ignore_patterns("*token*", "*vocab*",
-                                                                          "merges*"))
+    shutil.copytree(
+        m, d / "notokenizer", ignore=shutil.ignore_patterns("*token*", "*vocab*", "merges*")
+    )
     shutil.copytree(m, d / "badconfig")
     (d / "badconfig" / "config.json").write_text("{not json")
     shutil.copytree(m, d / "truncated")
@@ -460,10 +565,42 @@ def make_files(d: Path, m: Path, run) -> None:
     keep = d / "keep"
     keep.mkdir()
     words = ["--data", str(d / "words.txt")]
-    run(["measure", "--model", str(m), *SMALL[:4], "--quiet", "--bootstrap", "20", "--device",
-         "cpu", *words, "--cache-dir", str(keep / "cache"), "--out", str(keep / "measure.json")])
-    run(["knnlm", "build", "--model", str(m), *words, "--quiet", "--context", "32", "--stride",
-         "16", "--device", "cpu", "--out", str(keep / "ds")])
+    run(
+        [
+            "measure",
+            "--model",
+            str(m),
+            *SMALL[:4],
+            "--quiet",
+            "--bootstrap",
+            "20",
+            "--device",
+            "cpu",
+            *words,
+            "--cache-dir",
+            str(keep / "cache"),
+            "--out",
+            str(keep / "measure.json"),
+        ]
+    )
+    run(
+        [
+            "knnlm",
+            "build",
+            "--model",
+            str(m),
+            *words,
+            "--quiet",
+            "--context",
+            "32",
+            "--stride",
+            "16",
+            "--device",
+            "cpu",
+            "--out",
+            str(keep / "ds"),
+        ]
+    )
     for name in ("cache_list_record", "cache_num_record"):
         shutil.copytree(keep / "cache", d / name)
     (d / "cache_list_record" / "shard_00000.json").write_text("[]")
@@ -472,8 +609,22 @@ def make_files(d: Path, m: Path, run) -> None:
     (d / "ds_badmanifest" / "manifest.json").write_text('{"complete": tr')
     # a model whose weights change in place after a first measured run
     shutil.copytree(m, d / "stale")
-    run(["measure", "--model", str(d / "stale"), *SMALL[:4], "--quiet", "--device", "cpu",
-         "--bootstrap", "20", *words, "--cache-dir", str(d / "stale_cache")])
+    run(
+        [
+            "measure",
+            "--model",
+            str(d / "stale"),
+            *SMALL[:4],
+            "--quiet",
+            "--device",
+            "cpu",
+            "--bootstrap",
+            "20",
+            *words,
+            "--cache-dir",
+            str(d / "stale_cache"),
+        ]
+    )
     from safetensors.torch import load_file, save_file
 
     state = load_file(d / "stale" / "model.safetensors")
