@@ -57,7 +57,7 @@ HARD += ["--quiet", "--device", "cpu", "--out", "{o}"]
 CLUSTERS = ["clusters", "--model", "{m}", "--data", "{d}/words.txt", "--quiet", "--no-cache"]
 CLUSTERS += ["--ngram", "2", "--min-count", "3", "--per-cluster", "3", "--context", "8"]
 CLUSTERS += ["--clusters", "3", "--bootstrap", "10", "--device", "cpu", "--out", "{o}"]
-GAP = ["gap", "--model", "{m}", "--out", "{o}"]
+GAP = ["gap", "--model", "{m}", "--out", "{o}", "--reference", "{d}/reference.txt"]
 KEYS = ["knn-keys", "--model", "{m}", "--data", "{d}/words.txt", "--quiet", "--no-cache"]
 KEYS += ["--chunks", "2,3", "--seeds", "2", "--chunk-len", "16", "--device", "cpu"]
 BUILD = ["knnlm", "build", "--model", "{m}", "--data", "{d}/words.txt", "--quiet"]
@@ -351,7 +351,7 @@ CASES: list[Case] = [
     ),
     C(
         "eval-lmbda-1-strict-json",
-        [*EVAL, "--lmbda", "1", "--out", "{o}"],
+        [*EVAL, "--lmbda", "1", "--data", "python-docs@0:300", "--out", "{o}"],
         code=0,
         area="h12b: strict JSON results",
     ),
@@ -461,6 +461,7 @@ def make_files(d: Path, m: Path, run) -> None:
     half = [w[: len(w) // 2], w[len(w) // 2 :]]
     files: dict[str, str | bytes] = {
         "words.txt": w,
+        "reference.txt": "the\nis\nin\nof\nand\nto\na\nfor\non\nwith\nas\nby\nbe\nan\nor\n",
         "words_lines.txt": "\n".join(half) + "\n",
         "bom.txt": "\ufeff" + w,
         "crlf.txt": "\r\n".join(half) + "\r\n",
@@ -625,12 +626,9 @@ def make_files(d: Path, m: Path, run) -> None:
             str(d / "stale_cache"),
         ]
     )
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(d / "stale" / "model.safetensors")
-    key = sorted(k for k in state if k.endswith("mlp.c_fc.weight"))[0]
-    state[key] = state[key] * 3
-    save_file(state, d / "stale" / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((d / "stale" / "config.json").read_text())
+    config["layer_norm_epsilon"] = 0.5  # changes every hidden state, same weights
+    (d / "stale" / "config.json").write_text(json.dumps(config))
 
 
 def fill(args: list[str], d: Path, m: Path, o: Path) -> list[str]:
@@ -662,6 +660,10 @@ def tree_hash(folder: Path) -> str:
         if p.is_file():
             h.update(p.relative_to(folder).as_posix().encode() + p.read_bytes())
     return h.hexdigest()
+
+
+def _refuse(token: str):
+    raise ValueError(f"non-finite number {token} in a result JSON")
 
 
 def check(case: Case, rc: int, err: str) -> str | None:
@@ -740,6 +742,8 @@ def test_bad_input(case, files, tiny_gpt2_dir, tmp_path, capsys, monkeypatch):
     assert "Traceback" not in captured.out
     if case.same or case.ref:
         assert numbers(tmp_path / "case.json") == numbers(tmp_path / "ref.json")
+    for path in tmp_path.rglob("*.json"):  # strict JSON: no NaN/Infinity tokens
+        json.loads(path.read_text(), parse_constant=_refuse)
     assert tree_hash(d / "keep") == before  # earlier results and finished shards untouched
 
 
