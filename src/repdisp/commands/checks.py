@@ -96,38 +96,34 @@ def nonneg_float(text: str) -> float:
     return value
 
 
-def int_list(low: int = 1) -> Callable[[str], str]:
-    """A comma list of integers ``>= low``; returned as the text (commands split it later)."""
+def int_list(low: int = 1) -> Callable[[str], list[int]]:
+    """A comma list of integers, each ``>= low``."""
     item = int_at_least(low)
 
-    def parse(text: str) -> str:
-        parts = [x for x in text.split(",") if x.strip()]
+    def parse(text: str) -> list[int]:
+        parts = [x.strip() for x in text.split(",") if x.strip()]
         if not parts:
             raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}")
-        for x in parts:
-            try:
-                item(x.strip())
-            except argparse.ArgumentTypeError as e:
-                raise argparse.ArgumentTypeError(f"{e} (in {text!r})") from None
-        return text
+        try:
+            return [item(x) for x in parts]
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{e} (in {text!r})") from None
 
     parse.__name__ = "int list"
     return parse
 
 
-def float_list(item: Callable[[str], float]) -> Callable[[str], str]:
-    """A comma list of numbers each accepted by ``item``; returned as the text."""
+def float_list(item: Callable[[str], float]) -> Callable[[str], list[float]]:
+    """A comma list of numbers, each accepted by ``item``."""
 
-    def parse(text: str) -> str:
-        parts = [x for x in text.split(",") if x.strip()]
+    def parse(text: str) -> list[float]:
+        parts = [x.strip() for x in text.split(",") if x.strip()]
         if not parts:
             raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}")
-        for x in parts:
-            try:
-                item(x.strip())
-            except argparse.ArgumentTypeError as e:
-                raise argparse.ArgumentTypeError(f"{e} (in {text!r})") from None
-        return text
+        try:
+            return [item(x) for x in parts]
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{e} (in {text!r})") from None
 
     parse.__name__ = "number list"
     return parse
