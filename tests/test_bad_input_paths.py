@@ -25,7 +25,7 @@ def _boom():
 
 def test_unexpected_exception_is_one_line_exit_1(capsys, monkeypatch):
     monkeypatch.delenv("REPDISP_DEBUG", raising=False)
-    monkeypatch.setattr("repdisp.commands.models.list_bundled", _boom)
+    monkeypatch.setattr("repdisp.core.models.list_bundled", _boom)
     assert main(["models", "list"]) == 1
     err = capsys.readouterr().err
     assert err == f"repdisp: internal error: ZeroDivisionError: boom {BUG}\n"
@@ -33,7 +33,7 @@ def test_unexpected_exception_is_one_line_exit_1(capsys, monkeypatch):
 
 def test_repdisp_debug_shows_the_traceback(capsys, monkeypatch):
     monkeypatch.setenv("REPDISP_DEBUG", "1")
-    monkeypatch.setattr("repdisp.commands.models.list_bundled", _boom)
+    monkeypatch.setattr("repdisp.core.models.list_bundled", _boom)
     assert main(["models", "list"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Traceback (most recent call last):")
@@ -61,7 +61,7 @@ def test_user_errors_are_exit_2(capsys, monkeypatch, tmp_path):
         def raise_it(exc=exc):
             raise exc
 
-        monkeypatch.setattr("repdisp.commands.models.list_bundled", raise_it)
+        monkeypatch.setattr("repdisp.core.models.list_bundled", raise_it)
         assert main(["models", "list"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("repdisp: error: ") and err.count("\n") == 1, err
@@ -174,8 +174,8 @@ def test_hf_values_must_be_strings(fake_datasets):
         (checks.unit_float, "0", 0.0),
         (checks.fraction, "1", 1.0),
         (checks.positive_float, "1e-9", 1e-9),
-        (checks.int_list(2), "2,5, 9", "2,5, 9"),
-        (checks.float_list(checks.unit_float), "0,.5", "0,.5"),
+        (checks.int_list(2), "2,5, 9", [2, 5, 9]),
+        (checks.float_list(checks.unit_float), "0,.5", [0.0, 0.5]),
     ],
 )
 def test_checks_accept(parse, text, value):

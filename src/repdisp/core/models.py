@@ -535,7 +535,9 @@ def load_model(
         folder = prepare_gguf(path)
         model, tok, identity = _from_folder(folder, torch_dtype, False, False, extra)
     elif path.is_dir():
-        if not tokenizer and not any((path / f).exists() for f in _TOKENIZER_FILES):
+        weights = any(any(path.glob(g)) for g in ("*.safetensors", "*.bin", "*.pt"))
+        has_tok = any((path / f).exists() for f in _TOKENIZER_FILES)
+        if not tokenizer and (path / "config.json").exists() and weights and not has_tok:
             raise RepdispError(  # else transformers loads an empty tokenizer: no tokens at all
                 f"model folder {path} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, "
                 "...): save the tokenizer into it, or pass --model-args tokenizer=..."
