@@ -80,8 +80,6 @@ def files(tmp_path):
         (["--data", "{d}/latin1.txt"], "not valid UTF-8"),
         (["--site", "7.attn"], "unknown site '7.attn'"),
         (["--model", "{d}/no-model"], "unknown model"),
-        (["--segments", "1"], "--segments must be at least 2"),
-        (["--seq-len", "0"], "--seq-len must be at least 2"),
         (["--seq-len", "100000"], "exceeds the model's context"),
         (["--segments", "100000"], "has only"),
     ],

@@ -14,6 +14,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import traceback
 import warnings
 
 from .core.errors import RepdispError
@@ -99,30 +100,71 @@ def _glue_negative_sites(argv: list[str]) -> list[str]:
     return out
 
 
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The one-line message of an exception a user's input causes (None: a bug of ours)."""
+    import json
+
+    if isinstance(e, RepdispError):
+        return str(e)
+    if isinstance(e, OSError):  # missing file, permissions, disk full: say which file
+        where = e.filename or "I/O"
+        return f"{e.strerror or _one_line(e)} ({where}); finished shards are kept"
+    if isinstance(e, UnicodeDecodeError):
+        return f"input is not valid UTF-8 ({_one_line(e)})"
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON input: {_one_line(e)}"
+    yaml = sys.modules.get("yaml")
+    if yaml is not None and isinstance(e, yaml.YAMLError):
+        return f"invalid YAML: {' '.join(_one_line(e).split())}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI. Exit 0 on success; 2 with one ``repdisp: error: ...`` line for anything the
+    user's input or environment causes (argparse errors too); 130 on Ctrl-C; 1 with one
+    ``repdisp: internal error`` line for a bug (``REPDISP_DEBUG=1`` prints the traceback)."""
     # Keep errors to one line: no transformers warnings or weight-loading bars around them.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    tf = sys.modules.get("transformers")  # imported before main() (in-process use): apply now
+    if tf is not None and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] not in ("", "0"):
+        tf.utils.logging.disable_progress_bar()
+    debug = os.environ.get("REPDISP_DEBUG", "") not in ("", "0")
     argv = _glue_negative_sites(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", module="transformers")
     try:
+        args = build_parser().parse_args(argv)
+        warnings.filterwarnings("ignore", module="transformers")
+        from .core import corpus
+
+        corpus.HF_DEFAULTS.update(
+            split=getattr(args, "split", None) or corpus.DEFAULT_SPLIT,
+            trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
+        )
         return int(args.func(args) or 0)
-    except RepdispError as e:
-        print(f"repdisp: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             "repdisp: interrupted; finished shards are kept and the same command resumes",
             file=sys.stderr,
         )
         return 130
-    except OSError as e:  # disk full, permissions: say which file, keep what was written
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        message = _user_error(e)
+        if message is not None:
+            print(f"repdisp: error: {message}", file=sys.stderr)
+            return 2
         print(
-            f"repdisp: error: {e.strerror or e} ({e.filename or 'I/O'}); finished shards are kept",
+            f"repdisp: internal error: {type(e).__name__}: {_one_line(e)} (this is a bug; rerun "
+            "with REPDISP_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..core.errors import RepdispError
+from . import checks
 from .options import (
     add_batch_option,
     add_model_options,
@@ -34,9 +35,15 @@ def _add_mc_args(p: argparse.ArgumentParser, command: str, files: str) -> None:
         help="questions: ARC .jsonl file/folder, MMLU .csv file/folder, generic .jsonl or hf:NAME",
     )
     d.add_argument("--format", choices=FORMATS, help="prompt format (default: qa; mmlu for mmlu)")
-    d.add_argument("--shots", type=int, default=0, help="solved examples before each question")
+    d.add_argument(
+        "--shots", type=checks.nonneg_int, default=0, help="solved examples before each question"
+    )
     d.add_argument("--shots-data", help="where the solved examples come from (e.g. MMLU dev)")
-    d.add_argument("--limit", type=int, help="score a seeded random subset of this many questions")
+    d.add_argument(
+        "--limit",
+        type=checks.positive_int,
+        help="score a seeded random subset of this many questions",
+    )
     d.add_argument("--question-field", default="question", help="generic jsonl: question column")
     d.add_argument("--choices-field", default="choices", help="generic jsonl: choices column")
     d.add_argument("--answer-field", default="answer", help="generic jsonl: answer column")
@@ -60,7 +67,12 @@ def _scored(args: argparse.Namespace):
     from ..applications.mcqa import MCResult, evaluate_task
 
     if args.scores:
-        result = MCResult.load(args.scores)
+        import zipfile
+
+        try:
+            result = MCResult.load(args.scores)
+        except zipfile.BadZipFile as e:
+            raise RepdispError(f"{args.scores}: not a queries.npz file ({e})") from None
         return result, result.model
     if not args.data:
         raise RepdispError("give --data (questions) or --scores (an earlier queries.npz)")
@@ -108,7 +120,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="0,10,20,30,40,50,60,70,80,90,100",
         help="accuracy levels in percent correct, comma list",
     )
-    g.add_argument("--sample", type=int, default=100, help="queries per level and seed")
+    g.add_argument(
+        "--sample", type=checks.int_at_least(2), default=100, help="queries per level and seed"
+    )
     add_seeds_options(g, 10)
     g.add_argument(
         "--on-short",
@@ -123,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_mc_args(h, "hard-slices", "queries.npz, hard_slices.json, hard_slice.jsonl/.csv")
     h.add_argument_group("slice options").add_argument(
-        "--fraction", type=float, default=0.2, help="size of the slice"
+        "--fraction", type=checks.fraction, default=0.2, help="size of the slice"
     )
     h.set_defaults(func=run_hard_slices)
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..core.errors import RepdispError
+from . import checks
 from .options import (
     add_data_options,
     add_model_options,
@@ -15,7 +16,6 @@ from .options import (
     add_site_option,
     check_out,
     check_out_folder,
-    int_list,
     model_from_args,
     one_site,
     out_dir,
@@ -32,7 +32,9 @@ def _common(p: argparse.ArgumentParser, command: str, name: str, multiple_data: 
         choices=("last", "mean"),
         help="vector per segment for the 'across' mode: last token (paper default) or mean",
     )
-    g.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
+    g.add_argument(
+        "--bootstrap", type=checks.nonneg_int, default=2000, help="bootstrap resamples for the CIs"
+    )
     _output(p, command, name)
     return g
 
@@ -45,8 +47,12 @@ def _output(
 
 
 def _binning(g) -> None:
-    g.add_argument("--bin-size", type=int, default=50, help="segments per bin, B")
-    g.add_argument("--bins", type=int, default=10, help="bins chosen by Algorithm 1, K")
+    g.add_argument(
+        "--bin-size", type=checks.int_at_least(2), default=50, help="segments per bin, B"
+    )
+    g.add_argument(
+        "--bins", type=checks.positive_int, default=10, help="bins chosen by Algorithm 1, K"
+    )
 
 
 def _sampling(args: argparse.Namespace):
@@ -85,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--contexts",
-        type=int_list,
+        type=checks.int_list(1),
         default=[16, 64, 128, 256],
         help="context lengths for --last-token, comma list",
     )

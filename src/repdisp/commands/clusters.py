@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import checks
 from .options import (
     add_data_options,
     add_model_options,
@@ -25,13 +26,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(p, multiple=True)
     add_data_options(p)
     g = add_sampling_options(p, segments=None, seq_len=None, skip_first=False)
-    g.add_argument("--ngram", type=int, default=10, help="n-gram length in tokens")
-    g.add_argument("--min-count", type=int, default=100, help="minimum occurrences of an n-gram")
-    g.add_argument("--per-cluster", type=int, default=100, help="occurrences used per n-gram")
-    g.add_argument("--context", type=int, default=100, help="left-context tokens")
-    g.add_argument("--clusters", type=int, default=500, help="most frequent n-grams used")
+    g.add_argument("--ngram", type=checks.positive_int, default=10, help="n-gram length in tokens")
+    g.add_argument(
+        "--min-count",
+        type=checks.int_at_least(2),
+        default=100,
+        help="minimum occurrences of an n-gram",
+    )
+    g.add_argument(
+        "--per-cluster",
+        type=checks.int_at_least(2),
+        default=100,
+        help="occurrences used per n-gram",
+    )
+    g.add_argument("--context", type=checks.positive_int, default=100, help="left-context tokens")
+    g.add_argument(
+        "--clusters", type=checks.positive_int, default=500, help="most frequent n-grams used"
+    )
     add_site_option(g, what="the one site of the context vector")
-    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    g.add_argument(
+        "--bootstrap", type=checks.nonneg_int, default=1000, help="bootstrap resamples for the CIs"
+    )
     add_output_options(p, "clusters", "clusters.json/.csv/.png")
     p.set_defaults(func=run_clusters)
 

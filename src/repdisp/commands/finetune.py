@@ -12,6 +12,7 @@ from .options import (
     add_device_option,
     add_model_options,
     add_output_options,
+    check_data,
 )
 
 METHODS = ("lora", "full")  # training.finetune.METHODS (not imported here: it pulls torch)
@@ -137,6 +138,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         return _evaluate(args, o, _heldout_of(Path(args.out)))
     if not args.data:
         raise RepdispError("--data is required (the training text)")
+    check_data(args)
     if o["eval_segments"] and o["train_fraction"] >= 1.0:
         raise RepdispError("--eval-segments needs held-out text: pass --train-fraction < 1")
     r = finetune(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..core.errors import RepdispError
 from .options import add_model_options, add_output_options, check_out, out_dir
 
 # applications.gap.DOMAINS / REFERENCES / METRICS (not imported here); tests check they agree
@@ -37,10 +39,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_gap)
 
 
+def _check_word_file(flag: str, spec: str) -> None:
+    """A word-list file must be UTF-8 text (checked before any model is read)."""
+    path = Path(spec)
+    if path.is_file():
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise RepdispError(f"{flag} {path}: not valid UTF-8 at byte {e.start}") from None
+
+
 def run_gap(args: argparse.Namespace) -> int:
     from ..applications.gap import parse_accuracy, plot_gap, rank_by_gap
     from ..io.results import save_figure, write_csv, write_json
 
+    _check_word_file("--domain", args.domain)
+    _check_word_file("--reference", args.reference)
     check_out(args, "gap.json")
     res = rank_by_gap(
         args.model,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import checks
 from .options import (
     add_batch_option,
     add_data_options,
@@ -11,8 +12,8 @@ from .options import (
     add_output_options,
     add_seeds_options,
     add_site_option,
+    check_context,
     check_out,
-    int_list,
     model_from_args,
     out_dir,
     site_list,
@@ -23,9 +24,11 @@ CHUNKS_HELP = "N values: chunks drawn per seed for each dispersion, comma list"
 
 def add_profile_options(g, chunks: list[int], num_seeds: int, chunk_len: int, sites: str) -> None:
     """--chunks --num-seeds --chunk-len --site of a key dispersion profile (knn-keys, knnlm)."""
-    g.add_argument("--chunks", type=int_list, default=chunks, help=CHUNKS_HELP)
+    g.add_argument("--chunks", type=checks.int_list(2), default=chunks, help=CHUNKS_HELP)
     add_seeds_options(g, num_seeds)
-    g.add_argument("--chunk-len", type=int, default=chunk_len, help="tokens per chunk")
+    g.add_argument(
+        "--chunk-len", type=checks.int_at_least(2), default=chunk_len, help="tokens per chunk"
+    )
     add_site_option(
         g,
         default=sites,
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_out(args, "knn_keys.json")
     lm = model_from_args(args)
+    check_context(lm, "--chunk-len", args.chunk_len)
     windows = make_segments(
         lm.tokenizer,
         args.data,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..core.errors import RepdispError
+from . import checks
 from .knn_keys import add_profile_options, profile_sites
 from .options import (
     DATA_HELP,
@@ -16,23 +17,31 @@ from .options import (
     add_output_options,
     add_site_option,
     add_text_options,
+    check_context,
     check_out,
-    float_list,
     model_from_args,
     out_dir,
     site_list,
 )
 
+_source = checks.nonempty("a file, a folder, a built-in or hf:NAME")
 RANGE_HELP = DATA_HELP + "; SOURCE@START:END takes a token range"
 
 
 def _window_args(g) -> None:
-    g.add_argument("--context", type=int, default=512, help="tokens per window")
-    g.add_argument("--stride", type=int, default=256, help="window step; new targets per window")
+    g.add_argument("--context", type=checks.int_at_least(2), default=512, help="tokens per window")
+    g.add_argument(
+        "--stride",
+        type=checks.positive_int,
+        default=256,
+        help="window step; new targets per window",
+    )
 
 
 def _build_args(g) -> None:
-    g.add_argument("--shard-windows", type=int, default=64, help="windows per resumable shard")
+    g.add_argument(
+        "--shard-windows", type=checks.positive_int, default=64, help="windows per resumable shard"
+    )
     g.add_argument(
         "--index",
         default="auto",
@@ -42,14 +51,24 @@ def _build_args(g) -> None:
 
 
 def _eval_args(g) -> None:
-    g.add_argument("--k", type=int, default=1024, help="neighbours retrieved per token")
-    g.add_argument("--lmbda", type=float, default=0.25, help="interpolation weight λ")
-    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
     g.add_argument(
-        "--lmbda-grid", type=float_list, help="also score these λ, e.g. 0,0.05,0.1,0.25,0.5"
+        "--k", type=checks.positive_int, default=1024, help="neighbours retrieved per token"
     )
-    g.add_argument("--temperature-grid", type=float_list, help="also score these temperatures")
-    g.add_argument("--nprobe", type=int, default=32, help="IVF lists searched")
+    g.add_argument("--lmbda", type=checks.unit_float, default=0.25, help="interpolation weight λ")
+    g.add_argument(
+        "--temperature", type=checks.positive_float, default=1.0, help="softmax temperature"
+    )
+    g.add_argument(
+        "--lmbda-grid",
+        type=checks.float_list(checks.unit_float),
+        help="also score these λ, e.g. 0,0.05,0.1,0.25,0.5",
+    )
+    g.add_argument(
+        "--temperature-grid",
+        type=checks.float_list(checks.positive_float),
+        help="also score these temperatures",
+    )
+    g.add_argument("--nprobe", type=checks.positive_int, default=32, help="IVF lists searched")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,12 +116,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--data",
         action=AppendAction,
+        type=_source,
         metavar="SOURCE",
         help="datastore (training) text, required: " + RANGE_HELP + "; repeat to join several",
     )
     d.add_argument(
         "--eval-data",
         action=AppendAction,
+        type=_source,
         metavar="SOURCE",
         help="held-out text to score, required; same forms as --data; repeat to join several",
     )
@@ -146,6 +167,7 @@ def run_build(args: argparse.Namespace) -> int:
     from ..applications.knnlm import build_datastore
 
     lm = model_from_args(args)
+    check_context(lm, "--context", args.context)
     r = build_datastore(
         lm,
         _tokens(lm, args.data, args),
@@ -183,6 +205,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     check_out(args, "knnlm_eval.json")
     lm = model_from_args(args)
+    check_context(lm, "--context", args.context)
     store = Datastore.open(args.datastore, verify=args.verify)
     sites = site_list(args.sites) or None
     result = evaluate_knnlm(
@@ -212,6 +235,7 @@ def run_select(args: argparse.Namespace) -> int:
         raise RepdispError(f"knnlm select profiles one N; got --chunks {args.chunks}")
     check_out(args, "knnlm_select.json")
     lm = model_from_args(args)
+    check_context(lm, "--context", args.context)
     train = _tokens(lm, args.data, args)
     held_out = _tokens(lm, args.eval_data, args)
     out = out_dir(args)

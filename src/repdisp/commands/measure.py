@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import checks
 from .options import (
     add_data_options,
     add_model_options,
@@ -34,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("last", "mean", "within"),
         help="last token (paper default), mean of tokens, or token-level within segment",
     )
-    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    g.add_argument(
+        "--bootstrap", type=checks.nonneg_int, default=1000, help="bootstrap resamples for the CIs"
+    )
     o = add_output_options(p, "measure", "measure.json")
     o.add_argument(
         "--cache-dir",
@@ -43,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     o.add_argument(
         "--shard-segments",
-        type=int,
+        type=checks.positive_int,
         default=256,
         help="segments per shard, the unit of resumption and of work per process",
     )

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import RepdispError
+from . import checks
 
 DEFAULT_MODEL = "smollm2-135m"  # core.models.DEFAULT_MODEL; tests/test_help.py checks they agree
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -80,6 +81,9 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------- value parsers (type=)
+
+_model_spec = checks.nonempty("a bundled name, a folder, a .gguf file or a hub id")
+_source = checks.nonempty("a file, a folder, a built-in or hf:NAME")
 
 
 def device_type(text: str) -> str:
@@ -189,11 +193,18 @@ def add_model_options(
             "--model",
             action=AppendAction,
             default=[DEFAULT_MODEL],
+            type=_model_spec,
             metavar="MODEL",
             help=help or MODELS_HELP,
         )
     else:
-        g.add_argument("--model", default=DEFAULT_MODEL, metavar="MODEL", help=help or MODEL_HELP)
+        g.add_argument(
+            "--model",
+            default=DEFAULT_MODEL,
+            type=_model_spec,
+            metavar="MODEL",
+            help=help or MODEL_HELP,
+        )
     if not loading:
         return g
     g.add_argument(
@@ -233,9 +244,39 @@ def add_device_option(g: Any) -> None:
     )
 
 
+def check_data(args: argparse.Namespace) -> None:
+    """Read every text source of the command (``--data``, ``--eval-data``) before the model
+    loads, so a missing or malformed file fails in a second, not after the model load. The
+    texts are remembered by ``load_texts``, so the run does not read them again."""
+    if getattr(args, "_data_checked", False) or not hasattr(args, "text_field"):
+        return
+    from ..core.corpus import load_texts
+
+    args._data_checked = True
+    sources: list[str] = []
+    for name in ("data", "eval_data"):
+        value = getattr(args, name, None)
+        sources += value if isinstance(value, list) else [value] if value else []
+    for spec in sources:
+        head, sep, rng = spec.rpartition("@")  # knnlm's SOURCE@START:END token range
+        if sep and ":" in rng and all(p.isdigit() or not p for p in rng.split(":", 1)):
+            spec = head
+        load_texts(spec, args.text_field, encoding_errors=args.encoding_errors)
+
+
+def check_context(lm: Any, flag: str, tokens: int) -> None:
+    """Refuse a window longer than the model's context (position embeddings would run out)."""
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and tokens > limit:
+        raise RepdispError(f"{flag} {tokens} exceeds the model's context of {limit} tokens")
+
+
 def model_from_args(args: argparse.Namespace, spec: str | None = None) -> Any:
-    """Load ``spec`` (default ``args.model``) with the model options of ``args``."""
+    """Load ``spec`` (default ``args.model``) with the model options of ``args``, after
+    ``check_data``."""
     from ..core.models import load_model
+
+    check_data(args)
 
     kwargs = dict(getattr(args, "model_args", None) or {})
     dtype = kwargs.pop("dtype", args.dtype)
@@ -266,11 +307,14 @@ def add_data_options(
             action=AppendAction,
             default=None if default is None else [default],
             required=required,
+            type=_source,
             metavar="SOURCE",
             help=text + "; repeat to join several",
         )
     else:
-        g.add_argument("--data", default=default, required=required, metavar="SOURCE", help=text)
+        g.add_argument(
+            "--data", default=default, required=required, type=_source, metavar="SOURCE", help=text
+        )
     if text_options:
         add_text_options(g)
     return g
@@ -288,6 +332,7 @@ def add_text_options(g: Any) -> None:
         choices=("strict", "replace"),
         help="bytes that are not UTF-8: strict = stop with an error, replace = U+FFFD",
     )
+    g.add_argument("--split", help="split of an hf: dataset (default: test)")
 
 
 def add_sampling_options(
@@ -299,15 +344,19 @@ def add_sampling_options(
     """--segments --seq-len --seed --batch-size [--skip-first]."""
     g = p.add_argument_group("sampling options")
     if segments is not None:
-        g.add_argument("--segments", type=int, default=segments, help="segments to sample")
+        g.add_argument(
+            "--segments", type=checks.int_at_least(2), default=segments, help="segments to sample"
+        )
     if seq_len is not None:
-        g.add_argument("--seq-len", type=int, default=seq_len, help="tokens per segment")
+        g.add_argument(
+            "--seq-len", type=checks.int_at_least(2), default=seq_len, help="tokens per segment"
+        )
     add_seed_option(g)
     add_batch_option(g)
     if skip_first:
         g.add_argument(
             "--skip-first",
-            type=int,
+            type=checks.nonneg_int,
             default=1,
             help="positions left out of token pooling: the BOS or outlier first token",
         )
@@ -315,23 +364,25 @@ def add_sampling_options(
 
 
 def add_seed_option(g: Any, help: str = "sampling seed") -> None:
-    g.add_argument("--seed", type=int, default=0, help=help)
+    g.add_argument("--seed", type=checks.seed, default=0, help=help)
 
 
 def add_batch_option(g: Any) -> None:
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    g.add_argument(
+        "--batch-size", type=checks.positive_int, default=8, help="sequences per forward pass"
+    )
 
 
 def add_seeds_options(g: Any, default: int) -> None:
     """--num-seeds N (seeds 0..N-1); ``--seeds`` is kept as a hidden, deprecated spelling."""
     g.add_argument(
         "--num-seeds",
-        type=int,
+        type=checks.positive_int,
         default=default,
         metavar="N",
         help="repeat the draw with seeds 0..N-1 and report mean and spread",
     )
-    g.add_argument("--seeds", dest="num_seeds", type=int, help=argparse.SUPPRESS)
+    g.add_argument("--seeds", dest="num_seeds", type=checks.positive_int, help=argparse.SUPPRESS)
 
 
 def add_site_option(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import checks
 from .options import add_output_options
 
 
@@ -23,13 +24,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train GPT-2 from scratch with the push-away loss")
     _common(t, "train")
     t.add_argument(
-        "--aux-weight", type=float, help="λ; 0 = cross-entropy baseline (default: the config's)"
+        "--aux-weight",
+        type=checks.nonneg_float,
+        help="λ; 0 = cross-entropy baseline (default: the config's)",
     )
-    t.add_argument("--lr", type=float, help="learning rate (default: the config's)")
+    t.add_argument("--lr", type=checks.positive_float, help="learning rate (default: the config's)")
     t.add_argument(
-        "--seed", type=int, help="seed of initialisation and data order (default: the config's)"
+        "--seed",
+        type=checks.seed,
+        help="seed of initialisation and data order (default: the config's)",
     )
-    t.add_argument("--max-steps", type=int, help="optimizer steps (default: the config's)")
+    t.add_argument(
+        "--max-steps", type=checks.positive_int, help="optimizer steps (default: the config's)"
+    )
     t.add_argument(
         "--no-all-reduce",
         action="store_true",

@@ -414,6 +414,9 @@ def _check_loading(source: str, model: Any, info: dict[str, Any], weights: list[
         raise RepdispError(f"checkpoint {source} does not match {arch}: " + "; ".join(problems))
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
 def _from_folder(
     folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle: bool, extra: Any = None
 ) -> Any:
@@ -532,6 +535,13 @@ def load_model(
         folder = prepare_gguf(path)
         model, tok, identity = _from_folder(folder, torch_dtype, False, False, extra)
     elif path.is_dir():
+        weights = any(any(path.glob(g)) for g in ("*.safetensors", "*.bin", "*.pt"))
+        has_tok = any((path / f).exists() for f in _TOKENIZER_FILES)
+        if not tokenizer and (path / "config.json").exists() and weights and not has_tok:
+            raise RepdispError(  # else transformers loads an empty tokenizer: no tokens at all
+                f"model folder {path} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, "
+                "...): save the tokenizer into it, or pass --model-args tokenizer=..."
+            )
         model, tok, identity = _from_folder(
             path, torch_dtype, trust_remote_code, allow_pickle, extra
         )
