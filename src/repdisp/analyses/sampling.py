@@ -54,7 +54,8 @@ class Sampling:
             docs = load_texts(data, self.text_field, encoding_errors=self.encoding_errors)
         max_len = getattr(lm.model.config, "max_position_embeddings", None)
         segs = make_segments(
-            lm.tokenizer, data, self.segments, seq_len or self.seq_len, self.seed, docs, max_len
+            lm.tokenizer, data, self.segments, seq_len or self.seq_len, self.seed, docs, max_len,
+            cache=self.cache,
         )
         ex = extract(
             lm,

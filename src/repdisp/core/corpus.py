@@ -182,18 +182,22 @@ def make_segments(
     seed: int = 0,
     docs: list[str] | None = None,
     max_len: int | None = None,
+    cache: bool = True,
     **load_kwargs: Any,
 ) -> Segments:
-    """Sample ``n_segments`` windows of ``seq_len`` tokens (all of them when None), seeded."""
+    """Sample ``n_segments`` windows of ``seq_len`` tokens (all of them when None), seeded.
+    The token stream is tokenised once per (tokenizer, documents) (``core.tokcache``; on disk
+    unless ``cache=False``)."""
     if seq_len < 2:
         raise RepdispError(f"--seq-len must be at least 2 tokens, got {seq_len}")
     if max_len is not None and seq_len + 1 > max_len:
         raise RepdispError(f"--seq-len {seq_len} exceeds the model's context of {max_len} tokens")
     if n_segments is not None and n_segments < 2:
         raise RepdispError(f"--segments must be at least 2 to measure dispersion, got {n_segments}")
-    stream = token_stream(
-        tokenizer, docs if docs is not None else load_texts(source, **load_kwargs)
-    )
+    from .tokcache import cached_stream
+
+    docs = docs if docs is not None else load_texts(source, **load_kwargs)
+    stream = cached_stream(tokenizer, docs, token_stream, cache=cache)
     n_windows = len(stream) // seq_len
     if n_windows == 0:
         raise RepdispError(
