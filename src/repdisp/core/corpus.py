@@ -398,13 +398,16 @@ def make_segments(
     seed: int = 0,
     docs: list[str] | None = None,
     max_len: int | None = None,
+    cache: bool = True,
     **load_kwargs: Any,
 ) -> Segments:
     """Sample ``n_segments`` windows of ``seq_len`` tokens (all of them when None), seeded.
 
     The documents are tokenised without special tokens and joined by EOS; the stream is cut
     into non-overlapping windows, ``n_segments`` of which are drawn without replacement
-    (``seed``); BOS is prepended when the tokenizer adds one by default.
+    (``seed``); BOS is prepended when the tokenizer adds one by default. The stream is
+    tokenised once per (tokenizer, documents) and cached by content (``core.tokcache``; on
+    disk unless ``cache=False``).
 
     Parameters
     ----------
@@ -436,9 +439,10 @@ def make_segments(
         raise RepdispError(f"--seq-len {seq_len} exceeds the model's context of {max_len} tokens")
     if n_segments is not None and n_segments < 2:
         raise RepdispError(f"--segments must be at least 2 to measure dispersion, got {n_segments}")
-    stream = token_stream(
-        tokenizer, docs if docs is not None else load_texts(source, **load_kwargs)
-    )
+    from .tokcache import cached_stream
+
+    docs = docs if docs is not None else load_texts(source, **load_kwargs)
+    stream = cached_stream(tokenizer, docs, token_stream, cache=cache)
     n_windows = len(stream) // seq_len
     if n_windows == 0:
         raise RepdispError(

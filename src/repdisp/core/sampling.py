@@ -54,8 +54,9 @@ class Sampling:
         """The segments of ``data`` for ``lm``'s tokenizer (seeded: the same for every model)."""
         if docs is None:
             docs = load_texts(data, self.text_field, encoding_errors=self.encoding_errors)
+        n, length = self.segments, seq_len or self.seq_len
         return make_segments(
-            lm.tokenizer, data, self.segments, seq_len or self.seq_len, self.seed, docs, lm.max_len
+            lm.tokenizer, data, n, length, self.seed, docs, lm.max_len, cache=self.cache
         )
 
     def extract(
