@@ -22,6 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, help="seed of initialisation and data order")
     t.add_argument("--max-steps", type=int, help="optimizer steps (overrides the config)")
     t.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        help="checkpoint every N steps in OUT/.checkpoints (a multiple of the config's "
+        "log_steps); the same command after a crash resumes from the last one",
+    )
+    t.add_argument(
         "--no-all-reduce",
         action="store_true",
         help="multi-process: per-process dispersion instead of the exact global-batch one",
@@ -46,10 +53,15 @@ def run_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         aux_all_reduce=False if args.no_all_reduce else None,
     )
-    run = train_run(cfg, progress=not args.quiet)
+    out = Path(args.out or f"runs/training/{cfg.name}")
+    run = train_run(
+        cfg,
+        progress=not args.quiet,
+        checkpoint_dir=out / ".checkpoints",
+        save_every=args.save_every,
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    out = Path(args.out or f"runs/training/{cfg.name}")
     write_json(out / "run.json", run.to_dict())
     write_csv(out / "history.csv", run.history)
     write_csv(out / "evals.csv", run.evals)
