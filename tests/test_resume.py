@@ -361,3 +361,31 @@ def test_train_config_non_utf8_and_empty(tmp_path, capsys):
     empty.write_text("")
     with pytest.raises(RepdispError, match="needs a name"):
         load_config(empty)
+
+
+def test_sweep_reuses_its_runs_and_refuses_another_recipe(train_cfg, tmp_path, monkeypatch):
+    import dataclasses
+
+    import repdisp.training.sweep as sweep_mod
+    from repdisp.core.errors import RepdispError
+
+    cfg, _ = train_cfg
+    cfg = dataclasses.replace(
+        cfg, max_steps=2, eval_steps=[], sweep_aux_weights=[0.5], sweep_lrs=[3e-3], sweep_seeds=[0]
+    )
+    out = tmp_path / "sweep"
+    first = sweep_mod.run_sweep(cfg, out)
+    assert len(first.runs) == 2 and (out / "sweep_job.json").exists()
+    calls = []
+    real = sweep_mod.train_run
+    monkeypatch.setattr(sweep_mod, "train_run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = sweep_mod.run_sweep(cfg, out)
+    assert calls == [] and [r.to_dict() for r in again.runs] == [r.to_dict() for r in first.runs]
+    with pytest.raises(RepdispError, match="another recipe"):
+        sweep_mod.run_sweep(dataclasses.replace(cfg, max_steps=3), out)
+    with pytest.raises(RepdispError, match="another recipe"):
+        sweep_mod.run_sweep(dataclasses.replace(cfg, model={"n_layer": 2}), out)
+    (out / "sweep_job.json").unlink()  # runs written before the recipe was recorded
+    with pytest.raises(RepdispError, match="is a run of another recipe"):
+        sweep_mod.run_sweep(dataclasses.replace(cfg, max_steps=3), out)
+    assert sweep_mod.run_sweep(cfg, out).runs and calls == []

@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("sweep", help="λ × lr × seed grid and Table 2 (base vs +aux test ppl)")
     _common(s)
+    s.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        help="checkpoint every N steps within a run (finished runs are always kept and reused)",
+    )
     s.set_defaults(func=run_sweep_cmd)
 
 
@@ -80,7 +86,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = Path(args.out or f"runs/training/{cfg.name}")
-    result = run_sweep(cfg, out, progress=not args.quiet)
+    result = run_sweep(cfg, out, progress=not args.quiet, save_every=args.save_every)
     print(result.markdown())
     print(f"chosen λ per lr (validation): {result.chosen}")
     print(f"wrote {out}/table2.md, table2.csv, grid.csv, sweep.json, sweep.png")
