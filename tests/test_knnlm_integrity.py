@@ -191,3 +191,16 @@ def test_corrupt_manifest_at_build_is_one_line(tiny_gpt2_dir, ds, capsys):
     args = ["knnlm", "build", "--model", str(tiny_gpt2_dir), *COMMON, "--data", "python-docs@0:300"]
     assert main(args + ["--site", "-1.attn,-1.ffn", "--shard-windows", "4", "--out", str(ds)]) == 2
     _one_error(capsys, "manifest.json is corrupt")
+
+
+@pytest.mark.parametrize("command", ["build", "eval"])
+def test_context_longer_than_the_model(tiny_gpt2_dir, built, tmp_path, capsys, command):
+    # the tiny GPT-2 has 256 positions
+    args = ["knnlm", command, "--model", str(tiny_gpt2_dir), "--quiet", "--context", "300"]
+    if command == "build":
+        args += ["--data", "python-docs@0:300", "--out", str(tmp_path / "new")]
+    else:
+        args += ["--datastore", str(built), "--data", HELD]
+    assert main(args) == 2
+    _one_error(capsys, "--context 300 is longer than the model's context of 256 tokens")
+    assert not (tmp_path / "new").exists()

@@ -15,7 +15,7 @@ from ...core.extract import forward_sites
 from ...core.models import LoadedModel
 from .datastore import Datastore
 from .mixture import interpolate, knn_log_prob, perplexity
-from .windows import _batches, _window_batch, plan_windows
+from .windows import _batches, _window_batch, check_context, plan_windows
 
 
 @dataclass(kw_only=True)
@@ -146,6 +146,7 @@ def evaluate_knnlm(
         )
     temps = sorted({temperature, *(temperature_grid or [])})
     windows = plan_windows(len(tokens), context, stride)
+    check_context(context, lm.max_len, lm.bos_id)
     lp_lm: list[np.ndarray] = []
     lp_knn: dict[str, list[np.ndarray]] = {s: [] for s in names}
     covered: dict[str, int] = dict.fromkeys(names, 0)
