@@ -279,6 +279,11 @@ def prepare_gguf(path: Path, force: bool = False, progress: bool = True) -> Path
     digest = file_hashes([path])[path]
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:60]
     target = converted_dir(f"gguf-{stem}-{digest[:16]}")
+    if not force and not (target / "config.json").exists():
+        # the same content converted earlier under another file name
+        done = sorted(target.parent.glob(f"gguf-*-{digest[:16]}/config.json"))
+        if done:
+            return done[0].parent
     if force or not (target / "config.json").exists():
         _convert_gguf(path, target, progress)
     return target
