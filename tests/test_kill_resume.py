@@ -91,6 +91,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow  # subprocesses killed and rerun: about a minute or more
 def test_kill_9_ppl_vs_dispersion_resumes(tiny_gpt2_dir, tmp_path, one_thread):
     home = tmp_path / "home"
     args = ["ppl-vs-dispersion", "--model", str(tiny_gpt2_dir), "--data", "python-docs"]
@@ -123,6 +124,7 @@ def test_kill_9_ppl_vs_dispersion_resumes(tiny_gpt2_dir, tmp_path, one_thread):
     assert _stable(a) == _stable(b)
 
 
+@pytest.mark.slow  # subprocesses killed and rerun: about a minute or more
 def test_kill_9_knnlm_build_resumes(tiny_gpt2_dir, tmp_path):
     home = tmp_path / "home"
     args = ["knnlm", "build", "--model", str(tiny_gpt2_dir), "--data", "python-docs@0:600"]

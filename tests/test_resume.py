@@ -124,6 +124,7 @@ def _cli(model_dir, out, steps, save_every):
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # subprocesses killed and rerun: about a minute or more
 def test_kill_9_then_same_command_resumes(tiny_gpt2_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC), "REPDISP_HOME": str(tmp_path / "home")}
     steps = 30
@@ -264,6 +265,7 @@ def test_interrupted_train_resumes_to_the_same_run(train_cfg, tmp_path):
         train_run(cfg, data, checkpoint_dir=work, save_every=3)
 
 
+@pytest.mark.slow  # subprocesses killed and rerun: about a minute or more
 def test_kill_9_then_same_train_command_resumes(tmp_path):
     conf = tmp_path / "tiny.yaml"
     conf.write_text(
