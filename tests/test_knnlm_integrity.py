@@ -204,3 +204,19 @@ def test_context_longer_than_the_model(tiny_gpt2_dir, built, tmp_path, capsys, c
     assert main(args) == 2
     _one_error(capsys, "--context 300 is longer than the model's context of 256 tokens")
     assert not (tmp_path / "new").exists()
+
+
+def test_datastore_of_an_edited_model_is_refused(tiny_gpt2_dir, tmp_path, capsys):
+    """Same model folder, one weight changed since the build: the content identity differs."""
+    from safetensors.torch import load_file, save_file
+
+    model, store = tmp_path / "model", tmp_path / "ds"
+    shutil.copytree(tiny_gpt2_dir, model)
+    args = ["knnlm", "build", "--model", str(model), *COMMON, "--data", "python-docs@0:100"]
+    assert main(args + ["--out", str(store)]) == 0
+    tensors = load_file(model / "model.safetensors")
+    tensors["transformer.h.1.mlp.c_fc.bias"] += 0.01
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    capsys.readouterr()
+    assert _eval(model, store) == 2
+    _one_error(capsys, f"was built with another version of {model} (its weights")

@@ -120,9 +120,13 @@ def evaluate_knnlm(
 
     t_start = time.perf_counter()
     if datastore.meta["identity"] != lm.identity:
-        raise RepdispError(
-            f"datastore {datastore.folder} was built with {datastore.meta['model']}, not {lm.name}"
+        built = datastore.meta["model"]
+        what = (
+            f"another version of {built} (its weights, config, tokenizer or dtype differ)"
+            if built == lm.name
+            else built
         )
+        raise RepdispError(f"datastore {datastore.folder} was built with {what}, not {lm.name}")
     if temperature <= 0 or any(t <= 0 for t in temperature_grid or []):
         raise RepdispError("--temperature must be positive")
     if k < 1:
