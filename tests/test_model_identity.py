@@ -245,3 +245,21 @@ def test_gguf_cache_is_keyed_by_content(home, tmp_path, monkeypatch):
         bad = tmp_path / "bad.gguf"
         bad.write_bytes(b"NOPE" * 10)
         M.prepare_gguf(bad, progress=False)
+
+
+def test_models_prepare_takes_a_gguf_path(home, tmp_path, monkeypatch, capsys):
+    from repdisp.cli import main
+
+    monkeypatch.setattr(
+        M,
+        "_convert_gguf",
+        lambda src, target, progress: (
+            (target / "x").mkdir(parents=True) or (target / "config.json").write_text("{}")
+        ),
+    )
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + b"\0" * 100)
+    assert main(["models", "prepare", str(f)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == str(M.prepare_gguf(f, progress=False))
+    assert printed.startswith(str(home / "models" / "gguf-m-"))
