@@ -38,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-steps", type=checks.positive_int, help="optimizer steps (default: the config's)"
     )
     t.add_argument(
+        "--save-every",
+        type=checks.nonneg_int,
+        default=0,
+        help="checkpoint every N steps in OUT/.checkpoints (a multiple of the config's "
+        "log_steps); the same command after a crash resumes from the last one",
+    )
+    t.add_argument(
         "--no-all-reduce",
         action="store_true",
         help="multi-process: per-process dispersion instead of the exact global-batch one",
@@ -46,6 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("sweep", help="λ × lr × seed grid and Table 2 (base vs +aux test ppl)")
     _common(s, "sweep")
+    s.add_argument(
+        "--save-every",
+        type=checks.nonneg_int,
+        default=0,
+        help="checkpoint every N steps within a run (finished runs are always kept and reused)",
+    )
     s.set_defaults(func=run_sweep_cmd)
 
 
@@ -63,10 +76,15 @@ def run_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         aux_all_reduce=False if args.no_all_reduce else None,
     )
-    run = train_run(cfg, progress=not args.quiet)
+    out = Path(args.out or f"runs/training/{cfg.name}")
+    run = train_run(
+        cfg,
+        progress=not args.quiet,
+        checkpoint_dir=out / ".checkpoints",
+        save_every=args.save_every,
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    out = Path(args.out or f"runs/training/{cfg.name}")
     write_json(out / "run.json", run.to_dict())
     write_csv(out / "history.csv", run.history)
     write_csv(out / "evals.csv", run.evals)
@@ -85,7 +103,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = Path(args.out or f"runs/training/{cfg.name}")
-    result = run_sweep(cfg, out, progress=not args.quiet)
+    result = run_sweep(cfg, out, progress=not args.quiet, save_every=args.save_every)
     print(result.markdown())
     print(f"chosen λ per lr (validation): {result.chosen}")
     print(f"wrote {out}/table2.md, table2.csv, grid.csv, sweep.json, sweep.png")

@@ -33,7 +33,7 @@ from .corpus import bos_id
 from .errors import RepdispError
 from .gguf import check_magic
 from .shards import atomic_folder
-from .sites import Site, blocks_of, parse_sites
+from .sites import Site, blocks_of, check_sites, parse_sites
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -139,8 +139,11 @@ class LoadedModel:
         return int(self.model.config.hidden_size)
 
     def parse_sites(self, specs: str | list[str]) -> list[Site]:
-        """``core.sites.parse_sites`` with this model's number of blocks."""
-        return parse_sites(specs, self.n_blocks)
+        """``core.sites.parse_sites`` with this model's number of blocks; sites this architecture
+        cannot locate are refused here (``core.sites.check_sites``), before any work."""
+        sites = parse_sites(specs, self.n_blocks)
+        check_sites(self.model.config, sites)
+        return sites
 
 
 def resolve_device(device: str) -> Any:
@@ -310,6 +313,11 @@ def prepare_gguf(path: Path, force: bool = False, progress: bool = True) -> Path
     digest = file_hashes([path])[path]
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:60]
     target = converted_dir(f"gguf-{stem}-{digest[:16]}")
+    if not force and not (target / "config.json").exists():
+        # the same content converted earlier under another file name
+        done = sorted(target.parent.glob(f"gguf-*-{digest[:16]}/config.json"))
+        if done:
+            return done[0].parent
     if force or not (target / "config.json").exists():
         _convert_gguf(path, target, progress)
     return target

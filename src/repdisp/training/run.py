@@ -4,8 +4,10 @@ validation and test perplexity (and final-layer dispersion) of every domain at t
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -17,9 +19,12 @@ import torch
 
 from ..core.errors import RepdispError
 from ..core.geometry import CosineStats
+from .checkpoints import check_save_every, open_work, wait_for_work
 from .config import TrainConfig
 from .data import BlockDataset, PreparedData, prepare_data
 from .loss import PushAwayLoss
+
+_EVAL = "repdisp_eval"  # key of the evaluation rows in the Trainer's log history
 
 
 @torch.no_grad()
@@ -103,14 +108,41 @@ def build_model(cfg: TrainConfig, tokenizer: Any) -> Any:
     return GPT2LMHeadModel(conf)
 
 
+def _job_spec(cfg: TrainConfig, data: PreparedData, names: list[str], world: int) -> dict:
+    """Everything a checkpoint of this run depends on: the settings and the training tokens."""
+    spec = {k: v for k, v in asdict(cfg).items() if not k.startswith("sweep_") and k != "base_dir"}
+    h = hashlib.sha256()
+    for n in names:
+        h.update(np.ascontiguousarray(data.train[n]).tobytes())
+    return spec | {"train_sha256": h.hexdigest(), "world_size": world}
+
+
 def train_run(
-    cfg: TrainConfig, data: PreparedData | None = None, progress: bool = False
+    cfg: TrainConfig,
+    data: PreparedData | None = None,
+    progress: bool = False,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    save_every: int = 0,
+    callbacks: list[Any] | None = None,
 ) -> RunResult:
-    """Train one model with ``cfg.aux_weight`` and evaluate it at ``cfg.eval_steps``."""
+    """Train one model with ``cfg.aux_weight`` and evaluate it at ``cfg.eval_steps``.
+
+    With ``checkpoint_dir`` and ``save_every`` > 0, a checkpoint is saved there every
+    ``save_every`` steps (a multiple of ``log_steps``, so no partly averaged log is lost) and the
+    same call after a crash resumes from the last one (``training.checkpoints``); the history and
+    evaluations travel in the Trainer state, so the result equals an uninterrupted run's. The
+    folder is removed when the run ends. ``callbacks``: extra ``TrainerCallback``s."""
     from transformers import TrainerCallback, TrainingArguments, default_data_collator
 
     from .trainer import PushAwayTrainer
 
+    check_save_every(save_every)
+    if save_every and save_every % cfg.log_steps:
+        raise RepdispError(
+            f"--save-every {save_every} must be a multiple of the config's log_steps "
+            f"({cfg.log_steps}), so that every checkpoint falls right after a log"
+        )
     data = data or prepare_data(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device, rem = divmod(cfg.batch_size, world * cfg.grad_accum)
@@ -124,26 +156,34 @@ def train_run(
     names = [d.name for d in cfg.domains]
     model = build_model(cfg, data.tokenizer)
     dataset = BlockDataset([data.train[n] for n in names], cfg.max_steps * cfg.batch_size, cfg.seed)
-    history: list[dict[str, float]] = []
-    evals: list[dict[str, Any]] = []
     steps = {s for s in cfg.eval_steps if 0 < s <= cfg.max_steps} | {cfg.max_steps}
 
     class Recorder(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                history.append({"step": state.global_step, **logs})
+        """Evaluations go into the Trainer's log history, which checkpoints carry."""
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if state.global_step in steps:
                 for split in ("val", "test"):
                     for n in names:
                         r = evaluate_blocks(model, getattr(data, split)[n])
-                        evals.append({"step": state.global_step, "domain": n, "split": split, **r})
+                        row = {"step": state.global_step, "domain": n, "split": split, **r}
+                        state.log_history.append({"step": state.global_step, _EVAL: row})
 
     t0 = time.perf_counter()
+    resume = None
+    keep = checkpoint_dir is not None and save_every > 0
+    if keep:
+        work = Path(checkpoint_dir)
+        spec = _job_spec(cfg, data, names, world)
+        if int(os.environ.get("RANK", "0")) == 0:
+            resume = open_work(work, spec, quiet=not progress)
+        else:
+            resume = wait_for_work(work, spec)
+        if resume is not None and progress:
+            print(f"resuming from {resume.name} in {work}")
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp,
+            output_dir=str(work) if keep else tmp,
             per_device_train_batch_size=per_device,
             gradient_accumulation_steps=cfg.grad_accum,
             learning_rate=cfg.lr,
@@ -154,7 +194,9 @@ def train_run(
             lr_scheduler_type=cfg.scheduler,
             max_steps=cfg.max_steps,
             logging_steps=cfg.log_steps,
-            save_strategy="no",
+            save_strategy="steps" if keep else "no",
+            save_steps=save_every if keep else None,
+            save_total_limit=1 if keep else None,
             report_to="none",
             use_cpu=not torch.cuda.is_available(),
             bf16=cfg.bf16,
@@ -169,11 +211,20 @@ def train_run(
             args=args,
             train_dataset=dataset,
             data_collator=default_data_collator,
-            callbacks=[Recorder()],
+            callbacks=[Recorder(), *(callbacks or [])],
             aux_weight=cfg.aux_weight,
             push_away=PushAwayLoss(cfg.mode, all_reduce=cfg.aux_all_reduce),
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    log = trainer.state.log_history
+    history = [
+        {"step": e["step"], **{k: v for k, v in e.items() if k != "step"}}
+        for e in log
+        if "loss" in e
+    ]
+    evals = [e[_EVAL] for e in log if _EVAL in e]
+    if keep and int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(work, ignore_errors=True)
     return RunResult(
         name=cfg.name,
         mode=cfg.mode,
