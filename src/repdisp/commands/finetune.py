@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..core.errors import RepdispError
 from ..core.validate import Rule, check, check_keys, read_yaml_mapping
+from . import checks
 from .options import (
     add_data_options,
     add_device_option,
@@ -71,6 +72,13 @@ _HELP = {
     "save_every": "save a checkpoint every N optimizer steps beside --out (0 = never)",
 }
 
+# the shared flags take the same validators as in every other command
+_TYPES = {
+    "seed": checks.seed,
+    "batch_size": checks.positive_int,
+    "seq_len": checks.int_at_least(2),
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -99,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "method":
             t.add_argument(flag, choices=METHODS, default=None, help=text)
         else:
-            t.add_argument(flag, type=kind, default=None, help=text)
+            t.add_argument(flag, type=_TYPES.get(name, kind), default=None, help=text)
     p.epilog = (
         "--save-every N saves a checkpoint every N steps beside --out; the same command after a "
         "crash resumes from the last one. "
