@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..core.errors import RepdispError
 from ..core.validate import Rule, check, check_keys, read_yaml_mapping
+from . import checks
 from .options import (
     add_data_options,
     add_device_option,
@@ -52,6 +53,12 @@ _RULES = {
     "train_fraction": Rule(float, lo=0, hi=1, lo_open=True),
     "eval_segments": Rule(int, lo=0),
     "save_every": Rule(int, lo=0),
+}
+# flags every command shares keep one type (checks.*); the rest are checked by _RULES below
+_SHARED_TYPES = {
+    "seed": checks.seed,
+    "batch_size": checks.positive_int,
+    "seq_len": checks.int_at_least(2),
 }
 _HELP = {
     "method": "lora (merged into the weights) or full",
@@ -99,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "method":
             t.add_argument(flag, choices=METHODS, default=None, help=text)
         else:
-            t.add_argument(flag, type=kind, default=None, help=text)
+            t.add_argument(flag, type=_SHARED_TYPES.get(name, kind), default=None, help=text)
     p.epilog = (
         "--save-every N saves a checkpoint every N steps beside --out; the same command after a "
         "crash resumes from the last one. "
