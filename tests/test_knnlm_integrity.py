@@ -146,9 +146,7 @@ FAULTS = [
         ["--verify"],
         "index.1.ffn.faiss fails its checksum",
     ),
-    ("k-zero", None, ["--k", "0"], "--k must be at least 1"),
-    ("lmbda-above-one", None, ["--lmbda", "1.5"], "--lmbda and --lmbda-grid values must be in"),
-    ("nprobe-zero", None, ["--nprobe", "0"], "--nprobe must be at least 1"),
+    # --k 0, --lmbda 1.5, --nprobe 0 are refused while parsing (tests/test_bad_input_matrix.py)
 ]
 
 
