@@ -146,9 +146,7 @@ FAULTS = [
         ["--verify"],
         "index.1.ffn.faiss fails its checksum",
     ),
-    ("k-zero", None, ["--k", "0"], "--k must be at least 1"),
-    ("lmbda-above-one", None, ["--lmbda", "1.5"], "--lmbda and --lmbda-grid values must be in"),
-    ("nprobe-zero", None, ["--nprobe", "0"], "--nprobe must be at least 1"),
+    # --k 0, --lmbda 1.5, --nprobe 0 are refused while parsing (tests/test_bad_input_matrix.py)
 ]
 
 
@@ -191,3 +189,32 @@ def test_corrupt_manifest_at_build_is_one_line(tiny_gpt2_dir, ds, capsys):
     args = ["knnlm", "build", "--model", str(tiny_gpt2_dir), *COMMON, "--data", "python-docs@0:300"]
     assert main(args + ["--site", "-1.attn,-1.ffn", "--shard-windows", "4", "--out", str(ds)]) == 2
     _one_error(capsys, "manifest.json is corrupt")
+
+
+@pytest.mark.parametrize("command", ["build", "eval"])
+def test_context_longer_than_the_model(tiny_gpt2_dir, built, tmp_path, capsys, command):
+    # the tiny GPT-2 has 256 positions
+    args = ["knnlm", command, "--model", str(tiny_gpt2_dir), "--quiet", "--context", "300"]
+    if command == "build":
+        args += ["--data", "python-docs@0:300", "--out", str(tmp_path / "new")]
+    else:
+        args += ["--datastore", str(built), "--data", HELD]
+    assert main(args) == 2
+    _one_error(capsys, "--context 300 is longer than the model's context of 256 tokens")
+    assert not (tmp_path / "new").exists()
+
+
+def test_datastore_of_an_edited_model_is_refused(tiny_gpt2_dir, tmp_path, capsys):
+    """Same model folder, one weight changed since the build: the content identity differs."""
+    from safetensors.torch import load_file, save_file
+
+    model, store = tmp_path / "model", tmp_path / "ds"
+    shutil.copytree(tiny_gpt2_dir, model)
+    args = ["knnlm", "build", "--model", str(model), *COMMON, "--data", "python-docs@0:100"]
+    assert main(args + ["--out", str(store)]) == 0
+    tensors = load_file(model / "model.safetensors")
+    tensors["transformer.h.1.mlp.c_fc.bias"] += 0.01
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    capsys.readouterr()
+    assert _eval(model, store) == 2
+    _one_error(capsys, f"was built with another version of {model} (its weights")

@@ -212,3 +212,54 @@ def test_gguf_by_path_is_converted_once(smollm2, tmp_path, monkeypatch):
     ids = torch.arange(1, 30)[None]
     with torch.inference_mode():
         assert torch.equal(second.model(ids).logits, smollm2.model(ids).logits)
+
+
+def test_gguf_cache_is_keyed_by_content(home, tmp_path, monkeypatch):
+    """The converted folder of a .gguf path is named by the file's sha256: an in-place edit in the
+    middle (same size, mtime put back) converts again; an unchanged file never does."""
+    conversions: list[str] = []
+
+    def fake_convert(src, target, progress):
+        conversions.append(target.name)
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(M, "_convert_gguf", fake_convert)
+    f = tmp_path / "tiny.gguf"
+    f.write_bytes(b"GGUF" + np.random.default_rng(0).bytes(6 << 20))
+    a = M.prepare_gguf(f, progress=False)
+    assert M.prepare_gguf(f, progress=False) == a and len(conversions) == 1
+    st = f.stat()
+    with open(f, "r+b") as fh:
+        fh.seek(3 << 20)
+        byte = fh.read(1)
+        fh.seek(3 << 20)
+        fh.write(bytes([byte[0] ^ 1]))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    b = M.prepare_gguf(f, progress=False)
+    assert b != a and len(conversions) == 2 and a.parent == b.parent == home / "models"
+    copy = tmp_path / "same.gguf"
+    shutil.copy(f, copy)
+    assert M.prepare_gguf(copy, progress=False) == b and len(conversions) == 2
+    with pytest.raises(M.RepdispError, match="not a GGUF"):
+        bad = tmp_path / "bad.gguf"
+        bad.write_bytes(b"NOPE" * 10)
+        M.prepare_gguf(bad, progress=False)
+
+
+def test_models_prepare_takes_a_gguf_path(home, tmp_path, monkeypatch, capsys):
+    from repdisp.cli import main
+
+    monkeypatch.setattr(
+        M,
+        "_convert_gguf",
+        lambda src, target, progress: (
+            (target / "x").mkdir(parents=True) or (target / "config.json").write_text("{}")
+        ),
+    )
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + b"\0" * 100)
+    assert main(["models", "prepare", str(f)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == str(M.prepare_gguf(f, progress=False))
+    assert printed.startswith(str(home / "models" / "gguf-m-"))

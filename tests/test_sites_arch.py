@@ -114,3 +114,21 @@ def test_check_sites_from_config_alone():
     check_sites(Stub(), parse_sites("embed,0.ffn,final", 2))
     with pytest.raises(RepdispError, match="'lfm2'"):
         check_sites(Stub(), parse_sites("all.attn", 2))
+
+
+def test_refused_before_any_work(tiny_tokenizer, tmp_path):
+    """Through LoadedModel.parse_sites, extraction refuses the site before it writes anything."""
+    from repdisp.core.corpus import make_segments
+    from repdisp.core.extract import extract
+    from repdisp.core.models import LoadedModel
+
+    model = _build("llama").eval()
+    model.config.model_type = "mystery"
+    model.resize_token_embeddings(len(tiny_tokenizer))
+    lm = LoadedModel(model, tiny_tokenizer, "m", "m:0", torch.device("cpu"), torch.float32)
+    segs = make_segments(tiny_tokenizer, "python-docs", 4, 12, seed=0)
+    with pytest.raises(RepdispError, match=r"site 1\.attn cannot be located"):
+        extract(lm, segs, "1.attn", "mean", cache=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    ex = extract(lm, segs, "1.ffn", "mean", cache=False, progress=False)
+    assert ex.get("1.ffn", "mean").shape == (4, 32)

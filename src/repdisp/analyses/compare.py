@@ -29,7 +29,7 @@ from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import mean_ci
 from ..io.results import Result, new_figure, record, recorded
-from .sampling import model_label, short_name
+from .labels import model_label, short_name
 
 
 @dataclass

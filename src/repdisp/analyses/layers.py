@@ -17,8 +17,7 @@ from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import Correlation
 from ..io.results import Result, new_figure, record, recorded
-from .binning import select_bins
-from .sampling import MODES, BinPoint, bin_points, correlate
+from .binning import MODES, BinPoint, bin_points, correlate, select_bins
 
 
 @dataclass
@@ -146,7 +145,6 @@ def plot(result: LayersResult) -> Any:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import FuncFormatter
-
 
     sites = [layer.site for layer in result.layers]
     x = list(range(len(sites)))

@@ -23,7 +23,7 @@ from ..core.corpus import make_segments
 from ..core.errors import RepdispError
 from ..core.extract import Extraction, extract
 from ..core.geometry import CosineStats, bootstrap_ci
-from ..core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
+from ..core.models import DEFAULT_MODEL, LoadedModel, as_loaded, load_model, resolve_device
 from ..core.segment_table import segment_rows
 from ..core.stats import mean_ci
 from ..io.results import Result, new_figure, record, recorded
@@ -196,7 +196,7 @@ def _site_values(total: np.ndarray, sites: list[str], pooling: str, dim: int) ->
 
 @recorded
 def measure(
-    model: str | LoadedModel = DEFAULT_MODEL,
+    model: str | LoadedModel | tuple = DEFAULT_MODEL,
     data: str = "python-docs",
     *,
     sites: str | list[str] = "final",
@@ -243,6 +243,8 @@ def measure(
     start = time.perf_counter()
     if distributed.from_env().world_size > 1 and not cache:
         raise RepdispError("a multi-process run needs the shard cache; drop --no-cache")
+    if isinstance(model, tuple):  # (hf_model, tokenizer) already in memory
+        model = as_loaded(model)
     dev = model.device if isinstance(model, LoadedModel) else resolve_device(device)
     dist, created = distributed.setup(dev)
     try:
@@ -327,4 +329,3 @@ def _summaries(
         "median_last_token_ppl": float(np.median(ex.last_ppl)),
     }
     return results, ppl
-

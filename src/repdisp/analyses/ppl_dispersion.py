@@ -29,15 +29,8 @@ from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.segment_table import segment_rows
 from ..core.stats import Correlation
 from ..io.results import Result, new_figure, record, recorded
-from .binning import BinSelection, select_bins
-from .sampling import (
-    MODES,
-    BinPoint,
-    bin_points,
-    correlate,
-    model_label,
-    short_name,
-)
+from .binning import MODES, BinPoint, BinSelection, bin_points, correlate, select_bins
+from .labels import model_label, short_name
 
 
 @dataclass

@@ -5,50 +5,68 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io.results import write_csv, write_result
+from . import checks
+from .options import add_output_options, add_tracking_options, report_to
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--config", required=True, help="recipe YAML (see configs/train_*.yaml)")
-    p.add_argument("--out", help="output folder (default runs/training/<config name>)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_output_options(
+        p,
+        command,
+        cache=False,
+        required=False,
+        help="result folder (default: runs/training/NAME, NAME from the config)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train GPT-2 from scratch with the push-away loss")
-    _common(t)
-    t.add_argument("--aux-weight", type=float, help="λ; 0 = cross-entropy baseline")
-    t.add_argument("--lr", type=float, help="learning rate (overrides the config)")
-    t.add_argument("--seed", type=int, help="seed of initialisation and data order")
-    t.add_argument("--max-steps", type=int, help="optimizer steps (overrides the config)")
+    _common(t, "train")
+    t.add_argument(
+        "--aux-weight",
+        type=checks.nonneg_float,
+        help="λ; 0 = cross-entropy baseline (default: the config's)",
+    )
+    t.add_argument("--lr", type=checks.positive_float, help="learning rate (default: the config's)")
+    t.add_argument(
+        "--seed",
+        type=checks.seed,
+        help="seed of initialisation and data order (default: the config's)",
+    )
+    t.add_argument(
+        "--max-steps", type=checks.positive_int, help="optimizer steps (default: the config's)"
+    )
+    t.add_argument(
+        "--save-every",
+        type=checks.nonneg_int,
+        default=0,
+        help="checkpoint every N steps in OUT/.checkpoints (a multiple of the config's "
+        "log_steps); the same command after a crash resumes from the last one",
+    )
     t.add_argument(
         "--no-all-reduce",
         action="store_true",
         help="multi-process: per-process dispersion instead of the exact global-batch one",
     )
-    t.add_argument(
-        "--report-to",
-        default="none",
-        help="the Trainer's trackers, comma list: none, tensorboard (OUT/logs), wandb, mlflow, "
-        "... (default none)",
-    )
-    t.add_argument(
-        "--dispersion-every",
-        type=int,
-        default=0,
-        metavar="N",
-        help="log the final site's dispersion on fixed validation blocks every N steps (0 = off)",
-    )
+    add_tracking_options(t)
     t.set_defaults(func=run_train)
 
     s = sub.add_parser("sweep", help="λ × lr × seed grid and Table 2 (base vs +aux test ppl)")
-    _common(s)
+    _common(s, "sweep")
+    s.add_argument(
+        "--save-every",
+        type=checks.nonneg_int,
+        default=0,
+        help="checkpoint every N steps within a run (finished runs are always kept and reused)",
+    )
     s.set_defaults(func=run_sweep_cmd)
 
 
 def run_train(args: argparse.Namespace) -> int:
     import os
 
+    from ..io.results import write_csv, write_result
     from ..training import load_config, train_run
 
     cfg = load_config(
@@ -63,9 +81,11 @@ def run_train(args: argparse.Namespace) -> int:
     run = train_run(
         cfg,
         progress=not args.quiet,
-        report_to=[x.strip() for x in args.report_to.split(",") if x.strip()] or "none",
+        report_to=report_to(args),
         logging_dir=out / "logs",
         dispersion_every=args.dispersion_every,
+        checkpoint_dir=out / ".checkpoints",
+        save_every=args.save_every,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -87,7 +107,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = Path(args.out or f"runs/training/{cfg.name}")
-    result = run_sweep(cfg, out, progress=not args.quiet)
+    result = run_sweep(cfg, out, progress=not args.quiet, save_every=args.save_every)
     print(result.markdown())
     print(f"chosen λ per lr (validation): {result.chosen}")
     print(f"wrote {out}/table2.md, table2.csv, grid.csv, sweep.json, sweep.png")

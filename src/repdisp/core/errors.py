@@ -13,3 +13,10 @@ class RepdispError(Exception):
     ...     print(e)
     dispersion needs at least 2 vectors, got 1
     """
+
+
+def warn(message: str) -> None:
+    """One ``repdisp: warning: ...`` line on stderr: something was skipped, the run goes on."""
+    import sys
+
+    print(f"repdisp: warning: {message}", file=sys.stderr)

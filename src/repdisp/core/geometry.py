@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .errors import RepdispError
 
@@ -26,6 +26,18 @@ _CHUNK_ROWS = 4096
 _BLOCK_BYTES = 1 << 22  # float64 block of rows in CosineStats.update: 4 MiB, fits in L2/L3
 # Row-wise dot products; np.vecdot (numpy >= 2) is several times faster than einsum.
 _row_dot = getattr(np, "vecdot", None) or (lambda a, b: np.einsum("ij,ij->i", a, b))
+_threadpools: ThreadpoolController | None = None
+
+
+def _one_blas_thread() -> Any:
+    """Context manager: BLAS at one thread inside ``with``, restored on exit. Only the BLAS
+    pools (numpy's OpenBLAS) are touched, never torch's intra-op (OpenMP) threads, and the
+    limit never outlives the block. The controller (a scan of the loaded libraries) is built
+    once per process."""
+    global _threadpools
+    if _threadpools is None:
+        _threadpools = ThreadpoolController()
+    return _threadpools.limit(limits=1, user_api="blas")
 
 
 def as_matrix(x: ArrayLike) -> np.ndarray:
@@ -108,7 +120,7 @@ class CosineStats:
         x = as_matrix(x)
         rows = max(1, _BLOCK_BYTES // (8 * max(1, x.shape[1])))
         buf = np.empty((min(rows, len(x)), x.shape[1]))
-        with threadpool_limits(1, user_api="blas"):  # tiny gemvs: threads cost more than they give
+        with _one_blas_thread():  # tiny gemvs: threads cost more than they give
             self._add_blocks(x, buf, rows)
         return self
 

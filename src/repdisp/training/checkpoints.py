@@ -32,9 +32,9 @@ def _step(path: Path) -> int | None:
     return int(tail) if path.name.startswith("checkpoint-") and tail.isdigit() else None
 
 
-def last_checkpoint(work: Path) -> Path | None:
+def last_checkpoint(work: Path, prune: bool = True) -> Path | None:
     """The highest-step complete checkpoint in ``work``; incomplete ones (a save cut short) are
-    removed so the Trainer never sees them."""
+    removed (``prune``) so the Trainer never sees them."""
     found = sorted((s, p) for p in work.glob("checkpoint-*") if (s := _step(p)) is not None)
     for step, path in reversed(found):
         try:
@@ -43,7 +43,8 @@ def last_checkpoint(work: Path) -> Path | None:
                 return path
         except (OSError, ValueError, AttributeError):
             pass
-        shutil.rmtree(path, ignore_errors=True)
+        if prune:
+            shutil.rmtree(path, ignore_errors=True)
     return None
 
 
@@ -80,3 +81,20 @@ def check_save_every(save_every: int) -> None:
         raise RepdispError(
             f"--save-every must be an integer >= 0 (0 = no checkpoints), got {save_every!r}"
         )
+
+
+def wait_for_work(work: Path, spec: dict[str, Any], timeout: float = 300.0) -> Path | None:
+    """For the other processes of a multi-process job: wait until process 0 has made ``work``
+    the folder of this job (``open_work``), then return the same checkpoint it resumes from."""
+    import time
+
+    spec = json.loads(json.dumps(spec))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((work / JOB_FILE).read_text()) == spec:
+                return last_checkpoint(work, prune=False)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise RepdispError(f"process 0 did not prepare the work folder {work} within {timeout:.0f} s")

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..core.corpus import BUILTIN_SOURCES
 from ..core.errors import RepdispError
+from ..core.validate import check_keys, check_train_config, read_yaml_mapping
 
 
 @dataclass
@@ -67,38 +68,28 @@ class TrainConfig:
 
 
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    """Read a YAML recipe; ``overrides`` (None values ignored) replace top-level keys."""
-    import yaml
-
+    """Read a YAML recipe; ``overrides`` (None values ignored) replace top-level keys. Every key
+    is checked (``core.validate``: types, ranges, unknown keys); a fault is one error line
+    naming the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise RepdispError(f"config {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    where = f"config {path}"
+    raw = read_yaml_mapping(path, "config")
     sweep = raw.pop("sweep", None) or {}
     if not isinstance(sweep, dict):
-        raise RepdispError(f"config {path}: sweep must be a mapping (aux_weights, lrs, seeds)")
+        raise RepdispError(f"{where}: sweep must be a mapping (aux_weights, lrs, seeds)")
+    check_keys(f"{where}: sweep", sweep, ("aux_weights", "lrs", "seeds"))
     raw.update({f"sweep_{k}": v for k, v in sweep.items()})
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise RepdispError(f"config {path}: unknown key(s) {unknown}; known: {sorted(known)}")
-    doms = raw.get("domains") or []
-    if not 1 <= len(doms) <= 2:
-        raise RepdispError(
-            f"config {path}: give one domain (single) or two (cross), not {len(doms)}"
-        )
-    try:
-        raw["domains"] = [DomainSpec(**d) for d in doms]
-        cfg = TrainConfig(**{"base_dir": str(path.resolve().parent), **raw})
-    except TypeError as e:
-        raise RepdispError(f"config {path}: {e}") from None
-    for k in ("lr", "weight_decay", "aux_weight"):
-        setattr(cfg, k, float(getattr(cfg, k)))
-    cfg.sweep_lrs = [float(x) for x in cfg.sweep_lrs]
-    cfg.sweep_aux_weights = [float(x) for x in cfg.sweep_aux_weights]
+    check_keys(where, raw, {f.name for f in fields(TrainConfig)})
+    if "name" not in raw:
+        raise RepdispError(f"{where}: needs a name")
+    raw = check_train_config(where, raw)
+    raw["domains"] = [DomainSpec(**d) for d in raw["domains"]]
+    cfg = TrainConfig(**{"base_dir": str(path.resolve().parent), **raw})
     if cfg.batch_size % cfg.grad_accum:
-        raise RepdispError(f"batch_size {cfg.batch_size} is not a multiple of grad_accum")
+        raise RepdispError(
+            f"{where}: batch_size {cfg.batch_size} is not a multiple of grad_accum {cfg.grad_accum}"
+        )
     return cfg
 
 

@@ -258,8 +258,9 @@ def finetune(
         net = net.merge_and_unload()
     net.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # a final save cut short by a kill
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         net.save_pretrained(tmp, safe_serialization=True)

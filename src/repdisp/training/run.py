@@ -4,11 +4,13 @@ validation and test perplexity (and final-layer dispersion) of every domain at t
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,9 +21,12 @@ from ..core.errors import RepdispError
 from ..core.geometry import CosineStats
 from ..io.results import Result, data_provenance, new_figure, record, save_figure
 from .callback import DispersionCallback, check_report_to, tensorboard_dir
+from .checkpoints import check_save_every, open_work, wait_for_work
 from .config import TrainConfig
 from .data import BlockDataset, PreparedData, prepare_data
 from .loss import PushAwayLoss
+
+_EVAL = "repdisp_eval"  # key of the evaluation rows in the Trainer's log history
 
 
 @torch.no_grad()
@@ -122,6 +127,15 @@ def build_model(cfg: TrainConfig, tokenizer: Any) -> Any:
     return GPT2LMHeadModel(conf)
 
 
+def _job_spec(cfg: TrainConfig, data: PreparedData, names: list[str], world: int) -> dict:
+    """Everything a checkpoint of this run depends on: the settings and the training tokens."""
+    spec = {k: v for k, v in asdict(cfg).items() if not k.startswith("sweep_") and k != "base_dir"}
+    h = hashlib.sha256()
+    for n in names:
+        h.update(np.ascontiguousarray(data.train[n]).tobytes())
+    return spec | {"train_sha256": h.hexdigest(), "world_size": world}
+
+
 def train_run(
     cfg: TrainConfig,
     data: PreparedData | None = None,
@@ -130,6 +144,8 @@ def train_run(
     report_to: str | list[str] = "none",
     logging_dir: str | Path | None = None,
     dispersion_every: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    save_every: int = 0,
     callbacks: list[Any] | None = None,
 ) -> RunResult:
     """Train one model with ``cfg.aux_weight`` and evaluate it at ``cfg.eval_steps``.
@@ -137,11 +153,23 @@ def train_run(
     ``report_to``: the Trainer's trackers (``none``, ``tensorboard``, ``wandb``, ...); they get
     the loss, CE, auxiliary loss and batch dispersion the Trainer logs. TensorBoard files go to
     ``logging_dir``. ``dispersion_every`` > 0 adds a ``DispersionCallback`` (final site, up to
-    32 validation blocks of the first domain) every that many steps."""
+    32 validation blocks of the first domain) every that many steps.
+
+    With ``checkpoint_dir`` and ``save_every`` > 0, a checkpoint is saved there every
+    ``save_every`` steps (a multiple of ``log_steps``, so no partly averaged log is lost) and the
+    same call after a crash resumes from the last one (``training.checkpoints``); the history and
+    evaluations travel in the Trainer state, so the result equals an uninterrupted run's. The
+    folder is removed when the run ends. ``callbacks``: extra ``TrainerCallback``s."""
     from transformers import TrainerCallback, TrainingArguments, default_data_collator
 
     from .trainer import PushAwayTrainer
 
+    check_save_every(save_every)
+    if save_every and save_every % cfg.log_steps:
+        raise RepdispError(
+            f"--save-every {save_every} must be a multiple of the config's log_steps "
+            f"({cfg.log_steps}), so that every checkpoint falls right after a log"
+        )
     data = data or prepare_data(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device, rem = divmod(cfg.batch_size, world * cfg.grad_accum)
@@ -155,26 +183,34 @@ def train_run(
     names = [d.name for d in cfg.domains]
     model = build_model(cfg, data.tokenizer)
     dataset = BlockDataset([data.train[n] for n in names], cfg.max_steps * cfg.batch_size, cfg.seed)
-    history: list[dict[str, float]] = []
-    evals: list[dict[str, Any]] = []
     steps = {s for s in cfg.eval_steps if 0 < s <= cfg.max_steps} | {cfg.max_steps}
 
     class Recorder(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                history.append({"step": state.global_step, **logs})
+        """Evaluations go into the Trainer's log history, which checkpoints carry."""
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if state.global_step in steps:
                 for split in ("val", "test"):
                     for n in names:
                         r = evaluate_blocks(model, getattr(data, split)[n])
-                        evals.append({"step": state.global_step, "domain": n, "split": split, **r})
+                        row = {"step": state.global_step, "domain": n, "split": split, **r}
+                        state.log_history.append({"step": state.global_step, _EVAL: row})
 
     t0 = time.perf_counter()
+    resume = None
+    keep = checkpoint_dir is not None and save_every > 0
+    if keep:
+        work = Path(checkpoint_dir)
+        spec = _job_spec(cfg, data, names, world)
+        if int(os.environ.get("RANK", "0")) == 0:
+            resume = open_work(work, spec, quiet=not progress)
+        else:
+            resume = wait_for_work(work, spec)
+        if resume is not None and progress:
+            print(f"resuming from {resume.name} in {work}")
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp,
+            output_dir=str(work) if keep else tmp,
             per_device_train_batch_size=per_device,
             gradient_accumulation_steps=cfg.grad_accum,
             learning_rate=cfg.lr,
@@ -185,7 +221,9 @@ def train_run(
             lr_scheduler_type=cfg.scheduler,
             max_steps=cfg.max_steps,
             logging_steps=cfg.log_steps,
-            save_strategy="no",
+            save_strategy="steps" if keep else "no",
+            save_steps=save_every if keep else None,
+            save_total_limit=1 if keep else None,
             report_to=report_to,
             use_cpu=not torch.cuda.is_available(),
             bf16=cfg.bf16,
@@ -209,7 +247,16 @@ def train_run(
         if dispersion_every > 0:
             probe = np.asarray(data.val[names[0]][:32])
             DispersionCallback(probe, every_n_steps=dispersion_every).attach(trainer)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    log = trainer.state.log_history
+    history = [
+        {"step": e["step"], **{k: v for k, v in e.items() if k != "step"}}
+        for e in log
+        if "loss" in e
+    ]
+    evals = [e[_EVAL] for e in log if _EVAL in e]
+    if keep and int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(work, ignore_errors=True)
     result = RunResult(
         name=cfg.name,
         mode=cfg.mode,

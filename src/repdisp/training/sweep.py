@@ -9,6 +9,7 @@ so an interrupted sweep resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..io.results import Result, load_result, new_figure, write_csv, write_result
+from ..core.errors import RepdispError
+from ..io.results import Result, load_result, new_figure, write_csv, write_json, write_result
 from .config import TrainConfig
 from .data import prepare_data
-from .run import RunResult, train_run
+from .run import RunResult, _job_spec, train_run
 
 
 @dataclass
@@ -157,10 +159,46 @@ def table2(grid: list[dict[str, Any]], chosen: dict[str, float]) -> list[dict[st
     return rows
 
 
-def run_sweep(cfg: TrainConfig, out: str | Path, progress: bool = False) -> SweepResult:
-    """Run (or resume) the grid: λ in {0} ∪ sweep_aux_weights, lr in sweep_lrs, seeds."""
+def run_sweep(
+    cfg: TrainConfig, out: str | Path, progress: bool = False, *, save_every: int = 0
+) -> SweepResult:
+    """Run (or resume) the grid: λ in {0} ∪ sweep_aux_weights, lr in sweep_lrs, seeds.
+
+    Finished runs are kept in ``out/runs`` and reused by the same command; ``out/sweep_job.json``
+    records the recipe and training tokens they belong to, and a folder holding runs of another
+    recipe is refused (never mixed in). ``save_every``: checkpoints within a run, as ``train``."""
     out = Path(out)
     data = prepare_data(cfg)
+    names = [d.name for d in cfg.domains]
+    job = json.loads(json.dumps(_job_spec(cfg, data, names, 1)))
+    for k in ("lr", "aux_weight", "seed"):  # the grid's axes: each run file names its own
+        job.pop(k, None)
+    job_file = out / "sweep_job.json"
+    if job_file.exists():
+        try:
+            old = json.loads(job_file.read_text())
+        except ValueError:
+            old = None
+        if old != job:
+            raise RepdispError(
+                f"{out} holds sweep runs of another recipe or other training data; choose "
+                "another --out or delete it"
+            )
+    else:
+        # runs written before the recipe was recorded: kept only when what they record agrees
+        want = {"name": cfg.name, "domains": names, "max_steps": cfg.max_steps}
+        want |= {"batch_size": cfg.batch_size, "block_size": cfg.block_size}
+        for path in sorted((out / "runs").glob("*.json")):
+            try:
+                got = json.loads(path.read_text())
+                same = all(got.get(k) == v for k, v in want.items())
+            except (OSError, ValueError, AttributeError):
+                same = False
+            if not same:
+                raise RepdispError(
+                    f"{path} is a run of another recipe; choose another --out or delete it"
+                )
+        write_json(job_file, job)
     runs = []
     weights = [0.0] + [w for w in cfg.sweep_aux_weights if w != 0]
     for lr in cfg.sweep_lrs:
@@ -173,7 +211,13 @@ def run_sweep(cfg: TrainConfig, out: str | Path, progress: bool = False) -> Swee
                         done = RunResult.from_dict(done.to_dict())
                     runs.append(done)
                     continue
-                run = train_run(replace(cfg, lr=lr, aux_weight=w, seed=seed), data, progress)
+                run = train_run(
+                    replace(cfg, lr=lr, aux_weight=w, seed=seed),
+                    data,
+                    progress,
+                    checkpoint_dir=out / ".checkpoints",
+                    save_every=save_every,
+                )
                 write_result(path.parent, path.stem, run, tables=False, figure=False)
                 if progress:
                     last = {

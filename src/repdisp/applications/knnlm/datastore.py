@@ -26,7 +26,7 @@ from ...core.models import LoadedModel
 from ...core.shards import atomic_write
 from ...core.sites import Site
 from .index import _faiss, _on_gpu, build_index
-from .windows import _batches, _window_batch, plan_windows
+from .windows import _batches, _window_batch, check_context, plan_windows
 
 _VERSION = 1
 
@@ -282,6 +282,7 @@ def build_datastore(
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
+    check_context(context, lm.max_len, lm.bos_id)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     site_list = lm.parse_sites(sites)

@@ -17,7 +17,7 @@ from ...core.models import LoadedModel
 from ...io.results import Result, data_provenance, new_figure, record, recorded
 from .datastore import Datastore
 from .mixture import interpolate, knn_log_prob, perplexity
-from .windows import _batches, _window_batch, plan_windows
+from .windows import _batches, _window_batch, check_context, plan_windows
 
 
 @dataclass(kw_only=True)
@@ -156,9 +156,13 @@ def evaluate_knnlm(
 
     t_start = time.perf_counter()
     if datastore.meta["identity"] != lm.identity:
-        raise RepdispError(
-            f"datastore {datastore.folder} was built with {datastore.meta['model']}, not {lm.name}"
+        built = datastore.meta["model"]
+        what = (
+            f"another version of {built} (its weights, config, tokenizer or dtype differ)"
+            if built == lm.name
+            else built
         )
+        raise RepdispError(f"datastore {datastore.folder} was built with {what}, not {lm.name}")
     if temperature <= 0 or any(t <= 0 for t in temperature_grid or []):
         raise RepdispError("--temperature must be positive")
     if k < 1:
@@ -182,6 +186,7 @@ def evaluate_knnlm(
         )
     temps = sorted({temperature, *(temperature_grid or [])})
     windows = plan_windows(len(tokens), context, stride)
+    check_context(context, lm.max_len, lm.bos_id)
     lp_lm: list[np.ndarray] = []
     lp_knn: dict[str, list[np.ndarray]] = {s: [] for s in names}
     covered: dict[str, int] = dict.fromkeys(names, 0)

@@ -89,3 +89,13 @@ def chunk_windows(tokens: np.ndarray, chunk_len: int, bos: int | None, source: s
         raise RepdispError(f"{source}: fewer than 2 chunks of {chunk_len} tokens")
     ids = prepend_bos(tokens[: n * chunk_len].reshape(n, chunk_len), bos)
     return Segments(ids, np.arange(n), bos is not None, source)
+
+
+def check_context(context: int, max_len: int | None, bos: int | None) -> None:
+    """A window (plus its BOS) must fit the model's context length."""
+    need = context + int(bos is not None)
+    if max_len is not None and need > max_len:
+        extra = " plus the BOS" if bos is not None else ""
+        raise RepdispError(
+            f"--context {context}{extra} is longer than the model's context of {max_len} tokens"
+        )
