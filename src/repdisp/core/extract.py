@@ -198,7 +198,8 @@ def _shard_arrays(parts: list[dict[str, Any]], dtype: Any) -> dict[str, np.ndarr
     import torch
 
     arrays = {}
-    for k in parts[0]:
+    # hidden states first: an overflow there also ruins the perplexity, and the site is the news
+    for k in sorted(parts[0], key=lambda k: (k.endswith("_nll"), k.endswith("/within"))):
         arr = torch.cat([p[k] for p in parts]).cpu().numpy()
         if k.endswith("_nll"):
             arr = arr.astype(np.float64)
@@ -207,14 +208,29 @@ def _shard_arrays(parts: list[dict[str, Any]], dtype: Any) -> dict[str, np.ndarr
                     f"NaN/inf perplexity (overflow in {dtype}?); try --dtype float32"
                 )
         elif not np.isfinite(arr).all():
+            site = k.split("/")[0]
+            if k.endswith("/within"):  # finite states whose segment holds a zero vector give NaN
+                for other in parts[0]:
+                    if other.startswith(site + "/") and other != k:
+                        vecs = torch.cat([p[other] for p in parts]).float().cpu().numpy()
+                        zero = int((np.isfinite(vecs).all(1) & ~vecs.any(1)).sum())
+                        if zero:
+                            raise RepdispError(
+                                f"site {site}: {zero} zero vector(s): cosine distance is "
+                                "undefined for them"
+                            )
+                raise RepdispError(
+                    f"site {site}: within-segment dispersion is undefined: a zero or NaN/inf "
+                    f"hidden vector (overflow in {dtype}?); try --dtype float32 or bfloat16"
+                )
             raise RepdispError(
-                f"NaN/inf hidden states at site {k.split('/')[0]} (overflow in {dtype}?); "
+                f"NaN/inf hidden states at site {site} (overflow in {dtype}?); "
                 "try --dtype float32 or bfloat16"
             )
         elif k.endswith("/within"):
             arr = arr.astype(np.float64)
         arrays[k] = arr
-    return arrays
+    return {k: arrays[k] for k in parts[0]}
 
 
 def cache_key(
