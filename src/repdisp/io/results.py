@@ -710,8 +710,11 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 pass
         return {"True": True, "False": False}.get(s, s)
 
-    with open(path, newline="") as f:
-        return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (OSError, ValueError, csv.Error) as e:
+        raise RepdispError(f"{path}: not a readable CSV table ({e})") from None
 
 
 def load_result(path: str | Path) -> Any:
@@ -738,12 +741,6 @@ def load_result(path: str | Path) -> Any:
         path = found[0]
     if not path.is_file():
         raise RepdispError(f"{path}: no such result file")
-    stem = path.with_suffix("")
-    csvs = {}
-    for p in sorted(path.parent.glob(f"{stem.name}*.csv")):
-        tname = p.stem[len(stem.name) :].lstrip("_") or "main"
-        if p.stem == stem.name or p.stem.startswith(stem.name + "_"):
-            csvs[tname] = _read_csv(p)
     if path.suffix == ".csv":
         return GenericResult({"kind": None}, {"main": _read_csv(path)})
     if path.suffix == ".parquet":
@@ -755,6 +752,12 @@ def load_result(path: str | Path) -> Any:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise RepdispError(f"{path}: not a JSON result ({e})") from None
+    stem = path.with_suffix("")
+    csvs = {}
+    for p in sorted(path.parent.glob(f"{stem.name}*.csv")):
+        tname = p.stem[len(stem.name) :].lstrip("_") or "main"
+        if p.stem == stem.name or p.stem.startswith(stem.name + "_"):
+            csvs[tname] = _read_csv(p)
     if not isinstance(doc, dict):
         return GenericResult({"value": doc}, csvs)
     doc = _restore(doc)
