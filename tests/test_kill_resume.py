@@ -73,9 +73,11 @@ def _kill_when(args: list[str], env: dict, ready, log: Path) -> None:
 
 
 def _stable(doc):
-    """A result without what may differ between identical runs (timings, the run block)."""
+    """A result without what may differ between identical runs (timings, the run block) and the
+    provenance's command line (the two runs compared here write to different --out folders)."""
     if isinstance(doc, dict):
-        return {k: _stable(v) for k, v in doc.items() if k not in ("seconds", "run", "wall_s")}
+        drop = ("seconds", "run", "wall_s", "command")
+        return {k: _stable(v) for k, v in doc.items() if k not in drop}
     if isinstance(doc, list):
         return [_stable(v) for v in doc]
     return doc

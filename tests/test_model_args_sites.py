@@ -93,7 +93,7 @@ def test_user_model_in_memory_gives_the_same_result(tiny_gpt2, tiny_gpt2_dir):
     held = measure(model=(tiny_gpt2.model, tiny_gpt2.tokenizer), **kw).to_dict()
     loaded = measure(model=load_model(str(tiny_gpt2_dir), "cpu", "float32"), **kw).to_dict()
     assert held["sites"][0]["dispersion"] == pytest.approx(loaded["sites"][0]["dispersion"], 1e-9)
-    assert held["token_ppl"] == pytest.approx(loaded["token_ppl"], rel=1e-9)
+    assert held["ppl"] == pytest.approx(loaded["ppl"], rel=1e-9)
     a = as_loaded((tiny_gpt2.model, tiny_gpt2.tokenizer))
     assert (
         as_loaded(a) is a

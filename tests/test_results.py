@@ -30,11 +30,12 @@ def tiny_measure(tiny_gpt2_dir):
 
 def test_identical_runs_equal_except_run_block(tiny_measure, tmp_path):
     out = tmp_path / "m"
-    assert main(tiny_measure + ["--out", str(out)]) == 0
+    # the same command twice (--overwrite: the second run replaces the first one's files)
+    assert main(tiny_measure + ["--out", str(out), "--overwrite"]) == 0
     first = (out / "measure.json").read_bytes()
     seg1 = (out / "measure_segments.parquet").read_bytes()
     csv1, png1 = (out / "measure.csv").read_bytes(), (out / "measure.png").read_bytes()
-    assert main(tiny_measure + ["--out", str(out)]) == 0
+    assert main(tiny_measure + ["--out", str(out), "--overwrite"]) == 0
     second = (out / "measure.json").read_bytes()
     assert first != second  # the run block (date, seconds) differs ...
     a, b = json.loads(first), json.loads(second)
