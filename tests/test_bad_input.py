@@ -8,6 +8,7 @@ import errno
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,9 +32,12 @@ WORDS = " ".join(f"word{i}" for i in range(300))
 
 def _error(capsys, args: list[str]) -> str:
     """Run the CLI; assert exit 2 with exactly one ``repdisp: error`` line and no traceback."""
-    rc = main(args)
+    try:
+        rc = main(args)
+    except SystemExit as e:  # argparse: usage, then one error line naming the flag
+        rc = e.code
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("repdisp:")]
+    lines = [line for line in err.splitlines() if re.match(r"repdisp[\w -]*: error: ", line)]
     assert rc == 2, err
     assert "Traceback" not in err and len(lines) == 1, err
     return lines[0]
@@ -72,7 +76,7 @@ def bad_files(tmp_path_factory, tiny_gpt2_dir):
         (["--data", "{d}/empty.txt"], ["empty.txt", "no text"]),
         (["--data", "{d}/short.txt"], ["short.txt", "fewer than one segment"]),
         (["--data", "{d}/latin1.txt"], ["not valid UTF-8", "--encoding-errors replace"]),
-        (["--data", "{d}/nofield.jsonl"], ["record 2", "no field 'text'"]),
+        (["--data", "{d}/nofield.jsonl"], ["line 2", "no field 'text'"]),
         (["--data", "{d}/missing.txt"], ["not found"]),
         (["--model", "no-such-model"], ["unknown model 'no-such-model'"]),
         (["--model", "{d}/noweights"], ["no model weights"]),
@@ -81,11 +85,11 @@ def bad_files(tmp_path_factory, tiny_gpt2_dir):
         (["--model", "{d}/notgguf.gguf"], ["not a GGUF file"]),
         (["--model", "{d}/truncated.gguf"], ["cannot read GGUF", "truncated or corrupt"]),
         (["--site", "7.attn"], ["unknown site '7.attn'"]),
-        (["--segments", "1"], ["--segments must be at least 2"]),
-        (["--seq-len", "0"], ["--seq-len must be at least 2"]),
+        (["--segments", "1"], ["argument --segments: must be at least 2"]),
+        (["--seq-len", "0"], ["argument --seq-len: must be at least 2"]),
         (["--seq-len", "4096"], ["exceeds the model's context of 256"]),
         (["--skip-first", "15"], ["--skip-first 15 leaves no tokens"]),
-        (["--batch-size", "0"], ["--batch-size must be at least 1"]),
+        (["--batch-size", "0"], ["argument --batch-size: must be at least 1"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, measure_tiny, bad_files, extra, words):

@@ -60,7 +60,9 @@ def _violations() -> list[str]:
             if tname == name:
                 continue
             if trank >= rank:
-                bad.append(f"{path.relative_to(SRC)}:{line} ({name}) imports {'.'.join(target)} ({tname})")
+                bad.append(
+                    f"{path.relative_to(SRC)}:{line} ({name}) imports {'.'.join(target)} ({tname})"
+                )
     return bad
 
 
@@ -79,7 +81,9 @@ def test_checker_catches_an_upward_import(tmp_path: Path) -> None:
     tree = tmp_path / "x.py"
     tree.write_text(src)
     nodes = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)]
-    targets = [("core",)[: len(("core",)) - (n.level - 1)] + tuple(n.module.split(".")) for n in nodes]
+    targets = [
+        ("core",)[: len(("core",)) - (n.level - 1)] + tuple(n.module.split(".")) for n in nodes
+    ]
     assert [_layer(t)[1] > RANK["core"] for t in targets] == [True, True]
 
 

@@ -10,6 +10,10 @@ each target takes the bin whose mean is nearest, and when several targets land o
 the missing ones are filled, target by target in order of k, with the nearest bin not yet taken.
 ``N mod B`` segments with the highest perplexity are left out (they cannot fill a bin). Ties go
 to the lower bin.
+
+Each selected bin is then measured exactly (``bin_points``): its mean perplexity, Eq. 1 over the
+bin's segment vectors (``across``) and the mean within-segment dispersion (``within``);
+``correlate`` gives Pearson and Spearman of bin perplexity vs each dispersion over the bins.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.errors import RepdispError
+from ..core.geometry import dispersion
+from ..core.stats import Correlation, correlation
+
+MODES = ("across", "within")
+METHODS = ("pearson", "spearman")
 
 
 @dataclass
@@ -71,3 +80,39 @@ def select_bins(values: np.ndarray, bin_size: int, n_bins: int) -> BinSelection:
             taken.append(int(free[0]))
     chosen = np.array(sorted(taken))
     return BinSelection(bin_size, targets, means, chosen, [order[j] for j in chosen])
+
+
+@dataclass
+class BinPoint:
+    """One selected bin: its index among all equal-count bins, size, mean perplexity, dispersions."""
+
+    bin: int
+    n: int
+    mean_ppl: float
+    across: float
+    within: float
+
+
+def bin_points(
+    ppl: np.ndarray, vectors: np.ndarray, within: np.ndarray, sel: BinSelection
+) -> list[BinPoint]:
+    """Mean perplexity and both dispersions of each selected bin."""
+    return [
+        BinPoint(
+            int(b), len(m), float(ppl[m].mean()), dispersion(vectors[m]), float(within[m].mean())
+        )
+        for b, m in zip(sel.chosen, sel.members, strict=True)
+    ]
+
+
+def correlate(
+    points: list[BinPoint], reps: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Correlation]]:
+    """Pearson and Spearman of bin mean perplexity vs each dispersion mode."""
+    x = [p.mean_ppl for p in points]
+    return {
+        mode: {
+            m: correlation(x, [getattr(p, mode) for p in points], m, reps, seed) for m in METHODS
+        }
+        for mode in MODES
+    }

@@ -253,7 +253,9 @@ def write_outputs(result: ClustersResult, out: str | Path) -> None:
     ):
         y = np.array([getattr(c, key) for c in result.checkpoints])
         ci = np.array([getattr(c, f"{key}_ci") for c in result.checkpoints])
-        ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], fmt=mark, capsize=4, label=label)
+        # a percentile CI may exclude the estimate (few clusters): no bar on that side
+        err = np.clip([y - ci[:, 0], ci[:, 1] - y], 0, None)
+        ax.errorbar(x, y, yerr=err, fmt=mark, capsize=4, label=label)
     ax.set_xticks(x, names, rotation=15)
     ax.set_xlabel("checkpoint")
     ax.set_ylabel("mean cosine distance (95% CI)")

@@ -16,8 +16,7 @@ from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import Correlation
-from .binning import select_bins
-from .sampling import MODES, BinPoint, bin_points, correlate
+from .binning import MODES, BinPoint, bin_points, correlate, select_bins
 
 
 @dataclass

@@ -6,10 +6,17 @@ import argparse
 from pathlib import Path
 
 from ..core.errors import RepdispError
-from ..core.models import DEFAULT_MODEL, DEVICES
-from ..core.sampling import Sampling
-from ..training.finetune import METHODS, before_after, finetune, write_before_after
-from ..training.validate import Rule, check, check_keys, read_yaml_mapping
+from ..core.validate import Rule, check, check_keys, read_yaml_mapping
+from . import checks
+from .options import (
+    add_data_options,
+    add_device_option,
+    add_model_options,
+    add_output_options,
+    check_data,
+)
+
+METHODS = ("lora", "full")  # training.finetune.METHODS (not imported here: it pulls torch)
 
 # option name -> (type, default); a --config YAML file may set any of them
 _OPTIONS = {
@@ -47,6 +54,30 @@ _RULES = {
     "eval_segments": Rule(int, lo=0),
     "save_every": Rule(int, lo=0),
 }
+_HELP = {
+    "method": "lora (merged into the weights) or full",
+    "steps": "optimizer steps",
+    "lr": "learning rate",
+    "batch_size": "sequences per forward pass",
+    "grad_accum": "forward passes per optimizer step",
+    "seq_len": "tokens per segment",
+    "seed": "sampling seed",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "lora_dropout": "LoRA dropout",
+    "warmup_steps": "linear warm-up steps",
+    "weight_decay": "AdamW weight decay",
+    "train_fraction": "train on this leading fraction of the text; the rest is held out",
+    "eval_segments": "held-out segments for the before/after check (0 = none)",
+    "save_every": "save a checkpoint every N optimizer steps beside --out (0 = never)",
+}
+
+# the shared flags take the same validators as in every other command
+_TYPES = {
+    "seed": checks.seed,
+    "batch_size": checks.positive_int,
+    "seq_len": checks.int_at_least(2),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,25 +85,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finetune",
         help="fine-tune a model (LoRA merged, or full) into a safetensors checkpoint folder",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default {DEFAULT_MODEL})")
-    p.add_argument("--data", help="training text: built-in, file, folder or hf: (required)")
-    p.add_argument("--out", required=True, help="new folder for the checkpoint and results")
-    p.add_argument("--config", help="YAML file of option values (e.g. configs/finetune_paper.yaml)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="auto|cpu|cuda")
-    p.add_argument("--text-field", default="text", help="field holding the text in jsonl/csv")
-    p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
+    add_device_option(add_model_options(p, loading=False))
+    add_data_options(p, default=None)
+    o = add_output_options(
+        p,
+        "finetune",
+        cache=False,
+        required=True,
+        help="new folder for the checkpoint and results",
+    )
+    o.add_argument(
         "--eval-only",
         action="store_true",
         help="no training: compare --model with the checkpoint in --out on its held-out text",
     )
+    t = p.add_argument_group("training options (command line over --config over defaults)")
+    t.add_argument("--config", help="YAML file of option values (e.g. configs/finetune_paper.yaml)")
     for name, (kind, default) in _OPTIONS.items():
         flag = "--" + name.replace("_", "-")
+        text = f"{_HELP[name]} (default: {default}, or the --config value)"
         if name == "method":
-            p.add_argument(flag, choices=METHODS, default=None, help="lora (default) or full")
+            t.add_argument(flag, choices=METHODS, default=None, help=text)
         else:
-            p.add_argument(flag, type=kind, default=None, help=f"default {default}")
+            t.add_argument(flag, type=_TYPES.get(name, kind), default=None, help=text)
     p.epilog = (
         "--save-every N saves a checkpoint every N steps beside --out; the same command after a "
         "crash resumes from the last one. "
@@ -104,11 +139,14 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from ..training.finetune import finetune
+
     o = _settings(args)
     if args.eval_only:
         return _evaluate(args, o, _heldout_of(Path(args.out)))
     if not args.data:
         raise RepdispError("--data is required (the training text)")
+    check_data(args)
     if o["eval_segments"] and o["train_fraction"] >= 1.0:
         raise RepdispError("--eval-segments needs held-out text: pass --train-fraction < 1")
     r = finetune(
@@ -152,6 +190,9 @@ def _heldout_of(out: Path) -> str:
 
 
 def _evaluate(args: argparse.Namespace, o: dict, heldout: str) -> int:
+    from ..core.sampling import Sampling
+    from ..training.finetune import before_after, write_before_after
+
     if o["eval_segments"] < 2:
         raise RepdispError("--eval-segments must be at least 2")
     ev = before_after(

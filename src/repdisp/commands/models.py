@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.models import list_bundled, prepare, prepare_gguf
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="bundled models: list, prepare")
@@ -22,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from ..core.models import list_bundled
+
     for row in list_bundled():
         state = "installed" if row["installed"] else f"not installed ({row['install']})"
         cache = row["cache"] or "not prepared"
@@ -30,6 +30,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from ..core.models import prepare, prepare_gguf
+
     if args.name.endswith(".gguf") and Path(args.name).is_file():
         print(prepare_gguf(Path(args.name), force=args.force))
     else:

@@ -18,31 +18,42 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import json
+import sys
 import sysconfig
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import RepdispError
+from .errors import RepdispError, warn
 
 BUILTIN_SOURCES = {
     "python-docs": "English prose: CPython's pydoc topics (pydoc_data.topics)",
     "python-code": "Python code: top-level modules of the standard library",
 }
 _TEXT_SUFFIXES = (".txt", ".raw", ".md")
+DATA_SUFFIXES = (*_TEXT_SUFFIXES, ".jsonl", ".jsonl.gz", ".csv", ".parquet")
 
 
 def _decode(raw: bytes, where: str, errors: str) -> str:
+    """UTF-8 text without a leading byte-order mark."""
     try:
-        return raw.decode("utf-8", errors=errors)
+        text = raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
         raise RepdispError(
             f"{where}: not valid UTF-8 at byte {e.start}; pass --encoding-errors replace to "
             "substitute U+FFFD for bad bytes"
         ) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _newlines(text: str) -> str:
+    """``\r\n`` and lone ``\r`` as ``\n``: what Python's text mode does when it reads a file."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _builtin(name: str) -> list[str]:
@@ -54,74 +65,252 @@ def _builtin(name: str) -> list[str]:
     return [p.read_text(encoding="utf-8", errors="replace") for p in sorted(stdlib.glob("*.py"))]
 
 
-def _records_field(records: Any, field: str, where: str) -> list[str]:
+def _kind(value: Any) -> str:
+    """A JSON-ish name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean (bool)"
+    if isinstance(value, (int, float)):
+        return f"a number ({type(value).__name__})"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _text_of(value: Any, field: str, where: str) -> str:
+    """The string in ``field``; anything else (null, number, list, ...) is an error, never
+    ``str(value)`` ("None", "12345") going into the segments."""
+    if isinstance(value, str):
+        return value
+    raise RepdispError(f"{where}: field {field!r} is {_kind(value)}, not a string")
+
+
+def _read_jsonl(path: Path, raw: bytes, field: str, errors: str) -> list[str]:
     texts = []
-    for i, rec in enumerate(records, 1):
+    for n, line in enumerate(_newlines(_decode(raw, str(path), errors)).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RepdispError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise RepdispError(f"{path}: line {n}: not a JSON object (got {_kind(rec)})")
         if field not in rec:
-            raise RepdispError(
-                f"{where}: record {i} has no field {field!r} (fields: {sorted(rec)})"
-            )
-        texts.append(str(rec[field]))
+            raise RepdispError(f"{path}: line {n} has no field {field!r} (fields: {sorted(rec)})")
+        texts.append(_text_of(rec[field], field, f"{path}: line {n}"))
     return texts
+
+
+def _csv_limit() -> None:
+    """Let a CSV cell be as long as a document (the csv module stops at 128 KiB by default)."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long is 32 bits on some platforms
+            limit //= 2
+
+
+def _read_csv(path: Path, field: str, errors: str) -> list[str]:
+    _csv_limit()
+    text = _newlines(_decode(path.read_bytes(), str(path), errors))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    texts = []
+    try:
+        for rec in reader:
+            where = f"{path}: line {reader.line_num}"
+            if field not in rec:
+                raise RepdispError(f"{where} has no field {field!r} (fields: {sorted(rec)})")
+            if rec[field] is None:
+                raise RepdispError(
+                    f"{where}: field {field!r} is missing (the row has fewer cells than the header)"
+                )
+            texts.append(rec[field])
+    except csv.Error as e:
+        raise RepdispError(f"{path}: line {reader.line_num}: invalid CSV ({e})") from None
+    return texts
+
+
+def _read_parquet(path: Path, field: str) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=None)
+    except (pa.ArrowException, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RepdispError(
+            f"{path}: not a readable parquet file (truncated or corrupt?): {first}"
+        ) from None
+    if field not in table.column_names:
+        raise RepdispError(f"{path}: no column {field!r} (columns: {table.column_names})")
+    return [
+        _text_of(v, field, f"{path}: record {i}")
+        for i, v in enumerate(table.column(field).to_pylist(), 1)
+    ]
 
 
 def _read_file(path: Path, field: str, errors: str) -> list[str]:
     name = path.name.lower()
     if name.endswith(_TEXT_SUFFIXES):
-        return [_decode(path.read_bytes(), str(path), errors)]
+        return [_newlines(_decode(path.read_bytes(), str(path), errors))]
     if name.endswith((".jsonl", ".jsonl.gz")):
-        raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
-        lines = _decode(raw, str(path), errors).splitlines()
-        try:
-            records = [json.loads(line) for line in lines if line.strip()]
-        except json.JSONDecodeError as e:
-            raise RepdispError(f"{path}: invalid JSON line ({e.msg})") from None
-        return _records_field(records, field, str(path))
+        raw = path.read_bytes()
+        if name.endswith(".gz"):
+            try:
+                raw = gzip.decompress(raw)
+            except (EOFError, OSError, zlib.error) as e:
+                raise RepdispError(
+                    f"{path}: cannot decompress: truncated or not a gzip file ({e})"
+                ) from None
+        return _read_jsonl(path, raw, field, errors)
     if name.endswith(".csv"):
-        text = _decode(path.read_bytes(), str(path), errors)
-        return _records_field(csv.DictReader(text.splitlines()), field, str(path))
+        return _read_csv(path, field, errors)
     if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        if field not in table.column_names:
-            raise RepdispError(f"{path}: no column {field!r} (columns: {table.column_names})")
-        return [str(t) for t in table.column(field).to_pylist()]
-    raise RepdispError(f"{path}: unsupported file type; use .txt, .jsonl, .csv or .parquet")
+        return _read_parquet(path, field)
+    raise RepdispError(f"{path}: unsupported file type; use {', '.join(DATA_SUFFIXES)}")
 
 
-def _hf_dataset(spec: str, field: str, split: str) -> list[str]:
+# How ``hf:`` sources are loaded; the CLI sets these from --split and --trust-remote-code.
+DEFAULT_SPLIT = "test"
+HF_DEFAULTS: dict[str, Any] = {"split": DEFAULT_SPLIT, "trust_remote_code": False}
+
+
+def _hf_dataset(
+    spec: str, field: str, split: str | None, trust_remote_code: bool | None
+) -> list[str]:
+    name, _, config = spec[3:].partition(":")
+    if not name.strip():
+        raise RepdispError(f"{spec!r}: give a dataset name, hf:NAME[:CONFIG]")
     try:
         import datasets
     except ImportError:
         raise RepdispError(
-            "hf: sources need the `datasets` package: pip install datasets"
+            "hf: sources need the `datasets` package: pip install 'repdisp[datasets]'"
         ) from None
-    name, _, config = spec[3:].partition(":")
+    split = split or HF_DEFAULTS["split"]
+    trust = HF_DEFAULTS["trust_remote_code"] if trust_remote_code is None else trust_remote_code
+    kwargs = {"trust_remote_code": True} if trust else {}
     try:
-        ds = datasets.load_dataset(name, config or None, split=split)
-    except Exception as e:
+        ds = datasets.load_dataset(name, config or None, split=split, **kwargs)
+    except Exception as e:  # network, missing dataset/config/split, script refused: say which
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else "no details"
         raise RepdispError(
-            f"cannot load dataset {name!r} ({type(e).__name__}); no internet?"
+            f"cannot load dataset {name!r} split {split!r}: {type(e).__name__}: {first}"
         ) from e
     if field not in ds.column_names:
         raise RepdispError(f"dataset {name!r} has no column {field!r} (columns: {ds.column_names})")
-    return [t for t in ds[field] if t]
+    return [_text_of(t, field, f"dataset {name!r}: record {i}") for i, t in enumerate(ds[field], 1)]
+
+
+def _read_folder(path: Path, field: str, errors: str) -> list[str]:
+    """Every data file under ``path`` in name order; files of other types are skipped with one
+    warning listing them (hidden files and folders silently)."""
+    files, skipped = [], []
+    for p in sorted(path.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(path).parts):
+            continue
+        (files if p.name.lower().endswith(DATA_SUFFIXES) else skipped).append(p)
+    if not files:
+        only = f"only {', '.join(p.name for p in skipped[:5])}" if skipped else "empty"
+        raise RepdispError(f"data folder {path} holds no {'/'.join(DATA_SUFFIXES)} files ({only})")
+    if skipped:
+        names = [p.relative_to(path).as_posix() for p in skipped]
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        warn(f"{path}: skipped {len(names)} file(s) of unknown type: {', '.join(names[:10])}{more}")
+    return [d for p in files for d in _read_file(p, field, errors)]
+
+
+_MEMO: dict[tuple, list[str]] = {}  # the last few sources read, so a pre-flight check is free
+_MEMO_SIZE = 4
+
+
+def _signature(source: str) -> tuple:
+    """What identifies the content of a local source without reading it: sizes and mtimes."""
+    path = Path(source).expanduser()
+    try:
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except OSError:
+        return ()
 
 
 def load_texts(
-    source: str, text_field: str = "text", split: str = "test", encoding_errors: str = "strict"
+    source: str,
+    text_field: str = "text",
+    split: str | None = None,
+    encoding_errors: str = "strict",
+    trust_remote_code: bool | None = None,
 ) -> list[str]:
-    """Documents of a source (built-in name, file, folder of files, or ``hf:NAME[:CONFIG]``)."""
+    """Documents of a source (built-in name, file, folder of files, or ``hf:NAME[:CONFIG]``).
+
+    Strict: a text value that is not a string, a malformed line, a truncated or corrupt file is
+    a one-line ``RepdispError`` naming the file and the line or record. A UTF-8 byte-order mark
+    is dropped and ``\\r\\n`` / ``\\r`` line ends read as ``\\n`` in text, jsonl and csv files.
+    ``split`` and ``trust_remote_code`` apply to ``hf:`` sources (default: ``HF_DEFAULTS``).
+    The last few sources read are remembered (keyed by their files' sizes and mtimes), so the
+    CLI's check of the data before the model loads does not read them twice.
+
+    Parameters
+    ----------
+    source : str
+        A built-in name (``python-docs``, ...), a .txt/.jsonl/.csv(.gz) file, a folder of them,
+        or ``hf:NAME[:CONFIG]`` (needs the ``datasets`` package).
+    text_field : str
+        Field holding the text in jsonl/csv records and datasets.
+    split : str, optional
+        Dataset split for ``hf:`` sources (default ``HF_DEFAULTS``, set by ``--split``).
+    encoding_errors : str
+        How undecodable bytes are treated (``strict`` refuses them).
+    trust_remote_code : bool, optional
+        Let an ``hf:`` dataset run its loading script (default ``HF_DEFAULTS``).
+
+    Returns
+    -------
+    list of str
+        The non-blank documents, in order.
+
+    Examples
+    --------
+    >>> from repdisp import load_texts
+    >>> docs = load_texts("python-docs")
+    >>> len(docs) > 10 and all(d.strip() for d in docs)
+    True
+    """
+    split = split or HF_DEFAULTS["split"]
+    trust = HF_DEFAULTS["trust_remote_code"] if trust_remote_code is None else trust_remote_code
+    key = (source, text_field, split, encoding_errors, trust, _signature(source))
+    if key not in _MEMO:
+        docs = _load_texts(source, text_field, split, encoding_errors, trust)
+        while len(_MEMO) >= _MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = docs
+    return list(_MEMO[key])
+
+
+def _load_texts(
+    source: str, text_field: str, split: str, encoding_errors: str, trust_remote_code: bool
+) -> list[str]:
+    """``load_texts`` without the memo."""
+    if not source.strip():
+        raise RepdispError(
+            "--data is empty: give a file, a folder, a built-in "
+            f"({', '.join(BUILTIN_SOURCES)}) or hf:NAME"
+        )
     if source in BUILTIN_SOURCES:
         docs = _builtin(source)
     elif source.startswith("hf:"):
-        docs = _hf_dataset(source, text_field, split)
+        docs = _hf_dataset(source, text_field, split, trust_remote_code)
     else:
         path = Path(source).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-            docs = [d for p in files for d in _read_file(p, text_field, encoding_errors)]
+            docs = _read_folder(path, text_field, encoding_errors)
         elif path.is_file():
             docs = _read_file(path, text_field, encoding_errors)
         else:
@@ -167,7 +356,25 @@ def token_stream(tokenizer: Any, docs: list[str]) -> np.ndarray:
 
 @dataclass
 class Segments:
-    """Sampled token segments (N, seq_len [+1 with BOS]) and where they came from."""
+    """Sampled token segments (N, seq_len [+1 with BOS]) and where they came from.
+
+    Attributes
+    ----------
+    ids : ndarray of shape (N, L), int64
+        Token ids fed to the model, BOS first when ``has_bos``.
+    index : ndarray of shape (N,)
+        Window index (or start) of each segment in the source's token stream.
+    has_bos : bool
+    source : str
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import Segments
+    >>> segs = Segments(np.arange(12).reshape(3, 4), np.arange(3), False, "toy")
+    >>> len(segs), len(segs.fingerprint)
+    (3, 16)
+    """
 
     ids: np.ndarray
     index: np.ndarray  # window index of each segment in the source stream
@@ -191,18 +398,51 @@ def make_segments(
     seed: int = 0,
     docs: list[str] | None = None,
     max_len: int | None = None,
+    cache: bool = True,
     **load_kwargs: Any,
 ) -> Segments:
-    """Sample ``n_segments`` windows of ``seq_len`` tokens (all of them when None), seeded."""
+    """Sample ``n_segments`` windows of ``seq_len`` tokens (all of them when None), seeded.
+
+    The documents are tokenised without special tokens and joined by EOS; the stream is cut
+    into non-overlapping windows, ``n_segments`` of which are drawn without replacement
+    (``seed``); BOS is prepended when the tokenizer adds one by default. The stream is
+    tokenised once per (tokenizer, documents) and cached by content (``core.tokcache``; on
+    disk unless ``cache=False``).
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    source : str
+        Data source (see ``load_texts``); read unless ``docs`` is given.
+    n_segments : int or None
+    seq_len : int
+    seed : int
+    docs : list of str, optional
+    max_len : int, optional
+        The model's context length; longer segments are refused.
+
+    Returns
+    -------
+    Segments
+
+    Examples
+    --------
+    >>> from repdisp import load_model, make_segments
+    >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
+    >>> segs = make_segments(lm.tokenizer, "python-docs", 8, 32, max_len=lm.max_len)  # doctest: +SKIP
+    >>> segs.ids.shape  # doctest: +SKIP
+    (8, 32)
+    """
     if seq_len < 2:
         raise RepdispError(f"--seq-len must be at least 2 tokens, got {seq_len}")
     if max_len is not None and seq_len + 1 > max_len:
         raise RepdispError(f"--seq-len {seq_len} exceeds the model's context of {max_len} tokens")
     if n_segments is not None and n_segments < 2:
         raise RepdispError(f"--segments must be at least 2 to measure dispersion, got {n_segments}")
-    stream = token_stream(
-        tokenizer, docs if docs is not None else load_texts(source, **load_kwargs)
-    )
+    from .tokcache import cached_stream
+
+    docs = docs if docs is not None else load_texts(source, **load_kwargs)
+    stream = cached_stream(tokenizer, docs, token_stream, cache=cache)
     n_windows = len(stream) // seq_len
     if n_windows == 0:
         raise RepdispError(

@@ -38,13 +38,28 @@ from .shards import ShardStore
 from .sites import Site, SiteReader, StopForward
 
 POOLS = ("last", "mean", "within", "tokens")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _LOGIT_BYTES = 1 << 28  # fp32 logits held at once while computing perplexity: 256 MiB
 
 
 @dataclass
 class Extraction:
-    """What one pass over the segments produced. ``vectors`` is keyed ``"site/pool"``."""
+    """What one pass over the segments produced. ``vectors`` is keyed ``"site/pool"``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from repdisp import LoadedModel, Segments, extract
+    >>> cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50,
+    ...                  bos_token_id=0, eos_token_id=0)
+    >>> net = GPT2LMHeadModel(cfg).eval()
+    >>> lm = LoadedModel(net, None, "tiny", "tiny-doc", torch.device("cpu"), torch.float32)
+    >>> segs = Segments(np.arange(40).reshape(4, 10), np.arange(4), False, "toy")
+    >>> ex = extract(lm, segs, "final", ["last", "mean"], cache=False, progress=False)
+    >>> sorted(ex.vectors), ex.get("final", "mean").shape, ex.seq_ppl.shape
+    (['final/last', 'final/mean'], (4, 16), (4,))
+    """
 
     sites: list[str]
     pools: list[str]
@@ -93,22 +108,46 @@ def token_nll(model: Any, hidden: Any, ids: Any) -> Any:
     return out.view(ids.shape[0], -1)
 
 
-def _pool(h: Any, pool: str, skip_first: int) -> np.ndarray:
+def _within(h: Any) -> Any:
+    """Cosine dispersion among each segment's own tokens, (B,), from exact O(T·d) sums in float32.
+
+    With u_i = h_i/||h_i||, D = 1 - (||Σ u_i||² - n) / (n (n - 1)). Σ u_i is one batched
+    product (1/||h_i||) @ h, so no normalised copy and no T×T matrix exist. Rounding: ||Σ u||²
+    carries a relative error of about n·2^-24, so D is exact to about 1e-6 absolute for any D."""
+    import torch
+
+    n = h.shape[1]
+    if n < 2:
+        raise RepdispError("'within' pooling needs at least 2 tokens after --skip-first")
+    x = h.float()
+    inv = torch.linalg.vector_norm(x, dim=-1).reciprocal()  # (B, n); zero rows give inf -> NaN
+    s = torch.bmm(inv.unsqueeze(1), x).squeeze(1)  # (B, d) = Σ u_i
+    return 1.0 - ((s * s).sum(-1) - n) / (n * (n - 1))
+
+
+def _pool(h: Any, pool: str, skip_first: int) -> Any:
+    """One pooling of a site's hidden states (B, T, d) as a tensor on the model's device."""
     import torch
 
     h = h[:, skip_first:]
     if pool == "last":
-        return h[:, -1].float().cpu().numpy()
+        return h[:, -1].float()
     if pool == "mean":
-        return h.float().mean(1).cpu().numpy()
+        return h.float().mean(1)
     if pool == "tokens":
-        return h.to(torch.float16).cpu().numpy()
-    n = h.shape[1]  # within: dispersion among the segment's own tokens, exact in float64
-    if n < 2:
-        raise RepdispError("'within' pooling needs at least 2 tokens after --skip-first")
-    u = torch.nn.functional.normalize(h.double(), dim=-1)
-    s = u.sum(1)
-    return (1.0 - ((s * s).sum(-1) - n) / (n * (n - 1))).cpu().numpy()
+        return h.to(torch.float16)
+    return _within(h)
+
+
+def _to_device(ids: np.ndarray, device: Any) -> Any:
+    """Token ids as a tensor on ``device``: through pinned memory and an asynchronous copy on
+    CUDA, so the host never waits for the GPU here."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(ids))
+    if getattr(device, "type", str(device)) == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def forward_sites(
@@ -119,7 +158,7 @@ def forward_sites(
     (the final norm, the LM head) is needed."""
     import torch
 
-    x = torch.from_numpy(ids).to(lm.device)
+    x = _to_device(ids, lm.device)
     read = sorted(set(sites) | set(lm.parse_sites("final") if perplexity else []))
     with torch.inference_mode(), SiteReader(lm.model, read, stop_early=True) as reader:
         try:
@@ -138,24 +177,44 @@ def _forward_batch(
     pools: list[str],
     perplexity: bool,
     skip_first: int,
-) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+) -> dict[str, Any]:
+    """Pooled outputs of one batch as tensors left on the device (no host sync per batch)."""
+    import torch
+
+    out: dict[str, Any] = {}
     values, nll = forward_sites(lm, ids, sites, perplexity)
-    if nll is not None:
-        out["mean_nll"] = nll.double().mean(1).cpu().numpy()
-        out["last_nll"] = nll[:, -1].double().cpu().numpy()
-    for site in sites:
-        for pool in pools:
-            arr = _pool(values[site.name], pool, skip_first)
+    with torch.inference_mode():
+        if nll is not None:
+            out["mean_nll"] = nll.mean(1)
+            out["last_nll"] = nll[:, -1]
+        for site in sites:
+            for pool in pools:
+                out[f"{site.name}/{pool}"] = _pool(values[site.name], pool, skip_first)
+    return out
+
+
+def _shard_arrays(parts: list[dict[str, Any]], dtype: Any) -> dict[str, np.ndarray]:
+    """A shard's batches joined and copied to the host once; refuses NaN/inf."""
+    import torch
+
+    arrays = {}
+    for k in parts[0]:
+        arr = torch.cat([p[k] for p in parts]).cpu().numpy()
+        if k.endswith("_nll"):
+            arr = arr.astype(np.float64)
             if not np.isfinite(arr).all():
                 raise RepdispError(
-                    f"NaN/inf hidden states at site {site.name} (overflow in {lm.dtype}?); "
-                    "try --dtype float32 or bfloat16"
+                    f"NaN/inf perplexity (overflow in {dtype}?); try --dtype float32"
                 )
-            out[f"{site.name}/{pool}"] = arr
-    if perplexity and not np.isfinite(out["mean_nll"]).all():
-        raise RepdispError(f"NaN/inf perplexity (overflow in {lm.dtype}?); try --dtype float32")
-    return out
+        elif not np.isfinite(arr).all():
+            raise RepdispError(
+                f"NaN/inf hidden states at site {k.split('/')[0]} (overflow in {dtype}?); "
+                "try --dtype float32 or bfloat16"
+            )
+        elif k.endswith("/within"):
+            arr = arr.astype(np.float64)
+        arrays[k] = arr
+    return arrays
 
 
 def cache_key(
@@ -187,9 +246,42 @@ def extract(
 ) -> Extraction:
     """Run the model over ``segments`` once and collect everything asked for.
 
-    ``cache``: True for ``$REPDISP_HOME/runs/KEY``, a folder path, or False for no cache.
-    ``rank``/``world_size``: process only shards ``rank, rank + world_size, ...`` (distributed);
-    the result then holds only this process's segments, in shard order (empty if it has none).
+    Parameters
+    ----------
+    lm : LoadedModel
+    segments : Segments
+    sites : str or list of str
+        Site names (``core.sites``): ``embed``, ``I.attn``, ``I.ffn``, ``final``, ``all``, ...
+    pools : str or list of str
+        Any of ``last``, ``mean``, ``within``, ``tokens``.
+    perplexity : bool
+        Also compute each segment's mean and last-token NLL.
+    batch_size, skip_first, shard_segments : int
+        Batch size, leading positions left out of pooling, segments per cache shard.
+    cache : bool or path
+        True for ``$REPDISP_HOME/runs/KEY``, a folder path, or False for no cache.
+    progress : bool
+    rank, world_size : int
+        Process only shards ``rank, rank + world_size, ...`` (distributed); the result then
+        holds only this process's segments, in shard order (empty if it has none).
+
+    Returns
+    -------
+    Extraction
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from repdisp import LoadedModel, Segments, extract
+    >>> cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50,
+    ...                  bos_token_id=0, eos_token_id=0)
+    >>> net = GPT2LMHeadModel(cfg).eval()
+    >>> lm = LoadedModel(net, None, "tiny", "tiny-doc", torch.device("cpu"), torch.float32)
+    >>> segs = Segments(np.arange(40).reshape(4, 10), np.arange(4), False, "toy")
+    >>> ex = extract(lm, segs, "0.attn,final", "last", cache=False, progress=False)
+    >>> ex.sites, ex.get("0.attn").shape
+    (['0.attn', 'final'], (4, 16))
     """
     from tqdm.auto import tqdm
 
@@ -213,18 +305,16 @@ def extract(
     n = len(segments)
     n_shards = math.ceil(n / shard_segments)
     mine = range(rank, n_shards, world_size)
-    shards: dict[int, dict[str, np.ndarray]] = {}
-    bar = tqdm(
-        total=sum(min(shard_segments, n - i * shard_segments) for i in mine),
-        unit="seg",
-        disable=not progress,
-        desc=f"extract {lm.name}",
-    )
+    rows_of = {i: (i * shard_segments, min(n, (i + 1) * shard_segments)) for i in mine}
+    total = sum(b - a for a, b in rows_of.values())
+    merged: dict[str, np.ndarray] = {}  # allocated once from the first shard, then filled
+    bar = tqdm(total=total, unit="seg", disable=not progress, desc=f"extract {lm.name}")
+    at = 0
     try:
         for i in mine:
-            rows = (i * shard_segments, min(n, (i + 1) * shard_segments))
-            cached = store.load(i, rows) if store else None
-            if cached is None:
+            rows = rows_of[i]
+            arrays = store.load(i, rows) if store else None
+            if arrays is None:
                 parts = []
                 for b in range(*rows, batch_size):
                     ids = segments.ids[b : min(b + batch_size, rows[1])]
@@ -232,17 +322,19 @@ def extract(
                         _forward_batch(lm, ids, site_list, pool_list, perplexity, skip_first)
                     )
                     bar.update(len(ids))
-                cached = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                arrays = _shard_arrays(parts, lm.dtype)
+                del parts
                 if store:
-                    store.save(i, cached, rows)
+                    store.save(i, arrays, rows)
             else:
-                bar.update(len(next(iter(cached.values()))))
-            shards[i] = cached
+                bar.update(rows[1] - rows[0])
+            if not merged:
+                merged = {k: np.empty((total, *v.shape[1:]), v.dtype) for k, v in arrays.items()}
+            for k, v in arrays.items():
+                merged[k][at : at + len(v)] = v
+            at += rows[1] - rows[0]
     finally:
         bar.close()
-    merged = (
-        {k: np.concatenate([shards[i][k] for i in mine]) for k in shards[mine[0]]} if shards else {}
-    )
     return Extraction(
         sites=names,
         pools=pool_list,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .errors import RepdispError
 
@@ -26,6 +26,18 @@ _CHUNK_ROWS = 4096
 _BLOCK_BYTES = 1 << 22  # float64 block of rows in CosineStats.update: 4 MiB, fits in L2/L3
 # Row-wise dot products; np.vecdot (numpy >= 2) is several times faster than einsum.
 _row_dot = getattr(np, "vecdot", None) or (lambda a, b: np.einsum("ij,ij->i", a, b))
+_threadpools: ThreadpoolController | None = None
+
+
+def _one_blas_thread() -> Any:
+    """Context manager: BLAS at one thread inside ``with``, restored on exit. Only the BLAS
+    pools (numpy's OpenBLAS) are touched, never torch's intra-op (OpenMP) threads, and the
+    limit never outlives the block. The controller (a scan of the loaded libraries) is built
+    once per process."""
+    global _threadpools
+    if _threadpools is None:
+        _threadpools = ThreadpoolController()
+    return _threadpools.limit(limits=1, user_api="blas")
 
 
 def as_matrix(x: ArrayLike) -> np.ndarray:
@@ -70,7 +82,31 @@ def unit_rows(chunk: np.ndarray, zero: str = "error") -> np.ndarray:
 
 @dataclass
 class CosineStats:
-    """Sufficient statistics for cosine dispersion: the float64 sum of unit vectors and a count."""
+    """Sufficient statistics for cosine dispersion: the float64 sum of unit vectors and a count.
+
+    Chunks stream in with ``update``; statistics of shards or processes combine exactly with
+    ``merge``; ``dispersion`` applies the closed form to the sums.
+
+    Parameters
+    ----------
+    total : ndarray of shape (d,), optional
+        Sum of the unit vectors seen so far (None before the first update).
+    count : int
+        Number of vectors seen so far.
+    zero : {"error", "drop"}
+        What to do with zero vectors (cosine undefined): raise, or drop them with a warning.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import CosineStats
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> stats = CosineStats().update(X[:2]).update(X[2:])
+    >>> stats.count, round(stats.dispersion, 4)
+    (3, 1.3333)
+    >>> round(CosineStats().update(X[:1]).merge(CosineStats().update(X[1:])).dispersion, 4)
+    1.3333
+    """
 
     total: np.ndarray | None = None
     count: int = 0
@@ -84,7 +120,7 @@ class CosineStats:
         x = as_matrix(x)
         rows = max(1, _BLOCK_BYTES // (8 * max(1, x.shape[1])))
         buf = np.empty((min(rows, len(x)), x.shape[1]))
-        with threadpool_limits(1, user_api="blas"):  # tiny gemvs: threads cost more than they give
+        with _one_blas_thread():  # tiny gemvs: threads cost more than they give
             self._add_blocks(x, buf, rows)
         return self
 
@@ -128,7 +164,32 @@ class CosineStats:
 
 
 def dispersion(x: ArrayLike, zero: str = "error") -> float:
-    """Average pairwise cosine distance among the rows of ``x`` (Eq. 1 of the paper), exact, O(N·d)."""
+    """Average pairwise cosine distance among the rows of ``x`` (Eq. 1 of the paper), exact, O(N·d).
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+        Numpy array, torch tensor or nested sequence; N >= 2.
+    zero : {"error", "drop"}
+        Zero vectors raise ``RepdispError`` or are dropped with a warning.
+
+    Returns
+    -------
+    float
+        Mean over pairs i < j of 1 - cos(x_i, x_j), computed in float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import dispersion
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> round(dispersion(X), 4)  # pairs: 1 - 0, 1 - (-1), 1 - 0
+    1.3333
+    >>> dispersion(X[:1])
+    Traceback (most recent call last):
+    ...
+    repdisp.core.errors.RepdispError: dispersion needs at least 2 vectors, got 1
+    """
     return CosineStats(zero=zero).update(x).dispersion
 
 
@@ -156,7 +217,33 @@ def bootstrap_weights(n: int, reps: int, seed: int = 0) -> Iterator[np.ndarray]:
 def bootstrap_ci(
     x: ArrayLike, reps: int = 1000, seed: int = 0, level: float = 0.95, zero: str = "error"
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of the dispersion, resampling vectors with replacement."""
+    """Percentile bootstrap CI of the dispersion, resampling vectors with replacement.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+    reps : int
+        Number of resamples.
+    seed : int
+        Seed of the resampling (``bootstrap_weights``).
+    level : float
+        Coverage of the interval.
+    zero : {"error", "drop"}
+
+    Returns
+    -------
+    (float, float)
+        Lower and upper percentile of the resampled dispersions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import bootstrap_ci, dispersion
+    >>> X = np.random.default_rng(0).normal(size=(50, 8))
+    >>> lo, hi = bootstrap_ci(X, reps=200, seed=0)
+    >>> bool(lo < dispersion(X) < hi)
+    True
+    """
     units = unit_rows(as_matrix(x), zero)
     n = len(units)
     if n < 2:
@@ -168,7 +255,25 @@ def bootstrap_ci(
 
 
 def per_example_scores(x: ArrayLike, zero: str = "error") -> np.ndarray:
-    """Each vector's mean cosine distance to all the others, O(N·d): 1 - (u_i·S - 1)/(N - 1)."""
+    """Each vector's mean cosine distance to all the others, O(N·d): 1 - (u_i·S - 1)/(N - 1).
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+    zero : {"error", "drop"}
+
+    Returns
+    -------
+    ndarray of shape (N,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import per_example_scores
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> per_example_scores(X).round(4).tolist()
+    [1.5, 1.0, 1.5]
+    """
     units = unit_rows(as_matrix(x), zero)
     n = len(units)
     if n < 2:
@@ -178,7 +283,24 @@ def per_example_scores(x: ArrayLike, zero: str = "error") -> np.ndarray:
 
 def mean_sq_euclidean(x: ArrayLike) -> float:
     """Mean squared Euclidean distance over pairs i<j via the closed form
-    2 (N Σ||x||² - ||Σx||²) / (N (N-1)), in float64."""
+    2 (N Σ||x||² - ||Σx||²) / (N (N-1)), in float64.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import mean_sq_euclidean
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> round(mean_sq_euclidean(X), 4)  # (2 + 4 + 2) / 3
+    2.6667
+    """
     x = as_matrix(x)
     n = len(x)
     if n < 2:
@@ -193,7 +315,26 @@ def mean_sq_euclidean(x: ArrayLike) -> float:
 
 
 def mean_euclidean(x: ArrayLike, block: int = 1024) -> float:
-    """Exact mean Euclidean distance over pairs i<j, computed in blocks: memory O(block²)."""
+    """Exact mean Euclidean distance over pairs i<j, computed in blocks: memory O(block²).
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+    block : int
+        Rows per block of the pairwise kernel.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import mean_euclidean
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> round(mean_euclidean(X), 4)  # (√2 + 2 + √2) / 3
+    1.6095
+    """
     x = np.asarray(as_matrix(x), dtype=np.float64)
     _check_finite(x)
     n = len(x)
@@ -240,7 +381,29 @@ class ClusterDistances:
 
 def cluster_distances(x: ArrayLike, labels: ArrayLike, zero: str = "error") -> ClusterDistances:
     """Within = mean over clusters of the mean cosine distance of members to their centroid;
-    between = mean pairwise cosine distance among the centroids (centroids of the raw vectors)."""
+    between = mean pairwise cosine distance among the centroids (centroids of the raw vectors).
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+    labels : array_like of shape (N,)
+        Cluster label of each vector; at least 2 clusters.
+    zero : {"error", "drop"}
+
+    Returns
+    -------
+    ClusterDistances
+        ``within``, ``between`` and ``within_per_cluster``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import cluster_distances
+    >>> X = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    >>> r = cluster_distances(X, [0, 0, 1, 1])
+    >>> round(r.within, 4), round(r.between, 4)
+    (0.0012, 0.9002)
+    """
     x = np.asarray(as_matrix(x), dtype=np.float64)
     labels = np.asarray(labels)
     if len(labels) != len(x):

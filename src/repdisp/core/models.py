@@ -37,7 +37,7 @@ from .sites import Site, blocks_of, check_sites, parse_sites
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,25 @@ def converted_dir(name: str) -> Path:
 
 @dataclass
 class LoadedModel:
-    """A model ready for extraction, with what identifies it in cache keys."""
+    """A model ready for extraction, with what identifies it in cache keys.
+
+    The facts callers need (``n_blocks``, ``bos_id``, ``max_len``, ``d_model``,
+    ``parse_sites``) are read from the model and its tokenizer here, once.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from repdisp import LoadedModel, Segments, extract
+    >>> cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50,
+    ...                  bos_token_id=0, eos_token_id=0)
+    >>> net = GPT2LMHeadModel(cfg).eval()
+    >>> lm = LoadedModel(net, None, "tiny", "tiny-doc", torch.device("cpu"), torch.float32)
+    >>> lm.n_blocks, lm.d_model, lm.max_len
+    (2, 16, 1024)
+    >>> [s.name for s in lm.parse_sites("-1.attn,final")]
+    ['1.attn', 'final']
+    """
 
     model: Any
     tokenizer: Any
@@ -139,6 +157,12 @@ def resolve_device(device: str) -> Any:
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % max(1, torch.cuda.device_count())}"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RepdispError("--device cuda asked for, but torch sees no CUDA device")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise RepdispError(
+            f"--device {device}: torch sees {torch.cuda.device_count()} CUDA devices"
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RepdispError("--device mps asked for, but torch sees no Apple GPU (MPS)")
     return torch.device(device)
 
 
@@ -259,7 +283,14 @@ def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
 
 
 def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
-    """Convert a bundled GGUF into a safetensors folder once; return that folder."""
+    """Convert a bundled GGUF into a safetensors folder once; return that folder.
+
+    Examples
+    --------
+    >>> from repdisp import prepare
+    >>> prepare("smollm2-135m").name  # doctest: +SKIP
+    'smollm2-135m'
+    """
     if name not in BUNDLED:
         raise RepdispError(f"unknown bundled model {name!r}; bundled: {', '.join(BUNDLED)}")
     target = converted_dir(name)
@@ -391,7 +422,12 @@ def _check_loading(source: str, model: Any, info: dict[str, Any], weights: list[
         raise RepdispError(f"checkpoint {source} does not match {arch}: " + "; ".join(problems))
 
 
-def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> Any:
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _from_folder(
+    folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle: bool, extra: Any = None
+) -> Any:
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -408,6 +444,7 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
                 use_safetensors=weights[0].suffix == ".safetensors",
                 weights_only=True,
                 output_loading_info=True,
+                **(extra or {}),
                 ignore_mismatched_sizes=True,  # reported by _check_loading below, by name
             )
     except pickle.UnpicklingError as e:  # weights_only=True met something other than tensors
@@ -422,7 +459,9 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
     return model, tok, folder_identity(folder, weights)
 
 
-def _from_hub(repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> Any:
+def _from_hub(
+    repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool, extra: Any = None
+) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -435,6 +474,7 @@ def _from_hub(repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool
                 use_safetensors=None if allow_pickle else True,
                 weights_only=True,
                 output_loading_info=True,
+                **(extra or {}),
                 ignore_mismatched_sizes=True,
             )
     except Exception as e:  # network, auth and missing-file errors all arrive here
@@ -453,32 +493,158 @@ def load_model(
     *,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    revision: str | None = None,
+    tokenizer: str | None = None,
+    adapter: str | None = None,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
 ) -> LoadedModel:
-    """Load ``spec`` (bundled name, folder, .gguf file or hub id) in eval mode on ``device``."""
+    """Load ``spec`` (bundled name, folder, .gguf file or hub id) in eval mode on ``device``.
+
+    Parameters
+    ----------
+    spec : str
+        A bundled name (``smollm2-135m``, ``gemma3-270m``), a model folder, a ``.gguf`` file or
+        a hub id ``org/name``.
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    dtype : str
+        ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+    trust_remote_code, allow_pickle : bool
+        Run a folder's custom model code; read pickled (non-safetensors) weights.
+
+    Returns
+    -------
+    LoadedModel
+
+    Examples
+    --------
+    >>> from repdisp import load_model
+    >>> lm = load_model("smollm2-135m", device="cpu")  # doctest: +SKIP
+    >>> lm.n_blocks, lm.d_model  # doctest: +SKIP
+    (30, 576)
+    """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path = Path(spec).expanduser()
+    extra = {
+        k: v
+        for k, v in (
+            ("revision", revision),
+            ("attn_implementation", attn_implementation),
+            ("device_map", device_map),
+        )
+        if v
+    }
     if spec in BUNDLED:
         folder = prepare(spec)
-        model, tok, identity = _from_folder(folder, torch_dtype, False, False)
+        model, tok, identity = _from_folder(folder, torch_dtype, False, False, extra)
     elif path.is_file() and path.suffix == ".gguf":
         folder = prepare_gguf(path)
-        model, tok, identity = _from_folder(folder, torch_dtype, False, False)
+        model, tok, identity = _from_folder(folder, torch_dtype, False, False, extra)
     elif path.is_dir():
-        model, tok, identity = _from_folder(path, torch_dtype, trust_remote_code, allow_pickle)
+        weights = any(any(path.glob(g)) for g in ("*.safetensors", "*.bin", "*.pt"))
+        has_tok = any((path / f).exists() for f in _TOKENIZER_FILES)
+        if not tokenizer and (path / "config.json").exists() and weights and not has_tok:
+            raise RepdispError(  # else transformers loads an empty tokenizer: no tokens at all
+                f"model folder {path} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, "
+                "...): save the tokenizer into it, or pass --model-args tokenizer=..."
+            )
+        model, tok, identity = _from_folder(
+            path, torch_dtype, trust_remote_code, allow_pickle, extra
+        )
     elif path.exists():
         raise RepdispError(f"{spec} is a file but not a .gguf; pass a model folder or a .gguf file")
     elif "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
-        model, tok, identity = _from_hub(spec, torch_dtype, trust_remote_code, allow_pickle)
+        model, tok, identity = _from_hub(spec, torch_dtype, trust_remote_code, allow_pickle, extra)
     else:
         raise RepdispError(
             f"unknown model {spec!r}: not a bundled name ({', '.join(BUNDLED)}), an existing folder "
             "or .gguf file, or a hub id like org/name"
         )
-    model.to(dev).eval()
+    if tokenizer or adapter:
+        model, tok, identity = _apply_model_args(model, tok, identity, tokenizer, adapter, extra)
+    identity += "".join(f":{k}={v}" for k, v in extra.items() if k != "device_map")
+    if device_map:
+        dev = next(model.parameters()).device
+    else:
+        model.to(dev)
+    model.eval()
     # The identity is the content (or hub commit), not the spelling: the same folder given by
     # two paths, or a bundled name and its converted folder, share cached shards.
     return LoadedModel(model, tok, spec, f"{identity}:{str(torch_dtype)}", dev, torch_dtype)
+
+
+def _apply_model_args(
+    model: Any, tok: Any, identity: str, tokenizer: str | None, adapter: str | None, extra: Any
+) -> tuple[Any, Any, str]:
+    """A separate tokenizer and/or a PEFT adapter merged into the weights."""
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+        except Exception as e:  # missing folder, no internet, no such repo
+            raise RepdispError(f"cannot load tokenizer {tokenizer!r}: {_first_line(e)}") from e
+        identity += f":tokenizer={tokenizer}"
+    if adapter:
+        folder = Path(adapter).expanduser()
+        if not (folder / "adapter_config.json").exists():
+            raise RepdispError(
+                f"adapter {adapter}: no adapter_config.json (not a PEFT adapter folder)"
+            )
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise RepdispError("adapter= needs PEFT: pip install peft") from None
+        try:
+            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        except (ValueError, OSError, RuntimeError, KeyError) as e:
+            raise RepdispError(f"cannot apply adapter {adapter}: {_first_line(e)}") from e
+        files = sorted(folder.glob("adapter_model*")) or [folder / "adapter_config.json"]
+        identity += (
+            ":adapter="
+            + hashlib.sha256("".join(file_fingerprint(f) for f in files).encode()).hexdigest()[:16]
+        )
+    return model, tok, identity
+
+
+def as_loaded(model: Any, **kwargs: Any) -> LoadedModel:
+    """A ``LoadedModel`` from what a user has: a LoadedModel (returned as is), a
+    ``(hf_model, tokenizer)`` pair already in memory, or a spec string (``load_model(model,
+    **kwargs)``). An in-memory model's identity is a hash of its parameters, so extraction
+    caches never mix two different models."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load_model(model, **kwargs)
+    if isinstance(model, tuple) and len(model) == 2:
+        import torch
+
+        hf, tok = model
+        params = list(hf.parameters()) if hasattr(hf, "parameters") else []
+        if not params or not hasattr(tok, "encode"):
+            raise RepdispError(
+                "model=(hf_model, tokenizer): expected a torch model and a tokenizer"
+            )
+        h = hashlib.sha256(type(hf).__name__.encode())
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                h.update(name.encode())
+                h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        hf.eval()
+        name = getattr(getattr(hf, "config", None), "name_or_path", "") or type(hf).__name__
+        return LoadedModel(
+            hf,
+            tok,
+            name,
+            f"memory:{h.hexdigest()[:16]}:{params[0].dtype}",
+            params[0].device,
+            params[0].dtype,
+        )
+    raise RepdispError(
+        f"model: expected a name/path, a LoadedModel or (hf_model, tokenizer), got {type(model)}"
+    )
 
 
 def list_bundled() -> list[dict[str, Any]]:
@@ -496,3 +662,56 @@ def list_bundled() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def model_config(spec: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Architecture facts of ``spec`` from its configuration only, never its weights:
+    ``{"name", "architecture", "n_blocks", "d_model"}``. Reads config.json of a folder (a bundled
+    model's converted cache), a .gguf header, or the hub config (AutoConfig)."""
+    path = Path(spec).expanduser()
+    if spec in BUNDLED and (converted_dir(spec) / "config.json").exists():
+        path = converted_dir(spec)
+    elif spec in BUNDLED:
+        gguf = BUNDLED[spec].gguf_path()
+        if gguf is None:
+            raise RepdispError(
+                f"bundled model {spec!r} is not installed: run `{BUNDLED[spec].install}`"
+            )
+        path = gguf
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise RepdispError(f"folder {path} has no config.json: not a transformers model folder")
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise RepdispError(f"cannot read {path / 'config.json'}: {_first_line(e)}") from e
+    elif path.is_file() and path.suffix == ".gguf":
+        check_magic(path)
+        from gguf import GGUFReader
+
+        try:
+            fields = GGUFReader(str(path)).fields
+            arch = bytes(fields["general.architecture"].parts[-1]).decode()
+            cfg = {
+                "model_type": arch,
+                "num_hidden_layers": int(fields[f"{arch}.block_count"].parts[-1][0]),
+                "hidden_size": int(fields[f"{arch}.embedding_length"].parts[-1][0]),
+            }
+        except (KeyError, ValueError, IndexError, struct.error) as e:
+            raise RepdispError(f"cannot read the GGUF header of {path}: {_first_line(e)}") from e
+    elif path.exists():
+        raise RepdispError(f"{spec} is a file but not a .gguf; pass a model folder or a .gguf file")
+    else:
+        from transformers import AutoConfig
+
+        try:
+            cfg = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code).to_dict()
+        except Exception as e:  # network, auth, no such repo
+            raise RepdispError(f"cannot read the config of {spec!r}: {_first_line(e)}") from e
+    cfg = cfg.get("text_config") or cfg
+    n = next((cfg[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if k in cfg), None)
+    d = next((cfg[k] for k in ("hidden_size", "n_embd", "d_model") if k in cfg), None)
+    if not isinstance(n, int):
+        raise RepdispError(f"{spec}: the config does not say how many blocks the model has")
+    arch = (cfg.get("architectures") or [cfg.get("model_type", "unknown")])[0]
+    return {"name": spec, "architecture": arch, "n_blocks": n, "d_model": d}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from .corpus import Segments, load_texts, make_segments
 from .extract import Extraction, extract
-from .models import LoadedModel, load_model
+from .models import LoadedModel, as_loaded, load_model
 
-ModelLike = str | LoadedModel
+ModelLike = str | LoadedModel | tuple
 
 
 @dataclass
@@ -54,8 +54,9 @@ class Sampling:
         """The segments of ``data`` for ``lm``'s tokenizer (seeded: the same for every model)."""
         if docs is None:
             docs = load_texts(data, self.text_field, encoding_errors=self.encoding_errors)
+        n, length = self.segments, seq_len or self.seq_len
         return make_segments(
-            lm.tokenizer, data, self.segments, seq_len or self.seq_len, self.seed, docs, lm.max_len
+            lm.tokenizer, data, n, length, self.seed, docs, lm.max_len, cache=self.cache
         )
 
     def extract(
@@ -76,5 +77,7 @@ class Sampling:
 
 
 def loaded(model: ModelLike, load: Callable[[str], LoadedModel] = load_model) -> LoadedModel:
-    """The model itself, or ``load(spec)`` for a spec string."""
+    """The model itself, ``(hf_model, tokenizer)`` wrapped, or ``load(spec)`` for a spec string."""
+    if isinstance(model, tuple):
+        return as_loaded(model)
     return model if isinstance(model, LoadedModel) else load(model)

@@ -86,13 +86,15 @@ class ShardStore:
         path, record = self._paths(i)
         try:
             rec = json.loads(record.read_text())
+            if not isinstance(rec, dict):  # `[]`, a number: a corrupt record
+                return None
             if rec.get("key") != self.key or (rows and rec.get("rows") != list(rows)):
                 return None
             if sha256_file(path) != rec.get("sha256"):
                 return None
             with np.load(path) as z:
                 return {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):  # missing, partial or unreadable: recompute
+        except (OSError, ValueError, EOFError):  # missing, partial, unreadable, not UTF-8
             return None
 
     def save(

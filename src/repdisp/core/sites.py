@@ -118,9 +118,58 @@ def all_site_names(n_blocks: int) -> list[str]:
     return names + ["final"]
 
 
-def parse_site(spec: str, n_blocks: int) -> Site:
-    """Resolve a site name (negative indices allowed) to its canonical form and depth."""
+_TL_RE = re.compile(r"^blocks\.(-?\d+)\.hook_resid_(pre|mid|post)$")
+_HS_RE = re.compile(r"^hs:(-?\d+)$")
+
+
+def site_alias(spec: str, n_blocks: int) -> str:
+    """Translate a TransformerLens hook name or an HF ``hidden_states`` index to a repdisp name.
+
+    ``blocks.I.hook_resid_mid`` -> ``I.attn``; ``blocks.I.hook_resid_post`` -> ``I.ffn``;
+    ``blocks.0.hook_resid_pre``/``hook_embed`` -> ``embed``, ``blocks.I.hook_resid_pre`` ->
+    ``(I-1).ffn``; ``ln_final.hook_normalized`` -> ``final``. ``hs:K`` is HF's
+    ``hidden_states[K]`` (K may be negative): ``hs:0`` = embed, ``hs:K`` = ``(K-1).ffn`` for
+    0 < K < n_blocks, ``hs:n_blocks`` = final (HF applies the final norm to the last entry).
+    Other names are returned unchanged. (TransformerLens folds norm weights and centres
+    weights by default, so its activations differ from these by those transforms.)"""
     spec = spec.strip()
+    if spec in ("hook_embed", "ln_final.hook_normalized"):
+        return "embed" if spec == "hook_embed" else "final"
+    m = _TL_RE.match(spec)
+    if m:
+        i, kind = int(m.group(1)), m.group(2)
+        i = i + n_blocks if i < 0 else i
+        if kind == "mid":
+            return f"{i}.attn"
+        if kind == "post":
+            return f"{i}.ffn"
+        return "embed" if i == 0 else f"{i - 1}.ffn"
+    m = _HS_RE.match(spec)
+    if m:
+        k = int(m.group(1))
+        k = k + n_blocks + 1 if k < 0 else k
+        if not 0 <= k <= n_blocks:
+            raise RepdispError(f"{spec}: hidden_states has indices 0..{n_blocks} for this model")
+        return "embed" if k == 0 else "final" if k == n_blocks else f"{k - 1}.ffn"
+    return spec
+
+
+def site_names(name: str, n_blocks: int) -> tuple[str, str, int | None]:
+    """(repdisp name, TransformerLens hook name, HF hidden_states index or None) of a site."""
+    if name == "embed":
+        return name, "blocks.0.hook_resid_pre", 0
+    if name == "final":
+        return name, "ln_final.hook_normalized", n_blocks
+    i, kind = name.split(".")
+    if kind == "attn":
+        return name, f"blocks.{i}.hook_resid_mid", None
+    return name, f"blocks.{i}.hook_resid_post", int(i) + 1 if int(i) + 1 < n_blocks else None
+
+
+def parse_site(spec: str, n_blocks: int) -> Site:
+    """Resolve a site name (negative indices allowed; TransformerLens and ``hs:K`` aliases) to
+    its canonical form and depth."""
+    spec = site_alias(spec, n_blocks)
     if spec == "embed":
         return Site(0, "embed")
     if spec == "final":

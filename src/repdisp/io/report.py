@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import RepdispError
+from ..core.errors import RepdispError, warn
 
 MAX_ROWS = 200  # CSV rows shown per table
 MAX_LIST = 12  # list items shown inline
@@ -139,8 +139,12 @@ def render_value(v: Any, depth: int = 0) -> Any:
 
 
 def _csv_table(path: Path) -> str:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError:
+        warn(f"{path}: not UTF-8; left out of the report")
+        return "<p>(not UTF-8: left out)</p>"
     if not rows:
         return "<p>(empty)</p>"
 
@@ -192,7 +196,10 @@ def render(folder: str | Path, title: str | None = None) -> str:
             parts.append(f"<h3>{html.escape(p.name)}</h3>{_csv_table(p)}")
         if r.json is not None:
             try:
-                doc = json.loads(r.json.read_text())
+                doc = json.loads(r.json.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                warn(f"{r.json}: not UTF-8; left out of the report")
+                parts.append(f"<p>{html.escape(r.json.name)}: not UTF-8 (left out)</p>")
             except json.JSONDecodeError as e:
                 parts.append(
                     f"<p>{html.escape(r.json.name)}: invalid JSON ({html.escape(e.msg)})</p>"

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.corpus import BUILTIN_SOURCES
 from ..core.errors import RepdispError
-from .validate import check_keys, check_train_config, read_yaml_mapping
+from ..core.validate import check_keys, check_train_config, read_yaml_mapping
 
 
 @dataclass
@@ -69,7 +69,7 @@ class TrainConfig:
 
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     """Read a YAML recipe; ``overrides`` (None values ignored) replace top-level keys. Every key
-    is checked (``training.validate``: types, ranges, unknown keys); a fault is one error line
+    is checked (``core.validate``: types, ranges, unknown keys); a fault is one error line
     naming the file and the key."""
     path = Path(path)
     where = f"config {path}"

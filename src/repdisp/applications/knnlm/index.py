@@ -20,7 +20,9 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError:
-        raise RepdispError("kNN-LM needs FAISS: pip install faiss-cpu (or faiss-gpu)") from None
+        raise RepdispError(
+            "kNN-LM needs FAISS: pip install 'repdisp[knnlm]' (faiss-cpu), or install faiss-gpu"
+        ) from None
     return faiss
 
 

@@ -1,0 +1,316 @@
+"""End to end: perplexity vs dispersion done three ways in one run, reported as ratios.
+
+    python bench/bench_e2e.py                       # SmolLM2-135M fp32, 600 x 128, CPU
+    python bench/bench_e2e.py --segments 96         # a quick run
+    python bench/bench_e2e.py --compare-dtypes      # bfloat16 vs float32: speed and differences
+    python bench/bench_e2e.py --device cuda         # GPU: bf16, batch 64, pinned transfers
+
+The work: per segment its sequence perplexity, its last-token vector at ``final`` and the
+dispersion among its own tokens (``within``); then Algorithm 1 bins by perplexity, and per bin
+the across-segment dispersion of last-token vectors and the mean within-segment dispersion.
+Data: WikiText-2 test from ``$REPDISP_SHARED_DATA/wikitext-2-raw/wiki.test.raw`` when present,
+else the built-in ``python-docs``. Every side starts from the documents (tokenisation included,
+cold: no token cache) and has the model already loaded.
+
+    paper    the authors' released analysis code's method, re-created from its description:
+             batch 1; one forward with ``labels=`` for perplexity and a second with
+             ``output_hidden_states=True``; the final hidden states of each segment saved as
+             one .npy file; then each file read back, a T x T cosine matrix per segment for
+             the within-segment dispersion, and a B x B matrix per bin for the across one.
+    floor    a plain batched forward ``model(ids, labels=ids)`` over the same segments: the
+             cost of one pass, the floor for anything that needs perplexity.
+    repdisp  ``ppl_vs_dispersion`` (what ``repdisp ppl-vs-dispersion --no-cache`` calls), plus
+             its figure and JSON written to a temp folder.
+
+``--compare-dtypes`` runs the repdisp extraction in float32 and bfloat16 on the same segments
+and reports tokens/s and the largest per-segment perplexity and dispersion differences.
+On CUDA the timings synchronise the device before reading the clock; nothing in the measured
+loops waits for the device per batch. Nothing is asserted: times depend on the machine and on
+how busy it is, so each line carries the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from repdisp.analyses.binning import select_bins
+from repdisp.analyses.ppl_dispersion import plot, ppl_vs_dispersion
+from repdisp.core import tokcache
+from repdisp.core.corpus import load_texts, make_segments
+from repdisp.core.models import load_model
+
+try:  # Sampling may live in core or in analyses
+    from repdisp.core.sampling import Sampling  # type: ignore[import-not-found]
+except ImportError:
+    from repdisp.analyses.sampling import Sampling
+
+SIDES = ("paper", "floor", "repdisp")
+
+
+def load_avg() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def default_data() -> str:
+    root = os.environ.get("REPDISP_SHARED_DATA")
+    wiki = Path(root or "", "wikitext-2-raw", "wiki.test.raw")
+    return str(wiki) if root and wiki.is_file() else "python-docs"
+
+
+def segments(lm, data: str, docs: list[str], args):
+    """The same segments every side uses (seed 0), tokenised cold."""
+    tokcache.clear_memory()
+    max_len = getattr(lm.model.config, "max_position_embeddings", None)
+    return make_segments(
+        lm.tokenizer, data, args.segments, args.seq_len, 0, docs, max_len, cache=False
+    )
+
+
+def pairwise_mean_cosine_distance(x: np.ndarray) -> float:
+    """Mean over i<j of 1 - cos, from the full matrix (what the released scripts do)."""
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    i, j = np.triu_indices(len(u), k=1)
+    return float(np.mean(1.0 - (u @ u.T)[i, j]))
+
+
+def run_paper(lm, data: str, args, tmp: Path) -> dict:
+    docs = load_texts(data)
+    segs = segments(lm, data, docs, args)
+    n, model = len(segs), lm.model
+    ppl = np.empty(n)
+    for i, row in enumerate(segs.ids):
+        x = torch.from_numpy(row[None]).to(lm.device)
+        with torch.no_grad():
+            loss = model(x, labels=x).loss
+            hidden = model(x, output_hidden_states=True).hidden_states[-1][0]
+        ppl[i] = math.exp(loss.item())
+        np.save(tmp / f"segment_{i:05d}.npy", hidden.float().cpu().numpy())
+    last, within = [], np.empty(n)
+    for i in range(n):
+        h = np.load(tmp / f"segment_{i:05d}.npy")[args.skip_first :]
+        within[i] = pairwise_mean_cosine_distance(h)
+        last.append(h[-1])
+    vectors = np.stack(last)
+    sel = select_bins(ppl, args.bin_size, args.bins)
+    bins = [
+        (float(ppl[m].mean()), pairwise_mean_cosine_distance(vectors[m]), float(within[m].mean()))
+        for m in sel.members
+    ]
+    written = sum(f.stat().st_size for f in tmp.glob("segment_*.npy"))
+    return {"tokens": segs.ids.size, "bins": bins, "ppl": ppl, "bytes_written": written}
+
+
+def run_floor(lm, data: str, args) -> dict:
+    docs = load_texts(data)
+    segs = segments(lm, data, docs, args)
+    ids = torch.from_numpy(segs.ids)
+    if lm.device.type == "cuda":
+        ids = ids.pin_memory()
+    losses = []
+    with torch.inference_mode():
+        for b in range(0, len(ids), args.batch_size):
+            x = ids[b : b + args.batch_size].to(lm.device, non_blocking=True)
+            losses.append(lm.model(x, labels=x, use_cache=False).loss)
+        mean_loss = float(torch.stack(losses).mean().cpu())  # the only host sync
+    return {"tokens": segs.ids.size, "mean_loss": mean_loss}
+
+
+def sampling(args) -> Sampling:
+    return Sampling(
+        segments=args.segments,
+        seq_len=args.seq_len,
+        seed=0,
+        batch_size=args.batch_size,
+        skip_first=args.skip_first,
+        cache=False,
+        progress=False,
+    )
+
+
+def run_repdisp(lm, data: str, args, tmp: Path) -> dict:
+    tokcache.clear_memory()
+    result = ppl_vs_dispersion(
+        models=[lm],
+        datas=[data],
+        sampling=sampling(args),
+        bin_size=args.bin_size,
+        n_bins=args.bins,
+        pooling="last",
+        site="final",
+    )
+    fig = plot(result)
+    fig.savefig(tmp / "ppl_vs_dispersion.png", dpi=120)
+    (tmp / "ppl_vs_dispersion.json").write_text(json.dumps(asdict(result), default=float))
+    bins = [(p.mean_ppl, p.across, p.within) for p in result.series[0].bins]
+    return {"tokens": args.segments * (args.seq_len + int(result.series[0].bos)), "bins": bins}
+
+
+def timed(device: torch.device, fn):
+    before = load_avg()
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    out["seconds"] = time.perf_counter() - t0
+    out["load"] = f"{before} -> {load_avg()}"
+    return out
+
+
+def warm_up(lm, args) -> None:
+    x = torch.randint(0, 1000, (min(args.batch_size, 4), args.seq_len), device=lm.device)
+    with torch.inference_mode():
+        lm.model(x, labels=x, use_cache=False)
+        lm.model(x[:1], labels=x[:1])
+    sync(lm.device)
+
+
+def e2e(args) -> None:
+    data = args.data or default_data()
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    print(
+        f"# {args.model} {args.dtype} on {args.device} (torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs); data {Path(data).name}; "
+        f"{args.segments} segments x {args.seq_len} tokens; batch {args.batch_size}; "
+        f"{args.bins} bins of {args.bin_size}"
+    )
+    warm_up(lm, args)
+    res = {}
+    with tempfile.TemporaryDirectory(prefix="bench_e2e_") as tmp:
+        for side in args.sides:
+            folder = Path(tmp, side)
+            folder.mkdir()
+            if side == "floor":
+                res[side] = timed(lm.device, partial(run_floor, lm, data, args))
+            else:
+                fn = run_paper if side == "paper" else run_repdisp
+                res[side] = timed(lm.device, partial(fn, lm, data, args, folder))
+            r = res[side]
+            extra = (
+                f", {r['bytes_written'] / 2**20:.0f} MiB of .npy written"
+                if "bytes_written" in r
+                else ""
+            )
+            print(
+                f"{side:<8} {r['seconds']:8.1f} s  {r['tokens'] / r['seconds']:8.1f} tokens/s"
+                f"{extra}  ({r['load']})",
+                flush=True,
+            )
+    if "repdisp" in res and "paper" in res:
+        ratio = res["paper"]["seconds"] / res["repdisp"]["seconds"]
+        print(f"repdisp vs paper: {ratio:.2f}x faster (target >= 4x)")
+        a, b = np.array(res["paper"]["bins"]), np.array(res["repdisp"]["bins"])
+        if a.shape == b.shape:
+            print(
+                "  same bins, largest differences: mean perplexity "
+                f"{np.max(np.abs(a[:, 0] - b[:, 0]) / a[:, 0]):.2e} relative, across "
+                f"{np.max(np.abs(a[:, 1] - b[:, 1])):.2e}, within {np.max(np.abs(a[:, 2] - b[:, 2])):.2e}"
+            )
+    if "repdisp" in res and "floor" in res:
+        rate = lambda s: res[s]["tokens"] / res[s]["seconds"]  # noqa: E731
+        print(
+            f"repdisp vs floor: {rate('repdisp') / rate('floor'):.2f}x the tokens/s of the plain "
+            "batched forward (target >= 0.9x)"
+        )
+    if "floor" in res and "paper" in res:
+        print(f"floor vs paper: {res['paper']['seconds'] / res['floor']['seconds']:.2f}x faster")
+
+
+def extract_once(lm, data: str, docs: list[str], args) -> dict:
+    tokcache.clear_memory()
+    segs, ex = sampling(args).run(lm, data, "final", ["last", "within"], docs)
+    return {"segs": segs, "ex": ex}
+
+
+def compare_dtypes(args) -> None:
+    """repdisp extraction in float32 and bfloat16 on the same segments."""
+    data = args.data or default_data()
+    docs = load_texts(data)
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        lm = load_model(args.model, device=args.device, dtype=dtype)
+        warm_up(lm, args)
+        r = timed(lm.device, partial(extract_once, lm, data, docs, args))
+        r["tokens"] = r["segs"].ids.size
+        out[dtype] = r
+        print(
+            f"{dtype:<9} {r['seconds']:8.1f} s  {r['tokens'] / r['seconds']:8.1f} tokens/s  "
+            f"({r['load']})",
+            flush=True,
+        )
+        del lm
+    f, b = out["float32"], out["bfloat16"]
+    assert np.array_equal(f["segs"].ids, b["segs"].ids)
+    speed = (b["tokens"] / b["seconds"]) / (f["tokens"] / f["seconds"])
+    pf, pb = f["ex"].seq_ppl, b["ex"].seq_ppl
+    rel = np.abs(pb - pf) / pf
+    wf, wb = f["ex"].get("final", "within"), b["ex"].get("final", "within")
+    sel = select_bins(pf, args.bin_size, args.bins)
+    across = [
+        abs(
+            pairwise_mean_cosine_distance(b["ex"].get("final", "last")[m].astype(np.float64))
+            - pairwise_mean_cosine_distance(f["ex"].get("final", "last")[m].astype(np.float64))
+        )
+        for m in sel.members
+    ]
+    print(f"bfloat16 vs float32: {speed:.2f}x tokens/s (target >= 1.6x)")
+    print(
+        f"  per-segment perplexity: max relative difference {rel.max():.4f} "
+        f"(median {np.median(rel):.4f}; target <= 0.005)"
+    )
+    print(
+        f"  within-segment dispersion: max |difference| {np.abs(wb - wf).max():.5f}; across "
+        f"(Algorithm 1 bins of the float32 run): max |difference| {max(across):.5f} "
+        "(target <= 0.005)"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", help="text source (default: WikiText-2 test, else python-docs)")
+    p.add_argument("--segments", type=int, default=600)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: fp32 CPU, bf16 CUDA")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-size", type=int, help="default 8 on CPU, 64 on CUDA")
+    p.add_argument(
+        "--sides", default=",".join(SIDES), help="comma-separated subset of " + ",".join(SIDES)
+    )
+    p.add_argument("--bins", type=int, default=10)
+    p.add_argument("--bin-size", type=int, help="default: segments // 12, at most 50")
+    p.add_argument("--skip-first", type=int, default=1)
+    p.add_argument("--compare-dtypes", action="store_true", help="bfloat16 vs float32 instead")
+    args = p.parse_args()
+    cuda = args.device == "cuda"
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.batch_size = args.batch_size or (64 if cuda else 8)
+    args.bin_size = args.bin_size or max(2, min(50, args.segments // (args.bins + 2)))
+    args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if unknown := set(args.sides) - set(SIDES):
+        p.error(f"unknown sides {sorted(unknown)}; choose from {', '.join(SIDES)}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {load_avg()}")
+    if args.compare_dtypes:
+        compare_dtypes(args)
+    else:
+        e2e(args)
+    print(f"# done; {load_avg()}")
+
+
+if __name__ == "__main__":
+    main()
