@@ -49,6 +49,7 @@ def _one_error(capsys, match):
     err = [ln for ln in err if "Loading weights" not in ln]
     assert len(err) == 1 and err[0].startswith("repdisp: error: "), err
     assert "Traceback" not in err[0] and match in err[0], err[0]
+    return err[0]
 
 
 def scramble_values(folder):  # same size, same multiset of tokens: only checksums see it
@@ -146,9 +147,6 @@ FAULTS = [
         ["--verify"],
         "index.1.ffn.faiss fails its checksum",
     ),
-    ("k-zero", None, ["--k", "0"], "--k must be at least 1"),
-    ("lmbda-above-one", None, ["--lmbda", "1.5"], "--lmbda and --lmbda-grid values must be in"),
-    ("nprobe-zero", None, ["--nprobe", "0"], "--nprobe must be at least 1"),
 ]
 
 
@@ -202,7 +200,7 @@ def test_context_longer_than_the_model(tiny_gpt2_dir, built, tmp_path, capsys, c
     else:
         args += ["--datastore", str(built), "--data", HELD]
     assert main(args) == 2
-    _one_error(capsys, "--context 300 is longer than the model's context of 256 tokens")
+    assert "256" in _one_error(capsys, "--context 300")
     assert not (tmp_path / "new").exists()
 
 
@@ -220,3 +218,30 @@ def test_datastore_of_an_edited_model_is_refused(tiny_gpt2_dir, tmp_path, capsys
     capsys.readouterr()
     assert _eval(model, store) == 2
     _one_error(capsys, f"was built with another version of {model} (its weights")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"k": 0}, "--k must be at least 1"),
+        ({"nprobe": 0}, "--nprobe must be at least 1"),
+        ({"lmbda": 1.5}, r"--lmbda and --lmbda-grid values must be in \[0, 1\]"),
+        ({"lmbda_grid": [0.0, -0.1]}, r"must be in \[0, 1\]"),
+        ({"temperature": 0.0}, "--temperature must be positive"),
+        ({"context": 300}, "longer than the model's context of 256"),
+    ],
+)
+def test_library_checks_its_arguments(built_lm, built, kwargs, match):
+    """The same faults through the Python API (the CLI refuses them while parsing)."""
+    from repdisp.applications.knnlm import evaluate_knnlm
+
+    tokens = np.arange(100) % 50
+    with pytest.raises(RepdispError, match=match):
+        evaluate_knnlm(built_lm, Datastore.open(built), tokens, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def built_lm(tiny_gpt2_dir):
+    from repdisp.core.models import load_model
+
+    return load_model(str(tiny_gpt2_dir), "cpu", "float32")

@@ -94,7 +94,7 @@ def _measure(folder, out, cache=True) -> dict:
     args = ["measure", "--model", str(folder), "--segments", "4", "--seq-len", "16"]
     args += ["--quiet", "--bootstrap", "20", "--site", "1.ffn", "--out", str(out)]
     assert main(args + ([] if cache else ["--no-cache"])) == 0
-    return json.loads(out.read_text())
+    return json.loads((out / "measure.json").read_text())
 
 
 def _key(folder) -> tuple[str, str]:
@@ -109,10 +109,10 @@ def _numbers(r: dict) -> list[float]:
 
 def test_edit_in_middle_of_weights_and_config_gives_new_key_and_numbers(home, model_dir, tmp_path):
     ident0, key0 = _key(model_dir)
-    r0 = _measure(model_dir, tmp_path / "r0.json")
+    r0 = _measure(model_dir, tmp_path / "r0")
     assert list((home / "shards").rglob("*.npz")) or list(home.rglob("shard_*")), "no shards"
     # the cached rerun gives the same numbers (the cache is used)
-    assert _numbers(_measure(model_dir, tmp_path / "r0b.json")) == _numbers(r0)
+    assert _numbers(_measure(model_dir, tmp_path / "r0b")) == _numbers(r0)
 
     weights = model_dir / "model.safetensors"
     assert weights.stat().st_size > 8 << 20
@@ -120,11 +120,11 @@ def test_edit_in_middle_of_weights_and_config_gives_new_key_and_numbers(home, mo
     assert name.startswith("transformer.h."), name  # a block tensor, far from the first/last MiB
     ident1, key1 = _key(model_dir)
     assert ident1 != ident0 and key1 != key0
-    r1 = _measure(model_dir, tmp_path / "r1.json")
+    r1 = _measure(model_dir, tmp_path / "r1")
     assert _numbers(r1) != _numbers(r0)
     # and they are the numbers of the edited model, computed afresh
     assert _numbers(r1) == pytest.approx(
-        _numbers(_measure(model_dir, tmp_path / "r1n.json", cache=False)), rel=1e-6
+        _numbers(_measure(model_dir, tmp_path / "r1n", cache=False)), rel=1e-6
     )
 
     config = json.loads((model_dir / "config.json").read_text())
@@ -132,7 +132,7 @@ def test_edit_in_middle_of_weights_and_config_gives_new_key_and_numbers(home, mo
     (model_dir / "config.json").write_text(json.dumps(config))
     ident2, key2 = _key(model_dir)
     assert len({ident0, ident1, ident2}) == 3 and len({key0, key1, key2}) == 3
-    r2 = _measure(model_dir, tmp_path / "r2.json")
+    r2 = _measure(model_dir, tmp_path / "r2")
     assert _numbers(r2) != _numbers(r1)
 
 
