@@ -713,7 +713,7 @@ def test_matrix_is_big_enough():
     assert len(CASES) >= 100 and len({c.id for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", _params())
+@pytest.mark.parametrize("case", list(_params()))
 def test_bad_input(case, files, tiny_gpt2_dir, tmp_path, capsys, monkeypatch):
     from repdisp.cli import main
 

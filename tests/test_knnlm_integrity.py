@@ -147,6 +147,7 @@ FAULTS = [
         ["--verify"],
         "index.1.ffn.faiss fails its checksum",
     ),
+    # --k 0, --lmbda 1.5, --nprobe 0 are refused while parsing (tests/test_bad_input_matrix.py)
 ]
 
 

@@ -182,7 +182,13 @@ def plot(result: CompareResult) -> Any:
         v = np.array([getattr(m, mode) for m in result.models])
         lo = np.array([getattr(m, f"{mode}_ci_low") for m in result.models])
         hi = np.array([getattr(m, f"{mode}_ci_high") for m in result.models])
-        ax.bar(x, v, yerr=np.clip([v - lo, hi - v], 0, None), capsize=6, color=[f"C{i}" for i in range(len(v))])
+        ax.bar(
+            x,
+            v,
+            yerr=np.clip([v - lo, hi - v], 0, None),
+            capsize=6,
+            color=[f"C{i}" for i in range(len(v))],
+        )
         ax.set_xticks(x, names, rotation=15, fontsize=8)
         ax.set_ylabel(f"dispersion ({mode}), mean cosine distance")
         what = f"Eq. 1 over {result.pooling}-token vectors" if mode == "across" else "token-level"

@@ -54,6 +54,12 @@ _RULES = {
     "eval_segments": Rule(int, lo=0),
     "save_every": Rule(int, lo=0),
 }
+# flags every command shares keep one type (checks.*); the rest are checked by _RULES below
+_SHARED_TYPES = {
+    "seed": checks.seed,
+    "batch_size": checks.positive_int,
+    "seq_len": checks.int_at_least(2),
+}
 _HELP = {
     "method": "lora (merged into the weights) or full",
     "steps": "optimizer steps",
@@ -70,13 +76,6 @@ _HELP = {
     "train_fraction": "train on this leading fraction of the text; the rest is held out",
     "eval_segments": "held-out segments for the before/after check (0 = none)",
     "save_every": "save a checkpoint every N optimizer steps beside --out (0 = never)",
-}
-
-# the shared flags take the same validators as in every other command
-_TYPES = {
-    "seed": checks.seed,
-    "batch_size": checks.positive_int,
-    "seq_len": checks.int_at_least(2),
 }
 
 
@@ -107,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "method":
             t.add_argument(flag, choices=METHODS, default=None, help=text)
         else:
-            t.add_argument(flag, type=_TYPES.get(name, kind), default=None, help=text)
+            t.add_argument(flag, type=_SHARED_TYPES.get(name, kind), default=None, help=text)
     p.epilog = (
         "--save-every N saves a checkpoint every N steps beside --out; the same command after a "
         "crash resumes from the last one. "
