@@ -198,7 +198,8 @@ def _shard_arrays(parts: list[dict[str, Any]], dtype: Any) -> dict[str, np.ndarr
     import torch
 
     arrays = {}
-    for k in parts[0]:
+    # hidden states first: a NaN there is the cause of a NaN perplexity, so name it
+    for k in sorted(parts[0], key=lambda k: k.endswith("_nll")):
         arr = torch.cat([p[k] for p in parts]).cpu().numpy()
         if k.endswith("_nll"):
             arr = arr.astype(np.float64)
@@ -214,7 +215,7 @@ def _shard_arrays(parts: list[dict[str, Any]], dtype: Any) -> dict[str, np.ndarr
         elif k.endswith("/within"):
             arr = arr.astype(np.float64)
         arrays[k] = arr
-    return arrays
+    return {k: arrays[k] for k in parts[0]}  # the shard's own key order
 
 
 def cache_key(
