@@ -270,7 +270,7 @@ def test_cache_key_covers_everything_that_changes_results(tiny_gpt2_dir, tmp_pat
         "skip first": key(skip=2),
     }
     assert key(s=segs(n=None)) != variants["data content"]
-    # identity is by content: a renamed copy of the same folder is the same model, same key
+    # the identity is the content, not the path: a copy elsewhere shares the cached shards
     assert key(model=load_model(str(renamed), "cpu", "float32")) == base
     assert base not in variants.values()
     assert len(set(variants.values())) == len(variants), variants

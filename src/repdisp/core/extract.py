@@ -230,7 +230,7 @@ def _shard_arrays(parts: list[dict[str, Any]], dtype: Any) -> dict[str, np.ndarr
         elif k.endswith("/within"):
             arr = arr.astype(np.float64)
         arrays[k] = arr
-    return {k: arrays[k] for k in parts[0]}
+    return {k: arrays[k] for k in parts[0]}  # the shard's own key order
 
 
 def cache_key(
