@@ -2,7 +2,9 @@
 
 One extraction pass reads every site; segments are binned once by sequence perplexity
 (Algorithm 1), and at each site the per-bin dispersions (``across`` and ``within``, as in
-``repdisp.ppl_dispersion``) are correlated with the bin mean perplexity.
+``repdisp.ppl_dispersion``) are correlated with the bin mean perplexity. Next to those, the
+segment-level statistics of ``repdisp.ppl_dispersion`` at every site (every bootstrap or
+permutation replicate re-bins once and is measured at all sites).
 """
 
 from __future__ import annotations
@@ -12,11 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
 from ..core.stats import Correlation
 from .binning import select_bins
-from .sampling import MODES, BinPoint, ModelLike, Sampling, bin_points, correlate, loaded
+from .sampling import (
+    MODES,
+    BinPoint,
+    ModelLike,
+    Sampling,
+    bin_points,
+    correlate,
+    loaded,
+    segment_stats,
+    stat_estimates,
+)
 
 
 @dataclass
@@ -26,6 +40,7 @@ class LayerBins:
     site: str
     bins: list[BinPoint]
     correlations: dict[str, dict[str, Correlation]]
+    stats: dict[str, Any] = field(default_factory=dict)  # segment-level, as in ppl_dispersion
 
 
 @dataclass
@@ -53,6 +68,15 @@ class LayersResult:
             for c in by_method.values()
         ]
 
+    def stats_rows(self) -> list[dict[str, Any]]:
+        """One row per (site, mode, segment-level statistic)."""
+        return [
+            {"site": layer.site, "mode": mode} | est
+            for layer in self.layers
+            for mode, st in layer.stats.items()
+            for est in stat_estimates(st)
+        ]
+
     def table(self) -> str:
         head = (
             f"{self.model} | {self.data} | {self.n_segments} segments x {self.seq_len} tokens | "
@@ -68,7 +92,31 @@ class LayersResult:
                     f"{f'{p.r:+.3f} [{p.ci_low:+.3f}, {p.ci_high:+.3f}]':<28}"
                     f"{s.r:+.3f} [{s.ci_low:+.3f}, {s.ci_high:+.3f}]"
                 )
-        return head + "\n" + "\n".join(rows)
+        text = head + "\n" + "\n".join(rows)
+        if any(layer.stats for layer in self.layers):
+            text += (
+                "\nsegment-level (all N segments; 95% bootstrap CI over segments, "
+                "permutation p)\n"
+                f"{'site':<10}{'within spearman':<36}{'within slope/doubling':<30}"
+                f"{'across pearson (re-binned)':<36}{'across slope/doubling (curve)'}"
+            )
+            for layer in self.layers:
+                w, a = layer.stats["within"], layer.stats["across"]
+                text += "\n" + f"{layer.site:<10}" + "".join(
+                    f"{_est(e, f):<{width}}"
+                    for e, f, width in (
+                        (w["spearman"], "+.3f", 36),
+                        (w["slope"], "+.4f", 30),
+                        (a["pearson"], "+.3f", 36),
+                        (a["slope"], "+.4f", 0),
+                    )
+                )
+        return text
+
+
+def _est(e: dict[str, Any], fmt: str) -> str:
+    p = e["p_perm"] if np.isfinite(e["p_perm"]) else e["p_value"]
+    return f"{e['value']:{fmt}} [{e['ci_low']:{fmt}}, {e['ci_high']:{fmt}}] p={p:.2g}"
 
 
 def layers(
@@ -81,8 +129,12 @@ def layers(
     pooling: str = "last",
     bootstrap: int = 2000,
     load: Callable[[str], LoadedModel] = load_model,
+    stats_reps: int = 1000,
+    permutations: int = 1000,
+    curve_bins: int = 50,
 ) -> LayersResult:
-    """Dispersion per perplexity bin at each site, from one extraction pass."""
+    """Dispersion per perplexity bin at each site, from one extraction pass; segment-level
+    statistics with ``stats_reps`` bootstrap replicates and ``permutations`` (0, 0: none)."""
     if pooling not in ("last", "mean"):
         raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
     sampling = sampling or Sampling()
@@ -102,9 +154,23 @@ def layers(
         sampling.skip_first,
         sampling.seed,
     )
-    for site in ex.sites:
+    stats: list[dict[str, Any]] = [{} for _ in ex.sites]
+    if stats_reps or permutations:
+        stats = segment_stats(
+            ppl,
+            np.stack([ex.get(site, "within") for site in ex.sites]),
+            [ex.get(site, pooling) for site in ex.sites],
+            bin_size,
+            n_bins,
+            stats_reps,
+            permutations,
+            curve_bins,
+            sampling.seed,
+        )
+    for site, st in zip(ex.sites, stats, strict=True):
         points = bin_points(ppl, ex.get(site, pooling), ex.get(site, "within"), sel)
-        result.layers.append(LayerBins(site, points, correlate(points, bootstrap, sampling.seed)))
+        corr = correlate(points, bootstrap, sampling.seed)
+        result.layers.append(LayerBins(site, points, corr, st))
     result.seconds = time.perf_counter() - start
     return result
 

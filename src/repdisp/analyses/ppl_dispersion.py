@@ -8,7 +8,12 @@ Segments are binned with Algorithm 1 (``repdisp.binning``). Per selected bin, tw
              inside each segment - what the authors' released analysis code computes.
 
 The correlation of bin mean perplexity with each dispersion is reported as Pearson and Spearman
-with bootstrap CIs over bins. Last-token mode (Fig. 4) bins by the perplexity of the segment's
+with bootstrap CIs over bins (the paper's numbers). Next to them, statistics that use every
+segment (``repdisp.core.stats``): for ``within`` the Spearman rho of per-segment dispersion with
+perplexity over all N segments; for ``across`` the K-bin correlations with CIs from resampling
+segments (re-binned with Algorithm 1 in every replicate) and permutation p-values, plus a
+many-bins curve (``curve_bins`` equal-count bins); and for both the effect size, dispersion per
+doubling of perplexity (OLS slope on log2 perplexity), with a bootstrap CI. Last-token mode (Fig. 4) bins by the perplexity of the segment's
 last token instead, once per context length. Perplexity and every vector come from one
 extraction pass per (model, data, length).
 """
@@ -36,7 +41,10 @@ from .sampling import (
     correlate,
     loaded,
     model_label,
+    segment_stats,
     short_name,
+    stat_estimates,
+    stats_lines,
 )
 
 
@@ -54,6 +62,7 @@ class Series:
     bos: bool
     bins: list[BinPoint]
     correlations: dict[str, dict[str, Correlation]]
+    stats: dict[str, Any] = field(default_factory=dict)  # segment-level: see segment_stats
 
     @property
     def label(self) -> str:
@@ -108,6 +117,28 @@ class PplDispersionResult:
             for c in by_method.values()
         ]
 
+    def stats_rows(self) -> list[dict[str, Any]]:
+        """One row per (series, mode, segment-level statistic)."""
+        return [
+            {"model": s.model, "data": s.data, "perplexity": s.perplexity, "seq_len": s.seq_len}
+            | {"mode": mode}
+            | est
+            for s in self.series
+            for mode, st in s.stats.items()
+            for est in stat_estimates(st)
+        ]
+
+    def curve_rows(self) -> list[dict[str, Any]]:
+        """The many-bins curve of every series (across mode)."""
+        return [
+            {"model": s.model, "data": s.data, "perplexity": s.perplexity, "seq_len": s.seq_len}
+            | {"bin": k}
+            | c
+            for s in self.series
+            if "across" in s.stats
+            for k, c in enumerate(s.stats["across"]["curve"])
+        ]
+
     def table(self) -> str:
         lines = [
             f"site {self.site} | across pooling {self.pooling} | skip first {self.skip_first} | "
@@ -119,9 +150,9 @@ class PplDispersionResult:
                 f"{s.n_bins} bins of {s.bin_size})"
             )
             for mode, by_method in s.correlations.items():
-                lines += [f"  {mode:<7}{c}" for c in by_method.values()]
+                lines += [f"  {mode:<7}{c}  (over {s.n_bins} bins)" for c in by_method.values()]
+            lines += stats_lines(s.stats)
         return "\n".join(lines)
-
 
 def ppl_vs_dispersion(
     models: Sequence[ModelLike],
@@ -135,11 +166,15 @@ def ppl_vs_dispersion(
     contexts: Sequence[int] = (16, 64, 128, 256),
     bootstrap: int = 2000,
     load: Callable[[str], LoadedModel] = load_model,
+    stats_reps: int = 1000,
+    permutations: int = 1000,
+    curve_bins: int = 50,
 ) -> PplDispersionResult:
     """Bin each (model, data) by perplexity and correlate bin perplexity with dispersion.
 
     ``last_token``: bin by the last token's perplexity, once per length in ``contexts``
-    (otherwise by sequence perplexity at ``sampling.seq_len``)."""
+    (otherwise by sequence perplexity at ``sampling.seq_len``). ``stats_reps`` bootstrap
+    replicates and ``permutations`` for the segment-level statistics (0 and 0: none)."""
     if pooling not in ("last", "mean"):
         raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
     sampling = sampling or Sampling()
@@ -156,8 +191,15 @@ def ppl_vs_dispersion(
                 segs, ex = sampling.run(lm, data, site, [pooling, "within"], docs[data], length)
                 ppl = ex.last_ppl if last_token else ex.seq_ppl
                 sel = select_bins(ppl, bin_size, n_bins)
-                points = bin_points(
-                    ppl, ex.get(ex.sites[0], pooling), ex.get(ex.sites[0], "within"), sel
+                vec, within = ex.get(ex.sites[0], pooling), ex.get(ex.sites[0], "within")
+                points = bin_points(ppl, vec, within, sel)
+                stats = (
+                    segment_stats(
+                        ppl, within[None], [vec], bin_size, n_bins, stats_reps, permutations,
+                        curve_bins, sampling.seed,
+                    )[0]
+                    if stats_reps or permutations
+                    else {}
                 )
                 result.series.append(
                     Series(
@@ -171,6 +213,7 @@ def ppl_vs_dispersion(
                         segs.has_bos,
                         points,
                         correlate(points, bootstrap, sampling.seed),
+                        stats,
                     )
                 )
     result.seconds = time.perf_counter() - start

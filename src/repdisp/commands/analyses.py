@@ -31,6 +31,18 @@ def _common(p: argparse.ArgumentParser, name: str, segments: int = 600) -> None:
 def _binning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bin-size", type=int, default=50, help="segments per bin, B (50)")
     p.add_argument("--bins", type=int, default=10, help="bins chosen by Algorithm 1, K (10)")
+    p.add_argument(
+        "--stats-reps",
+        type=int,
+        default=1000,
+        help="bootstrap replicates over segments for the segment-level statistics (1000; 0: off)",
+    )
+    p.add_argument(
+        "--permutations", type=int, default=1000, help="permutations for p_perm (1000; 0: off)"
+    )
+    p.add_argument(
+        "--curve-bins", type=int, default=50, help="equal-count bins of the many-bins curve (50)"
+    )
 
 
 def _sampling(args: argparse.Namespace) -> ppl_mod.Sampling:
@@ -106,6 +118,10 @@ def _write(args: argparse.Namespace, result, fig, tables: dict[str, list] | None
     """JSON, CSV(s) and PNG into --out; binned results default to their bin and correlation rows."""
     if tables is None:
         tables = {"": result.bin_rows(), "_correlations": result.correlation_rows()}
+        if getattr(result, "stats_rows", None) and result.stats_rows():
+            tables["_stats"] = result.stats_rows()
+        if getattr(result, "curve_rows", None) and result.curve_rows():
+            tables["_curve"] = result.curve_rows()
     out = Path(args.out)
     paths = [write_json(out / f"{args.name}.json", result)]
     paths += [write_csv(out / f"{args.name}{suffix}.csv", rows) for suffix, rows in tables.items()]
@@ -128,6 +144,9 @@ def run_ppl(args: argparse.Namespace) -> int:
         contexts,
         args.bootstrap,
         _loader(args),
+        args.stats_reps,
+        args.permutations,
+        args.curve_bins,
     )
     _write(args, result, ppl_mod.plot(result))
     return 0
@@ -158,6 +177,9 @@ def run_layers(args: argparse.Namespace) -> int:
         args.pooling,
         args.bootstrap,
         _loader(args),
+        args.stats_reps,
+        args.permutations,
+        args.curve_bins,
     )
     _write(args, result, layers_mod.plot(result))
     return 0
