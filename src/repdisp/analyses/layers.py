@@ -97,7 +97,7 @@ class LayersResult:
             text += (
                 "\nsegment-level (all N segments; 95% bootstrap CI over segments, "
                 "permutation p)\n"
-                f"{'site':<10}{'within spearman':<36}{'within slope/doubling':<30}"
+                f"{'site':<10}{'within spearman':<36}{'within slope/doubling':<38}"
                 f"{'across pearson (re-binned)':<36}{'across slope/doubling (curve)'}"
             )
             for layer in self.layers:
@@ -106,7 +106,7 @@ class LayersResult:
                     f"{_est(e, f):<{width}}"
                     for e, f, width in (
                         (w["spearman"], "+.3f", 36),
-                        (w["slope"], "+.4f", 30),
+                        (w["slope"], "+.4f", 38),
                         (a["pearson"], "+.3f", 36),
                         (a["slope"], "+.4f", 0),
                     )
@@ -141,37 +141,69 @@ def layers(
     start = time.perf_counter()
     lm = loaded(model, load)
     segs, ex = sampling.run(lm, data, sites, [pooling, "within"])
-    ppl = ex.seq_ppl
-    sel = select_bins(ppl, bin_size, n_bins)
-    result = LayersResult(
+    result = layers_from_extraction(
         lm.name,
         data,
         len(segs),
-        sampling.seq_len,
-        bin_size,
-        n_bins,
-        pooling,
-        sampling.skip_first,
-        sampling.seed,
+        ex,
+        seq_len=sampling.seq_len,
+        bin_size=bin_size,
+        n_bins=n_bins,
+        pooling=pooling,
+        skip_first=sampling.skip_first,
+        seed=sampling.seed,
+        bootstrap=bootstrap,
+        stats_reps=stats_reps,
+        permutations=permutations,
+        curve_bins=curve_bins,
     )
-    stats: list[dict[str, Any]] = [{} for _ in ex.sites]
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def layers_from_extraction(
+    model: str,
+    data: str,
+    n_segments: int,
+    ex: Any,
+    *,
+    seq_len: int,
+    bin_size: int,
+    n_bins: int,
+    pooling: str,
+    skip_first: int,
+    seed: int,
+    bootstrap: int,
+    stats_reps: int,
+    permutations: int,
+    curve_bins: int,
+    sites: list[str] | None = None,
+) -> LayersResult:
+    """The layer-wise result from a finished extraction (every site in ``sites``, default all
+    the extraction has): one Algorithm 1 binning by sequence perplexity for every site."""
+    sites = sites or ex.sites
+    ppl = ex.seq_ppl
+    sel = select_bins(ppl, bin_size, n_bins)
+    result = LayersResult(
+        model, data, n_segments, seq_len, bin_size, n_bins, pooling, skip_first, seed
+    )
+    stats: list[dict[str, Any]] = [{} for _ in sites]
     if stats_reps or permutations:
         stats = segment_stats(
             ppl,
-            np.stack([ex.get(site, "within") for site in ex.sites]),
-            [ex.get(site, pooling) for site in ex.sites],
+            np.stack([ex.get(site, "within") for site in sites]),
+            [ex.get(site, pooling) for site in sites],
             bin_size,
             n_bins,
             stats_reps,
             permutations,
             curve_bins,
-            sampling.seed,
+            seed,
         )
-    for site, st in zip(ex.sites, stats, strict=True):
+    for site, st in zip(sites, stats, strict=True):
         points = bin_points(ppl, ex.get(site, pooling), ex.get(site, "within"), sel)
-        corr = correlate(points, bootstrap, sampling.seed)
+        corr = correlate(points, bootstrap, seed)
         result.layers.append(LayerBins(site, points, corr, st))
-    result.seconds = time.perf_counter() - start
     return result
 
 

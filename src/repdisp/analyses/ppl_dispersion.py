@@ -189,35 +189,73 @@ def ppl_vs_dispersion(
         for data in datas:
             for length in contexts if last_token else [sampling.seq_len]:
                 segs, ex = sampling.run(lm, data, site, [pooling, "within"], docs[data], length)
-                ppl = ex.last_ppl if last_token else ex.seq_ppl
-                sel = select_bins(ppl, bin_size, n_bins)
-                vec, within = ex.get(ex.sites[0], pooling), ex.get(ex.sites[0], "within")
-                points = bin_points(ppl, vec, within, sel)
-                stats = (
-                    segment_stats(
-                        ppl, within[None], [vec], bin_size, n_bins, stats_reps, permutations,
-                        curve_bins, sampling.seed,
-                    )[0]
-                    if stats_reps or permutations
-                    else {}
-                )
                 result.series.append(
-                    Series(
+                    series_from_extraction(
                         lm.name,
                         data,
-                        "last-token" if last_token else "sequence",
-                        length,
                         len(segs),
-                        bin_size,
-                        n_bins,
                         segs.has_bos,
-                        points,
-                        correlate(points, bootstrap, sampling.seed),
-                        stats,
+                        ex,
+                        site=ex.sites[0],
+                        pooling=pooling,
+                        last_token=last_token,
+                        seq_len=length,
+                        bin_size=bin_size,
+                        n_bins=n_bins,
+                        bootstrap=bootstrap,
+                        seed=sampling.seed,
+                        stats_reps=stats_reps,
+                        permutations=permutations,
+                        curve_bins=curve_bins,
                     )
                 )
     result.seconds = time.perf_counter() - start
     return result
+
+
+def series_from_extraction(
+    model: str,
+    data: str,
+    n_segments: int,
+    bos: bool,
+    ex: Any,
+    *,
+    site: str,
+    pooling: str,
+    last_token: bool,
+    seq_len: int,
+    bin_size: int,
+    n_bins: int,
+    bootstrap: int,
+    seed: int,
+    stats_reps: int,
+    permutations: int,
+    curve_bins: int,
+) -> Series:
+    """One series from a finished extraction (perplexities, ``site/pooling`` vectors and
+    ``site/within``): Algorithm 1 bins, binned correlations, segment-level statistics."""
+    ppl = ex.last_ppl if last_token else ex.seq_ppl
+    sel = select_bins(ppl, bin_size, n_bins)
+    vec, within = ex.get(site, pooling), ex.get(site, "within")
+    points = bin_points(ppl, vec, within, sel)
+    stats = {}
+    if stats_reps or permutations:
+        stats = segment_stats(
+            ppl, within[None], [vec], bin_size, n_bins, stats_reps, permutations, curve_bins, seed
+        )[0]
+    return Series(
+        model,
+        data,
+        "last-token" if last_token else "sequence",
+        seq_len,
+        n_segments,
+        bin_size,
+        n_bins,
+        bos,
+        points,
+        correlate(points, bootstrap, seed),
+        stats,
+    )
 
 
 def merge(results: Sequence[PplDispersionResult]) -> PplDispersionResult:
