@@ -60,7 +60,7 @@ permutations: 40
 layer_stats_reps: 20
 bootstrap: 50
 contexts: [16, 8]
-knn: {{chunks: [4, 8], seeds: 3, chunk_len: 16}}
+knn: {{chunks: [4, 8], seeds: 3}}
 gap: null
 mc: [{{task: arc-challenge, data: "{arc}", limit: null}}]
 probe: {{sample: 4, seeds: 2}}

@@ -1,10 +1,13 @@
 """repdisp reproduce: the paper's evaluation grid in one resumable command, and a findings page.
 
-For each model x corpus: ONE extraction (every block output and the final site, last-token
-vectors and within-segment dispersion, perplexities) gives ppl-vs-dispersion (sequence-level and
-last-token, both modes) and the layer-wise analysis; the kNN key profile reads the last block's
-attention and FFN sub-layers; per model the dispersion gap of its output embeddings; per model x
-multiple-choice task the accuracy probe and hard slices. Then ``findings.md``/``findings.html``
+For each model x corpus: ONE extraction (every block output, the last block's attention
+sub-layer and the final site; last-token vectors, within-segment dispersion, perplexities) gives
+ppl-vs-dispersion (sequence-level and last-token, both modes), the layer-wise analysis, and the
+kNN key profile (Table 1: per seed, N of the extracted windows drawn at random - the segments are
+a uniform sample of the corpus's non-overlapping windows, so these are uniform random chunks of
+``seq_len`` tokens - and the dispersion of their last-token vectors at the last block's h_att and
+h_ffn); per model the dispersion gap of its output embeddings; per model x multiple-choice task
+the accuracy probe and hard slices. Then ``findings.md``/``findings.html``
 with a claims table whose verdicts follow one stated rule (``VERDICT_RULE``).
 
 Resume: extractions go through the shard cache (a killed run restarts from its finished shards;
@@ -47,6 +50,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "${REPDISP_SHARED_DATA}/pubmed/pubmedqa_abstracts_1000.jsonl",
         ],
         "segments": 2000,
+        "model_segments": {},
         "seq_len": 128,
         "dtype": "auto",
         "device": "auto",
@@ -60,7 +64,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "bootstrap": 2000,
         "contexts": [128],
         "seed": 0,
-        "knn": {"chunks": [10, 50, 100], "seeds": 5, "chunk_len": 128},
+        "knn": {"chunks": [10, 50, 100], "seeds": 10},
         "gap": {"domain": "python", "reference": "everyday"},
         "mc": [
             {"task": "arc-challenge", "data": "${REPDISP_SHARED_DATA}/arc", "limit": 200},
@@ -76,6 +80,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "${REPDISP_SHARED_DATA}/pubmed/pubmedqa_abstracts_1000.jsonl",
         ],
         "segments": 100000,
+        "model_segments": {},
         "seq_len": 512,
         "dtype": "bfloat16",
         "device": "cuda",
@@ -89,7 +94,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "bootstrap": 2000,
         "contexts": [16, 64, 128, 256],
         "seed": 0,
-        "knn": {"chunks": [10, 50, 100], "seeds": 10, "chunk_len": 512},
+        "knn": {"chunks": [10, 50, 100], "seeds": 10},
         "gap": {"domain": "python", "reference": "everyday"},
         "mc": [
             {"task": "arc-challenge", "data": "${REPDISP_SHARED_DATA}/arc", "limit": None},
@@ -283,7 +288,6 @@ def run(args: argparse.Namespace) -> int:
 
     def model(spec: str) -> Any:
         if spec not in models:
-            models.clear()  # one model in memory at a time
             ns = argparse.Namespace(
                 model=spec,
                 device=cfg["device"],
@@ -307,14 +311,12 @@ def run(args: argparse.Namespace) -> int:
         for data in cfg["data"]:
             _grid_cell(cfg, out, steps, spec, data, model, docs, progress)
             _findings(cfg, out)
+            if cfg.get("knn"):
+                _knn_step(cfg, out, steps, spec, data, model, docs, progress)
+                _findings(cfg, out)
     for spec in cfg["models"] if cfg.get("gap") else []:
         _gap_step(cfg, out, steps, spec)
         _findings(cfg, out)
-    if cfg.get("knn"):
-        for spec in cfg["models"]:
-            for data in cfg["data"]:
-                _knn_step(cfg, out, steps, spec, data, model, docs, progress)
-                _findings(cfg, out)
     for spec in cfg["models"]:
         for mc in cfg.get("mc") or []:
             _mc_step(cfg, out, steps, spec, mc, model, progress)
@@ -325,16 +327,56 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cell_params(cfg: dict[str, Any], spec: str) -> dict[str, Any]:
+    return {"segments": _segments(cfg, spec), "seq_len": cfg["seq_len"], "seed": cfg["seed"]}
+
+
+def _segments(cfg: dict[str, Any], spec: str) -> int:
+    return int((cfg.get("model_segments") or {}).get(spec, cfg["segments"]))
+
+
+_EXTRACTIONS: dict[tuple[str, str], Any] = {}
+
+
+def _main_extraction(cfg, steps, spec, data, lm, docs, progress):
+    """The one extraction of a cell (memoised in this process; the shard cache across runs)."""
+    from ..analyses.sampling import Sampling
+    from ..core.sites import blocks_of
+
+    key = (spec, data)
+    if key not in _EXTRACTIONS:
+        n_avail = _n_available(lm, data, docs(data), cfg["seq_len"])
+        n = min(_segments(cfg, spec), n_avail)
+        sampling = Sampling(
+            segments=n,
+            seq_len=cfg["seq_len"],
+            seed=cfg["seed"],
+            batch_size=cfg["batch_size"],
+            skip_first=1,
+            cache=True,
+            progress=progress,
+        )
+        t = time.perf_counter()
+        steps.say(
+            f"[{_label(spec)} x {_stem(data)}] extraction: {n} of {n_avail} segments x "
+            f"{cfg['seq_len']} tokens, every block + final ({cfg['dtype']})"
+        )
+        last = len(blocks_of(lm.model)) - 1
+        segs, ex = sampling.run(lm, data, f"all,{last}.attn,final", ["last", "within"], docs(data))
+        steps.say(f"  extraction {time.perf_counter() - t:.0f} s")
+        _EXTRACTIONS.clear()  # keep one cell's vectors in memory
+        _EXTRACTIONS[key] = (segs, ex, n_avail)
+    return _EXTRACTIONS[key]
+
+
 def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
     from ..analyses import layers as layers_mod
     from ..analyses import ppl_dispersion as ppl_mod
     from ..analyses.sampling import Sampling
 
     folder = out / _label(spec) / _stem(data)
-    base = {
-        k: cfg[k]
-        for k in ("segments", "seq_len", "dtype", "bin_size", "bins", "curve_bins", "seed")
-    } | {"model": spec, "data": data}
+    base = {k: cfg[k] for k in ("dtype", "bin_size", "bins", "curve_bins")}
+    base |= _cell_params(cfg, spec) | {"model": spec, "data": data}
     p_ppl = base | {
         "stats_reps": cfg["stats_reps"],
         "permutations": cfg["permutations"],
@@ -346,26 +388,10 @@ def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
         steps.say(f"[{_label(spec)} x {_stem(data)}] ppl-vs-dispersion, layers: done, skipped")
         return
     lm = model(spec)
-    n_avail = _n_available(lm, data, docs(data), cfg["seq_len"])
-    n = min(cfg["segments"], n_avail)
-    sampling = Sampling(
-        segments=n,
-        seq_len=cfg["seq_len"],
-        seed=cfg["seed"],
-        batch_size=cfg["batch_size"],
-        skip_first=1,
-        cache=True,
-        progress=progress,
-    )
-    t = time.perf_counter()
-    steps.say(
-        f"[{_label(spec)} x {_stem(data)}] extraction: {n} of {n_avail} segments x "
-        f"{cfg['seq_len']} tokens, every block + final ({cfg['dtype']})"
-    )
-    segs, ex = sampling.run(lm, data, "all,final", ["last", "within"], docs(data))
-    steps.say(f"  extraction {time.perf_counter() - t:.0f} s")
+    segs, ex, _ = _main_extraction(cfg, steps, spec, data, lm, docs, progress)
     common = {
-        "bin_size": cfg["bin_size"],
+        # Algorithm 1 needs K bins of B: with fewer than K*B segments, B shrinks to N // K
+        "bin_size": max(2, min(cfg["bin_size"], len(segs) // cfg["bins"])),
         "n_bins": cfg["bins"],
         "bootstrap": cfg["bootstrap"],
         "seed": cfg["seed"],
@@ -385,7 +411,7 @@ def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
             if ctx == cfg["seq_len"]:
                 c_segs, c_ex = segs, ex
             else:
-                c_n = min(cfg["segments"], _n_available(lm, data, docs(data), ctx))
+                c_n = min(_segments(cfg, spec), _n_available(lm, data, docs(data), ctx))
                 c_sampling = Sampling(
                     segments=c_n, seq_len=ctx, seed=cfg["seed"], batch_size=cfg["batch_size"],
                     skip_first=1, cache=True, progress=progress,
@@ -416,6 +442,7 @@ def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
         t = time.perf_counter()
         lres = layers_mod.layers_from_extraction(
             lm.name, data, len(segs), ex, seq_len=cfg["seq_len"], pooling="last", skip_first=1,
+            sites=[x for x in ex.sites if not x.endswith(".attn")],
             stats_reps=cfg["layer_stats_reps"], permutations=cfg["layer_stats_reps"], **common,
         )  # fmt: skip
         lres.seconds = time.perf_counter() - t
@@ -448,31 +475,64 @@ def _gap_step(cfg, out, steps, spec) -> None:
 
 
 def _knn_step(cfg, out, steps, spec, data, model, docs, progress) -> None:
-    from ..applications.knn_keys import plot_profile, profile_keys
-    from ..core.corpus import make_segments
+    """Table 1 from the main extraction's last-token vectors at the last block's sub-layers."""
+    from ..applications.knn_keys import plot_profile
+    from ..core.geometry import dispersion
+    from ..core.sites import blocks_of
 
     folder = out / _label(spec) / _stem(data)
-    params = {"model": spec, "data": data, "dtype": cfg["dtype"]} | cfg["knn"]
+    params = {"model": spec, "data": data, "dtype": cfg["dtype"]} | _cell_params(cfg, spec)
+    params |= {"knn": cfg["knn"]}
     if steps.done(folder, "knn_keys", params):
         return
+    t = time.perf_counter()
     lm = model(spec)
-    windows = make_segments(lm.tokenizer, data, None, cfg["knn"]["chunk_len"], docs=docs(data))
-    chunks = sorted({min(c, len(windows)) for c in cfg["knn"]["chunks"]})
-    prof = profile_keys(
-        lm,
-        windows,
-        chunks,
-        cfg["knn"]["seeds"],
-        "final-block",
-        cfg["batch_size"],
-        cache=True,
-        progress=progress,
-    )
-    write_json(folder / "knn_keys.json", prof.to_dict())
-    write_csv(folder / "knn_keys.csv", prof.csv_rows())
-    save_figure(plot_profile(prof), folder / "knn_keys.png")
+    segs, ex, n_avail = _main_extraction(cfg, steps, spec, data, lm, docs, progress)
+    last = len(blocks_of(lm.model)) - 1
+    names = [f"{last}.attn", f"{last}.ffn"]
+    chunks = sorted({min(c, len(segs)) for c in cfg["knn"]["chunks"]})
+    seeds = cfg["knn"]["seeds"]
+    draws = [np.random.default_rng(s).permutation(len(segs)) for s in range(seeds)]
+    rows = []
+    for site in names:
+        x = ex.get(site, "last")
+        for n in chunks:
+            vals = [dispersion(x[d[:n]]) for d in draws]
+            rows.append(
+                {
+                    "site": site,
+                    "n_chunks": n,
+                    "mean": float(np.mean(vals)),
+                    "std": float(np.std(vals)),
+                    "values": vals,
+                }
+            )
+    best = max(names, key=lambda s: next(r["mean"] for r in rows if r["site"] == s and
+                                          r["n_chunks"] == chunks[-1]))  # fmt: skip
+    prof = {
+        "model": lm.name,
+        "data": data,
+        "chunk_len": cfg["seq_len"],
+        "n_windows": n_avail,
+        "seeds": seeds,
+        "chunks": chunks,
+        "sites": names,
+        "n_extracted": len(segs),
+        "recommended": best,
+        "rows": rows,
+        "seconds": time.perf_counter() - t,
+    }
+    write_json(folder / "knn_keys.json", prof)
+    write_csv(folder / "knn_keys.csv", [{k: v for k, v in r.items() if k != "values"} for r in rows])
+    try:
+        from ..applications.knn_keys import KeyProfile, KeyRow
+
+        kp = KeyProfile(**(prof | {"rows": [KeyRow(**r) for r in rows]}))
+        save_figure(plot_profile(kp), folder / "knn_keys.png")
+    except (TypeError, ImportError):  # the figure is optional; the numbers are in the JSON
+        pass
     steps.finish(folder, "knn_keys", params)
-    steps.say(f"[{_label(spec)} x {_stem(data)}] kNN key profile {prof.seconds:.0f} s")
+    steps.say(f"[{_label(spec)} x {_stem(data)}] kNN key profile: {best} is more dispersed")
 
 
 def _mc_step(cfg, out, steps, spec, mc, model, progress) -> None:
@@ -581,7 +641,7 @@ def _cmd(cfg: dict[str, Any], spec: str, data: str | None = None, extra: str = "
     parts = ["repdisp reproduce", f"--model {spec}"]
     if data:
         parts.append(f"--data {shlex.quote(_public(data))}")
-    parts += [f"--segments {cfg['segments']}", f"--seq-len {cfg['seq_len']}"]
+    parts += [f"--segments {_segments(cfg, spec)}", f"--seq-len {cfg['seq_len']}"]
     parts += [f"--dtype {cfg['dtype']}", "--out DIR"]
     return " ".join(parts) + (f" {extra}" if extra else "")
 
@@ -732,9 +792,7 @@ def _knn_claim(cfg, spec, data, scope, knn) -> dict[str, Any]:
         "result": f"D(h_att)-D(h_ffn) = {mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] "
         f"(t-interval over seeds); recommended key {knn['recommended']}",
         "verdict": verdict(mean - half, mean + half, 1),
-        "command": f"repdisp knn-keys --model {spec} --data {shlex.quote(_public(data))} "
-        f"--chunks {','.join(map(str, knn['chunks']))} --seeds {knn['seeds']} "
-        f"--chunk-len {knn['chunk_len']}",
+        "command": _cmd(cfg, spec, data, "--no-mc"),
     }
 
 
