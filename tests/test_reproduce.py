@@ -124,6 +124,22 @@ def test_reproduce_end_to_end_and_resume(grid, monkeypatch, capsys):
     assert json.loads((out / "claims.json").read_text())["claims"] == rows
 
 
+def test_config_flags_override_the_file(tmp_path, monkeypatch):
+    from repdisp.cli import build_parser
+    from repdisp.commands.reproduce import _segments, load_config
+
+    monkeypatch.setenv("REPDISP_SHARED_DATA", str(tmp_path / "shared"))
+    args = build_parser().parse_args(
+        ["reproduce", "--scale", "gpu", "--out", "x", "--model", "a", "--model", "b",
+         "--model-segments", "b=300", "--segments", "900", "--dtype", "float32", "--no-mc"]
+    )  # fmt: skip
+    cfg = load_config(args)
+    assert cfg["models"] == ["a", "b"] and cfg["seq_len"] == 512 and cfg["mc"] == []
+    assert (_segments(cfg, "a"), _segments(cfg, "b")) == (900, 300)
+    assert cfg["data"][0] == f"{tmp_path}/shared/wikitext-2-raw/wiki.test.raw"
+    assert cfg["dtype"] == "float32" and cfg["contexts"] == [16, 64, 128, 256]
+
+
 def test_reproduce_bad_input_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("segmentz: 10\n")

@@ -123,6 +123,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", help="model(s), replaces the config's; repeat")
     p.add_argument("--data", action="append", help="corpus/corpora, replaces the config's")
     p.add_argument("--segments", type=int, help="segments per model and corpus (capped at all)")
+    p.add_argument(
+        "--model-segments",
+        action="append",
+        metavar="MODEL=N",
+        help="segments for one model (overrides --segments for it); repeat",
+    )
     p.add_argument("--seq-len", type=int, help="tokens per segment")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
@@ -193,6 +199,11 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if getattr(args, flag) is not None:
             cfg[key] = getattr(args, flag)
+    for item in args.model_segments or []:
+        name, _, n = item.rpartition("=")
+        if not name or not n.isdigit():
+            raise RepdispError(f"--model-segments must be MODEL=N, got {item!r}")
+        cfg["model_segments"] = (cfg.get("model_segments") or {}) | {name: int(n)}
     if args.mc:
         cfg["mc"] = [_parse_mc(m) for m in args.mc]
     if args.no_mc:
@@ -844,10 +855,11 @@ def _findings(cfg: dict[str, Any], out: Path, seconds: float | None = None):
     rows, missing = claims(cfg, out)
     models = ", ".join(_label(m) for m in cfg["models"])
     corpora = ", ".join(_stem(d) for d in cfg["data"])
+    sizes = ", ".join(f"{_segments(cfg, m)} ({_label(m)})" for m in cfg["models"])
     intro = [
-        f"Models: {models}. Corpora: {corpora}. Up to {cfg['segments']} segments of "
-        f"{cfg['seq_len']} tokens per model and corpus (every window where a corpus has fewer), "
-        f"dtype {cfg['dtype']}, seed {cfg['seed']}.",
+        f"Models: {models}. Corpora: {corpora}. Segments of {cfg['seq_len']} tokens per model "
+        f"and corpus: up to {sizes} (every window where a corpus has fewer; N per row in the "
+        f"table), dtype {cfg['dtype']}, seed {cfg['seed']}.",
         "Statistics: across-segment CIs resample segments and re-bin with Algorithm 1 in every "
         f"replicate ({cfg['stats_reps']} replicates; {cfg['layer_stats_reps']} for the "
         f"layer-wise rows); p-values are permutation tests ({cfg['permutations']} shuffles of "
