@@ -131,11 +131,15 @@ def test_config_flags_override_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("REPDISP_SHARED_DATA", str(tmp_path / "shared"))
     args = build_parser().parse_args(
         ["reproduce", "--scale", "gpu", "--out", "x", "--model", "a", "--model", "b",
-         "--model-segments", "b=300", "--segments", "900", "--dtype", "float32", "--no-mc"]
+         "--segments-for", "b=300", "--segments-for", "b@wiki=700", "--segments", "900",
+         "--dtype", "float32", "--no-mc"]
     )  # fmt: skip
     cfg = load_config(args)
     assert cfg["models"] == ["a", "b"] and cfg["seq_len"] == 512 and cfg["mc"] == []
-    assert (_segments(cfg, "a"), _segments(cfg, "b")) == (900, 300)
+    wiki, cnn = cfg["data"][:2]
+    assert (_segments(cfg, "a", wiki), _segments(cfg, "b", cnn)) == (900, 300)
+    assert _segments(cfg, "b", wiki) == 700  # MODEL@STEM: the stem of wiki.test.raw is "wiki"
+
     assert cfg["data"][0] == f"{tmp_path}/shared/wikitext-2-raw/wiki.test.raw"
     assert cfg["dtype"] == "float32" and cfg["contexts"] == [16, 64, 128, 256]
 

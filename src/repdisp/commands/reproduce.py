@@ -50,7 +50,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "${REPDISP_SHARED_DATA}/pubmed/pubmedqa_abstracts_1000.jsonl",
         ],
         "segments": 2000,
-        "model_segments": {},
+        "segments_for": {},
         "seq_len": 128,
         "dtype": "auto",
         "device": "auto",
@@ -80,7 +80,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "${REPDISP_SHARED_DATA}/pubmed/pubmedqa_abstracts_1000.jsonl",
         ],
         "segments": 100000,
-        "model_segments": {},
+        "segments_for": {},
         "seq_len": 512,
         "dtype": "bfloat16",
         "device": "cuda",
@@ -124,10 +124,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", action="append", help="corpus/corpora, replaces the config's")
     p.add_argument("--segments", type=int, help="segments per model and corpus (capped at all)")
     p.add_argument(
-        "--model-segments",
+        "--segments-for",
         action="append",
-        metavar="MODEL=N",
-        help="segments for one model (overrides --segments for it); repeat",
+        metavar="MODEL[@CORPUS]=N",
+        help="segments for one model, or one model on one corpus (file stem or path); repeat",
     )
     p.add_argument("--seq-len", type=int, help="tokens per segment")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
@@ -199,11 +199,11 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if getattr(args, flag) is not None:
             cfg[key] = getattr(args, flag)
-    for item in args.model_segments or []:
+    for item in args.segments_for or []:
         name, _, n = item.rpartition("=")
         if not name or not n.isdigit():
-            raise RepdispError(f"--model-segments must be MODEL=N, got {item!r}")
-        cfg["model_segments"] = (cfg.get("model_segments") or {}) | {name: int(n)}
+            raise RepdispError(f"--segments-for must be MODEL[@CORPUS]=N, got {item!r}")
+        cfg["segments_for"] = (cfg.get("segments_for") or {}) | {name: int(n)}
     if args.mc:
         cfg["mc"] = [_parse_mc(m) for m in args.mc]
     if args.no_mc:
@@ -338,12 +338,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cell_params(cfg: dict[str, Any], spec: str) -> dict[str, Any]:
-    return {"segments": _segments(cfg, spec), "seq_len": cfg["seq_len"], "seed": cfg["seed"]}
+def _cell_params(cfg: dict[str, Any], spec: str, data: str) -> dict[str, Any]:
+    n = _segments(cfg, spec, data)
+    return {"segments": n, "seq_len": cfg["seq_len"], "seed": cfg["seed"]}
 
 
-def _segments(cfg: dict[str, Any], spec: str) -> int:
-    return int((cfg.get("model_segments") or {}).get(spec, cfg["segments"]))
+def _segments(cfg: dict[str, Any], spec: str, data: str | None = None) -> int:
+    """N for a model on a corpus: ``segments_for`` MODEL@CORPUS (stem or path), then MODEL,
+    then ``segments``."""
+    table = cfg.get("segments_for") or {}
+    keys = [f"{spec}@{data}", f"{spec}@{_stem(data)}"] if data else []
+    for key in [*keys, spec]:
+        if key in table:
+            return int(table[key])
+    return int(cfg["segments"])
 
 
 _EXTRACTIONS: dict[tuple[str, str], Any] = {}
@@ -357,7 +365,7 @@ def _main_extraction(cfg, steps, spec, data, lm, docs, progress):
     key = (spec, data)
     if key not in _EXTRACTIONS:
         n_avail = _n_available(lm, data, docs(data), cfg["seq_len"])
-        n = min(_segments(cfg, spec), n_avail)
+        n = min(_segments(cfg, spec, data), n_avail)
         sampling = Sampling(
             segments=n,
             seq_len=cfg["seq_len"],
@@ -387,7 +395,7 @@ def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
 
     folder = out / _label(spec) / _stem(data)
     base = {k: cfg[k] for k in ("dtype", "bin_size", "bins", "curve_bins")}
-    base |= _cell_params(cfg, spec) | {"model": spec, "data": data}
+    base |= _cell_params(cfg, spec, data) | {"model": spec, "data": data}
     p_ppl = base | {
         "stats_reps": cfg["stats_reps"],
         "permutations": cfg["permutations"],
@@ -422,7 +430,7 @@ def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
             if ctx == cfg["seq_len"]:
                 c_segs, c_ex = segs, ex
             else:
-                c_n = min(_segments(cfg, spec), _n_available(lm, data, docs(data), ctx))
+                c_n = min(_segments(cfg, spec, data), _n_available(lm, data, docs(data), ctx))
                 c_sampling = Sampling(
                     segments=c_n, seq_len=ctx, seed=cfg["seed"], batch_size=cfg["batch_size"],
                     skip_first=1, cache=True, progress=progress,
@@ -492,7 +500,7 @@ def _knn_step(cfg, out, steps, spec, data, model, docs, progress) -> None:
     from ..core.sites import blocks_of
 
     folder = out / _label(spec) / _stem(data)
-    params = {"model": spec, "data": data, "dtype": cfg["dtype"]} | _cell_params(cfg, spec)
+    params = {"model": spec, "data": data, "dtype": cfg["dtype"]} | _cell_params(cfg, spec, data)
     params |= {"knn": cfg["knn"]}
     if steps.done(folder, "knn_keys", params):
         return
@@ -652,7 +660,7 @@ def _cmd(cfg: dict[str, Any], spec: str, data: str | None = None, extra: str = "
     parts = ["repdisp reproduce", f"--model {spec}"]
     if data:
         parts.append(f"--data {shlex.quote(_public(data))}")
-    parts += [f"--segments {_segments(cfg, spec)}", f"--seq-len {cfg['seq_len']}"]
+    parts += [f"--segments {_segments(cfg, spec, data)}", f"--seq-len {cfg['seq_len']}"]
     parts += [f"--dtype {cfg['dtype']}", "--out DIR"]
     return " ".join(parts) + (f" {extra}" if extra else "")
 
@@ -855,7 +863,11 @@ def _findings(cfg: dict[str, Any], out: Path, seconds: float | None = None):
     rows, missing = claims(cfg, out)
     models = ", ".join(_label(m) for m in cfg["models"])
     corpora = ", ".join(_stem(d) for d in cfg["data"])
-    sizes = ", ".join(f"{_segments(cfg, m)} ({_label(m)})" for m in cfg["models"])
+    sizes = ", ".join(
+        f"{_segments(cfg, m, d)} ({_label(m)} · {_stem(d)})"
+        for m in cfg["models"]
+        for d in cfg["data"]
+    )
     intro = [
         f"Models: {models}. Corpora: {corpora}. Segments of {cfg['seq_len']} tokens per model "
         f"and corpus: up to {sizes} (every window where a corpus has fewer; N per row in the "
