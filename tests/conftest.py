@@ -103,3 +103,9 @@ def tiny_segments(tiny_tokenizer):
     from repdisp.core.corpus import make_segments
 
     return make_segments(tiny_tokenizer, "python-docs", 6, 24, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _run_folders_in_tmp(tmp_path, monkeypatch):
+    """Commands run without --out write a new repdisp-out/COMMAND-N: keep those in tmp."""
+    monkeypatch.setenv("REPDISP_OUT", str(tmp_path / "repdisp-out"))

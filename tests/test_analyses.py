@@ -207,7 +207,7 @@ def test_ppl_vs_dispersion_cli_matches_brute_force(tiny, tmp_path, monkeypatch):
 
 
 def test_layers_and_compare_cli(tiny, tmp_path, monkeypatch, capsys):
-    from repdisp.analyses.compare import compare
+    from repdisp.analyses.compare import compare_models as compare
     from repdisp.analyses.ppl_dispersion import Sampling
 
     monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "home"))
@@ -253,7 +253,7 @@ def test_layers_and_compare_cli(tiny, tmp_path, monkeypatch, capsys):
     assert (out / "compare.png").exists() and (out / "compare.csv").exists()
     assert "identical" in capsys.readouterr().out
     with pytest.raises(RepdispError, match="at least 2 models"):
-        compare([str(m0)], str(data), Sampling(segments=4, seq_len=8))
+        compare([str(m0)], str(data), sampling=Sampling(segments=4, seq_len=8))
 
 
 def test_cli_error_is_one_line(tiny, tmp_path, capsys):

@@ -10,7 +10,8 @@ import torch
 from conftest import DATA
 
 from repdisp.applications.accuracy_probe import accuracy_probe, run_protocol, sample_mix
-from repdisp.applications.gap import EmbeddingRows, gap, gap_components, parse_accuracy, token_set
+from repdisp.applications.gap import EmbeddingRows, gap_components, parse_accuracy, token_set
+from repdisp.applications.gap import rank_by_gap as gap
 from repdisp.applications.hard_slices import auroc_wrong, hard_slices
 from repdisp.applications.mcqa import (
     MCItem,
@@ -173,7 +174,9 @@ def test_protocol_reduce_and_skip() -> None:
         np.where(correct, 0, 1),
         x,
     )
-    probe = accuracy_probe(res, "m", "t", (0.0, 0.25, 0.5, 0.75, 1.0), 20, 4)
+    probe = accuracy_probe(
+        res, model="m", task="t", levels=(0.0, 0.25, 0.5, 0.75, 1.0), sample=20, seeds=4
+    )
     assert probe.spearman_means.r == pytest.approx(-1.0)
     assert probe.n_correct == 30 and probe.acc == pytest.approx(0.3)
 
@@ -245,11 +248,11 @@ def test_lazy_read_matches_from_pretrained(
     )
     ids = np.array([0, 7, 399, 3])
     np.testing.assert_array_equal(src.rows(ids), held[ids].double().numpy())
-    res = gap([str(tmp_path)], "python", "everyday")
+    res = gap([str(tmp_path)], "python", reference="everyday")
     assert res.checkpoints[0].n_domain >= 2 and res.ranking == [str(tmp_path)]
     # The token sets are now cached: a second run needs no tokenizer and gives the same result.
     monkeypatch.setattr(EmbeddingRows, "tokenizer", lambda self: 1 / 0)
-    again = gap([str(tmp_path)], "python", "everyday")
+    again = gap([str(tmp_path)], "python", reference="everyday")
     assert again.checkpoints[0] == res.checkpoints[0]
 
 
@@ -305,7 +308,7 @@ def test_gap_ranking_and_correlations(tiny: LoadedModel, tmp_path: Path) -> None
         tiny.tokenizer.save_pretrained(folder)
         specs.append(str(folder))
     acc = {s: a for s, a in zip(specs, [10.0, 30.0, 20.0, 40.0], strict=True)}
-    res = gap(specs, "python", "everyday", "euclidean", acc)
+    res = gap(specs, "python", reference="everyday", metric="euclidean", accuracy=acc)
     g = [c.euclidean.gap for c in res.checkpoints]
     assert res.ranking == [specs[i] for i in np.argsort(g)[::-1]]
     assert res.spearman.r == pytest.approx(spearmanr(g, list(acc.values()))[0])

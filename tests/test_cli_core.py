@@ -44,11 +44,11 @@ def tiny_measure(tiny_gpt2_dir):
 
 
 def test_measure_writes_json(tiny_measure, tmp_path, capsys, tiny_gpt2):
-    out = tmp_path / "r.json"
+    out = tmp_path / "r"
     args = ["--site", "final", "--site", "-1.attn", "--out", str(out)]
     assert main(tiny_measure + args) == 0
     assert "perplexity" in capsys.readouterr().out
-    r = json.loads(out.read_text())
+    r = json.loads((out / "measure.json").read_text())
     assert set(r) == RESULT_KEYS
     assert (r["n_segments"], r["seq_len"], r["bos"], r["data"]) == (4, 16, False, "python-docs")
     assert [s["site"] for s in r["sites"]] == ["1.attn", "final"]
@@ -92,10 +92,10 @@ def test_bad_input_one_line_exit_2(tiny_measure, files, capsys, args, match):
 
 
 def test_encoding_errors_replace_then_works(tiny_measure, files, tmp_path, capsys):
-    out = tmp_path / "r.json"
+    out = tmp_path / "r"
     args = ["--data", str(files / "latin1.txt"), "--encoding-errors", "replace", "--out", str(out)]
     assert main(tiny_measure + args) == 0
-    r = json.loads(out.read_text())
+    r = json.loads((out / "measure.json").read_text())
     assert r["n_segments"] == 4 and np.isfinite(r["sites"][0]["dispersion"])
 
 
@@ -116,20 +116,21 @@ def test_models_list(capsys):
 
 @pytest.mark.slow
 def test_sites_smollm2(smollm2, capsys):
-    assert main(["sites", "--model", "smollm2-135m", "--device", "cpu"]) == 0
+    assert main(["sites", "--model", "smollm2-135m"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "30 blocks" in out[0] and "d=576" in out[0]
-    names = [ln.split()[0] for ln in out[1:]]
+    assert out[1].split()[:2] == ["repdisp", "TransformerLens"]
+    names = [ln.split()[0] for ln in out[2:]]
     assert names == ["embed"] + [f"{i}.{k}" for i in range(30) for k in ("attn", "ffn")] + ["final"]
 
 
 @pytest.mark.slow
 def test_measure_smollm2_tiny_run(smollm2, tmp_path, capsys):
-    out = tmp_path / "r.json"
+    out = tmp_path / "r"
     args = ["measure", "--model", "smollm2-135m", "--device", "cpu", "--segments", "4"]
     args += ["--seq-len", "32", "--site", "15", "--no-cache", "--quiet", "--out", str(out)]
     assert main(args) == 0
-    r = json.loads(out.read_text())
+    r = json.loads((out / "measure.json").read_text())
     segs = make_segments(smollm2.tokenizer, "python-docs", 4, 32, seed=0)
     ex = extract(smollm2, segs, "15", "last", cache=False, progress=False)
     assert r["mean_ppl"] == pytest.approx(float(ex.seq_ppl.mean()), rel=1e-5)

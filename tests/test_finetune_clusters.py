@@ -151,7 +151,7 @@ def test_finetune_checkpoint_reloads_with_changed_weights(tokenizer, tmp_path, m
     lm = tiny_lm(tokenizer)
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     out = tmp_path / method
-    r = finetune(lm, "python-docs", out, method, steps=3, learning_rate=1e-2, batch_size=2,
+    r = finetune(lm, "python-docs", out, method=method, steps=3, learning_rate=1e-2, batch_size=2,
                  seq_len=16, train_fraction=0.9, progress=False)  # fmt: skip
     assert len(r.loss) == 3 and r.train_tokens_seen == 3 * 2 * 16
     assert (out / "model.safetensors").exists() and (out / "finetune.json").exists()
@@ -166,7 +166,7 @@ def test_finetune_checkpoint_reloads_with_changed_weights(tokenizer, tmp_path, m
     else:
         assert any("mlp" in k for k in changed)
     with pytest.raises(RepdispError, match="not empty"):
-        finetune(lm, "python-docs", out, method, steps=1, progress=False)
+        finetune(lm, "python-docs", out, method=method, steps=1, progress=False)
 
 
 def test_finetune_cli_eval_only_before_after(tokenizer, tmp_path, capsys):

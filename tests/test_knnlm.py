@@ -10,18 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-import repdisp.applications.knnlm as knn_mod
-from repdisp.applications.knn_keys import profile_keys
+import repdisp.applications.knnlm.datastore as knn_mod
 from repdisp.applications.knnlm import (
     Datastore,
     build_datastore,
     build_index,
     chunk_windows,
-    evaluate,
     interpolate,
     knn_log_prob,
     plan_windows,
 )
+from repdisp.applications.knnlm import (
+    evaluate_knnlm as evaluate,
+)
+from repdisp.applications.knnlm.keys import profile_keys
 from repdisp.cli import main
 from repdisp.core.corpus import Segments, load_texts, token_stream
 from repdisp.core.errors import RepdispError
@@ -98,7 +100,7 @@ def test_datastore_keys_equal_extraction(tiny_gpt2, stream, tmp_path, stride):
         tiny_gpt2,
         tokens,
         tmp_path,
-        sites,
+        sites=sites,
         context=24,
         stride=stride,
         batch_size=4,
@@ -164,7 +166,9 @@ def test_resume_after_interrupted_build(tiny_gpt2, stream, tmp_path, monkeypatch
 
 def test_evaluation_vs_brute_force(tiny_gpt2, stream, tmp_path):
     train, held = stream[:600], stream[600:760]
-    build_datastore(tiny_gpt2, train, tmp_path, "0.ffn", context=32, stride=16, progress=False)
+    build_datastore(
+        tiny_gpt2, train, tmp_path, sites="0.ffn", context=32, stride=16, progress=False
+    )
     k, lam, temp = 8, 0.3, 4.0
     r = evaluate(
         tiny_gpt2,
@@ -226,7 +230,13 @@ def test_ivfpq_index_recall():
 def test_profile_keys_vs_direct_dispersion(tiny_gpt2, stream):
     windows = chunk_windows(stream[: 40 * 16], 16, None, "t")
     prof = profile_keys(
-        tiny_gpt2, windows, [5, 20], seeds=3, sites="final-block", cache=False, progress=False
+        tiny_gpt2,
+        windows,
+        chunks=[5, 20],
+        seeds=3,
+        sites="final-block",
+        cache=False,
+        progress=False,
     )
     assert prof.sites == ["1.attn", "1.ffn"] and prof.n_windows == 40
     ex = extract(

@@ -81,3 +81,24 @@ def test_checker_catches_an_upward_import(tmp_path: Path) -> None:
     nodes = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)]
     targets = [("core",)[: len(("core",)) - (n.level - 1)] + tuple(n.module.split(".")) for n in nodes]
     assert [_layer(t)[1] > RANK["core"] for t in targets] == [True, True]
+
+
+def _exists(target: tuple[str, ...]) -> bool:
+    """A module, a package, or a name inside one (``from .x import name`` records x.name)."""
+    for n in (len(target), len(target) - 1):
+        base = SRC.joinpath(*target[:n]) if n else SRC
+        if n >= 0 and (base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()):
+            return True
+    return False
+
+
+def test_every_relative_import_resolves() -> None:
+    # a lazy ``from ..x import y`` inside a function of a moved module fails only when called;
+    # every target must be a module or package of src/repdisp (or a name in one)
+    bad = [
+        f"{path.relative_to(SRC)}:{line} imports {'.'.join(target)}"
+        for path in sorted(SRC.rglob("*.py"))
+        for line, target in _imports(path)
+        if not _exists(target)
+    ]
+    assert bad == []

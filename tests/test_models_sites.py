@@ -163,3 +163,34 @@ def test_gemma3_perplexity_with_bos():
     assert (segs.ids[:, 0] == bos).all() and (segs.ids[:, 1:] != bos).all()
     ex = extract(lm, segs, "final", "last", batch_size=3, cache=False, progress=False)
     assert np.all((ex.seq_ppl > 5) & (ex.seq_ppl < 50)), ex.seq_ppl
+
+
+# ---------------------------------------------------------------- model facts and the final site
+
+
+def test_loaded_model_facts(tiny_gpt2):
+    cfg = tiny_gpt2.model.config
+    assert tiny_gpt2.n_blocks == cfg.n_layer == len(tiny_gpt2.model.transformer.h)
+    assert tiny_gpt2.d_model == cfg.n_embd
+    assert tiny_gpt2.max_len == cfg.n_positions
+    probe = tiny_gpt2.tokenizer("a").input_ids
+    bos = tiny_gpt2.tokenizer.bos_token_id
+    assert tiny_gpt2.bos_id == (bos if bos is not None and probe[:1] == [bos] else None)
+    assert tiny_gpt2.parse_sites("-1,final") == parse_sites("-1,final", cfg.n_layer)
+
+
+def test_final_site_is_the_body_output(tiny_gpt2):
+    from repdisp.core.sites import SiteReader
+
+    ids = torch.tensor([[5, 9, 2, 11, 3, 7]])
+    sites = tiny_gpt2.parse_sites("0.ffn,final")
+    with torch.inference_mode(), SiteReader(tiny_gpt2.model, sites, stop_early=True) as r:
+        try:
+            tiny_gpt2.model.base_model(input_ids=ids, use_cache=False)
+        except Exception as e:  # StopForward after the deepest site (final) is expected
+            assert type(e).__name__ == "StopForward"
+    with torch.inference_mode():
+        out = tiny_gpt2.model(input_ids=ids, output_hidden_states=True)
+    # HF's last hidden state is the final norm's output; hidden_states[1] is block 0's output
+    torch.testing.assert_close(r.values["final"], out.hidden_states[-1], rtol=0, atol=0)
+    torch.testing.assert_close(r.values["0.ffn"], out.hidden_states[1], rtol=0, atol=0)

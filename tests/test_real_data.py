@@ -38,7 +38,9 @@ def test_ppl_vs_dispersion_on_cnn_dailymail(smollm2):
     """Algorithm 1 bins on real news text: equal-count bins, ordered perplexity, and
     correlations that agree with scipy on the bin means."""
     sampling = Sampling(segments=40, seq_len=64, batch_size=8, cache=False, progress=False)
-    result = ppl_vs_dispersion([smollm2], [str(CNN)], sampling, bin_size=8, n_bins=4, bootstrap=50)
+    result = ppl_vs_dispersion(
+        [smollm2], [str(CNN)], sampling=sampling, bin_size=8, n_bins=4, bootstrap=50
+    )
     series = result.series[0]
     ppl = [b.mean_ppl for b in series.bins]
     assert len(series.bins) == 4 and all(b.n == 8 for b in series.bins)

@@ -58,7 +58,7 @@ def one_thread():
 
 @pytest.mark.slow
 def test_torchrun_two_gloo_processes_match_one_process(tiny_gpt2_dir, tmp_path, one_thread):
-    out = tmp_path / "dist.json"
+    out = tmp_path / "dist"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd += ["--master_port", str(_free_port()), "-m", "repdisp", "measure"]
     cmd += [
@@ -88,7 +88,7 @@ def test_torchrun_two_gloo_processes_match_one_process(tiny_gpt2_dir, tmp_path, 
         progress=False,
         shard_segments=2,
     ).to_dict()
-    dist = json.loads(out.read_text())
+    dist = json.loads((out / "measure.json").read_text())
     for key in ("mean_ppl", "median_ppl", "token_ppl", "mean_last_token_ppl"):
         assert dist[key] == pytest.approx(single[key], rel=1e-12, abs=1e-9)
     for d, s in zip(dist["sites"], single["sites"], strict=True):
@@ -151,7 +151,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_is_identical(tiny_gpt2_dir, tmp_path, one_thread):
-    cache, out = tmp_path / "cache", tmp_path / "resumed.json"
+    cache, out = tmp_path / "cache", tmp_path / "resumed"
     args = ["measure", "--model", str(tiny_gpt2_dir), *RUN, "--cache-dir", str(cache)]
     args += ["--out", str(out)]
     # Saves are slowed (0.4 s each) only so that the kill surely lands mid-run.
@@ -167,17 +167,17 @@ def test_sigkill_then_rerun_is_identical(tiny_gpt2_dir, tmp_path, one_thread):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     done = sorted(p.name for p in cache.glob("shard_*.json"))
-    assert 1 <= len(done) < 6 and not out.exists()
+    assert 1 <= len(done) < 6 and not (out / "measure.json").exists()
     first = (cache / "shard_00000.npz").stat().st_mtime_ns
 
     assert main(args) == 0  # the same command again (in this process, to save start-up time)
     assert (cache / "shard_00000.npz").stat().st_mtime_ns == first  # reused, not recomputed
     assert not list(cache.glob(".shard_*"))  # no temp files left behind
 
-    reference = tmp_path / "reference.json"
+    reference = tmp_path / "reference"
     ref_args = ["measure", "--model", str(tiny_gpt2_dir), *RUN]
     assert main([*ref_args, "--cache-dir", str(tmp_path / "ref"), "--out", str(reference)]) == 0
-    assert _without_seconds(out) == _without_seconds(reference)
+    assert _without_seconds(out / "measure.json") == _without_seconds(reference / "measure.json")
 
 
 def test_corrupt_partial_or_foreign_shards_are_recomputed(tiny_gpt2, tiny_segments, tmp_path):

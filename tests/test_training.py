@@ -16,7 +16,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingA
 
 from repdisp.core.errors import RepdispError
 from repdisp.training import PushAwayLoss, PushAwayTrainer, load_config, prepare_data, train_run
-from repdisp.training.recipe import BlockDataset, RunResult, split_docs
+from repdisp.training.data import BlockDataset, split_docs
+from repdisp.training.run import RunResult
 from repdisp.training.sweep import _summarise, choose_weights, table2
 
 B, T, D = 4, 7, 16

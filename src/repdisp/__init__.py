@@ -4,43 +4,51 @@ import repdisp
 repdisp.dispersion(X)                       # any (N, d) array or tensor, exact, O(N·d)
 r = repdisp.measure(model="smollm2-135m", data="python-docs", segments=200, seq_len=256)
 print(r.table())
+
+Names are imported on first use (PEP 562), so ``import repdisp`` and the CLI start fast.
 """
 
-from .analyses.measure import MeasureResult, SiteDispersion, measure
-from .core.corpus import Segments, load_texts, make_segments
-from .core.errors import RepdispError
-from .core.extract import Extraction, extract
-from .core.geometry import (
-    CosineStats,
-    bootstrap_ci,
-    cluster_distances,
-    dispersion,
-    mean_euclidean,
-    mean_sq_euclidean,
-    per_example_scores,
-)
-from .core.models import LoadedModel, load_model, prepare
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CosineStats",
-    "Extraction",
-    "LoadedModel",
-    "MeasureResult",
-    "RepdispError",
-    "Segments",
-    "SiteDispersion",
-    "bootstrap_ci",
-    "cluster_distances",
-    "dispersion",
-    "extract",
-    "load_model",
-    "load_texts",
-    "make_segments",
-    "mean_euclidean",
-    "mean_sq_euclidean",
-    "measure",
-    "per_example_scores",
-    "prepare",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "MeasureResult": "analyses.measure",
+    "SiteDispersion": "analyses.measure",
+    "measure": "analyses.measure",
+    "Segments": "core.corpus",
+    "load_texts": "core.corpus",
+    "make_segments": "core.corpus",
+    "RepdispError": "core.errors",
+    "Extraction": "core.extract",
+    "extract": "core.extract",
+    "CosineStats": "core.geometry",
+    "bootstrap_ci": "core.geometry",
+    "cluster_distances": "core.geometry",
+    "dispersion": "core.geometry",
+    "mean_euclidean": "core.geometry",
+    "mean_sq_euclidean": "core.geometry",
+    "per_example_scores": "core.geometry",
+    "LoadedModel": "core.models",
+    "as_loaded": "core.models",
+    "load_model": "core.models",
+    "prepare": "core.models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'repdisp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

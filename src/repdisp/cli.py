@@ -1,7 +1,10 @@
 """The ``repdisp`` command line: parsing and error handling only; work lives in the modules.
 
 Each command group is a module in ``repdisp.commands`` with ``register(subparsers)``; it sets
-``func`` on its parser. Modules are found automatically, so a new command is one new file. A ``RepdispError`` becomes one line on stderr and exit code 2.
+``func`` on its parser. Modules are found automatically, so a new command is one new file (add
+its name to ``COMMAND_GROUPS`` to place it in ``repdisp --help``). Command modules import their
+work lazily, so ``repdisp --help`` stays fast. A ``RepdispError`` becomes one line on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
@@ -17,17 +20,71 @@ from .core.errors import RepdispError
 
 SITE_OPTIONS = ("--site", "--sites")
 
+# `repdisp --help` lists commands in these groups, in this order; a command not named here is
+# listed under "tools".
+COMMAND_GROUPS = {
+    "core": ("measure", "sites", "models"),
+    "analyses": ("ppl-vs-dispersion", "layers", "compare", "clusters"),
+    "applications": ("accuracy-probe", "hard-slices", "gap", "knn-keys", "knnlm"),
+    "training": ("finetune", "train", "sweep"),
+    "tools": ("report", "merge-ppl", "reproduce"),
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("repdisp")
+    except PackageNotFoundError:  # run from a source tree without installing
+        from . import __version__
+
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs time at every start)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        print(f"repdisp {_version()}")
+        parser.exit()
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The whole CLI. Imports only argparse and the light ``commands`` modules (no torch, scipy,
+    transformers or matplotlib): each command imports its work when it runs."""
+    from . import commands
+    from .commands.options import Parser
+
+    parser = Parser(
         prog="repdisp",
         description="Representation dispersion of causal language models.",
+        usage="repdisp [-h] [--version] COMMAND [options]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `repdisp COMMAND --help` for a command's options.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from . import commands
-
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS, prog="repdisp"
+    )
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"repdisp.commands.{info.name}").register(sub)
+        if info.name != "options":
+            importlib.import_module(f"repdisp.commands.{info.name}").register(sub)
+    helps = {a.dest: a.help or "" for a in sub._choices_actions}
+    rank = {c: i for i, c in enumerate(c for cs in COMMAND_GROUPS.values() for c in cs)}
+    sub._choices_actions.sort(key=lambda a: (rank.get(a.dest, len(rank)), a.dest))
+    lines = []
+    for group, names in COMMAND_GROUPS.items():
+        members = [c for c in names if c in helps]
+        if group == "tools":
+            members += sorted(c for c in helps if c not in rank)
+        if members:
+            lines.append(f"{group}:")
+            lines += [f"  {c:<20}{helps[c]}" for c in members]
+    parser.description += "\n\ncommands:\n" + "\n".join("  " + ln for ln in lines)
     return parser
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.corpus import Segments, bos_id, load_texts, token_stream
+from ..core.corpus import Segments, load_texts, prepend_bos, token_stream
 from ..core.errors import RepdispError
 from ..core.extract import extract
 from ..core.geometry import bootstrap_ci, cluster_distances
@@ -121,15 +121,14 @@ def sample_contexts(
         )
     starts = np.concatenate(picked)
     ids = np.lib.stride_tricks.sliding_window_view(stream, context)[starts - context]
-    if bos is not None:
-        ids = np.concatenate([np.full((len(ids), 1), bos, dtype=np.int64), ids], axis=1)
-    segs = Segments(np.ascontiguousarray(ids, dtype=np.int64), starts, bos is not None, source)
+    segs = Segments(np.ascontiguousarray(prepend_bos(ids, bos)), starts, bos is not None, source)
     return ClusterContexts(segs, np.concatenate(labels), used, np.array([len(p) for p in picked]))
 
 
 def clusters(
     models: list[str | LoadedModel],
     data: str,
+    *,
     ngram: int = 10,
     min_count: int = 100,
     per_cluster: int = 100,
@@ -165,11 +164,21 @@ def clusters(
                     f"{data} (the most frequent occurs {top} times): lower --min-count or --ngram"
                 )
             ctx = sample_contexts(
-                stream, mined, context, per_cluster, n_clusters, bos_id(lm.tokenizer), seed, data
+                stream, mined, context, per_cluster, n_clusters, lm.bos_id, seed, data
             )
         elif not np.array_equal(token_stream(lm.tokenizer, docs), stream):
             raise RepdispError(f"{lm.name} tokenises {data} differently from {models[0]}")
-        ex = extract(lm, ctx.segments, site, "last", False, batch_size, 0, cache, progress)
+        ex = extract(
+            lm,
+            ctx.segments,
+            site,
+            "last",
+            perplexity=False,
+            batch_size=batch_size,
+            skip_first=0,
+            cache=cache,
+            progress=progress,
+        )
         x = ex.get(ex.sites[0], "last")
         d = cluster_distances(x, ctx.labels)
         centroids = np.stack(
@@ -215,10 +224,7 @@ def clusters(
 def write_outputs(result: ClustersResult, out: str | Path) -> None:
     """clusters.json, clusters.csv (per checkpoint), clusters_ngrams.csv (per cluster) and
     clusters.png (within and between distance across the checkpoints)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..io.results import new_figure
 
     out = Path(out)
     write_json(out / "clusters.json", result)
@@ -240,7 +246,7 @@ def write_outputs(result: ClustersResult, out: str | Path) -> None:
     write_csv(out / "clusters_ngrams.csv", result.clusters)
     names = [Path(c.model).name for c in result.checkpoints]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(names)), 3.4))
+    fig, ax = new_figure(figsize=(max(4.5, 1.6 * len(names)), 3.4))
     for key, mark, label in (
         ("within", "o-", "within-cluster (to centroid)"),
         ("between", "s-", "between-cluster (centroids)"),

@@ -17,10 +17,18 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import RepdispError
-from ..core.geometry import as_matrix, bootstrap_ci, dispersion, unit_rows, weighted_dispersion
+from ..core.geometry import (
+    as_matrix,
+    bootstrap_ci,
+    bootstrap_weights,
+    dispersion,
+    unit_rows,
+    weighted_dispersion,
+)
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import mean_ci
-from .sampling import ModelLike, Sampling, loaded, model_label, short_name
+from .sampling import model_label, short_name
 
 
 @dataclass
@@ -54,11 +62,8 @@ def paired_differences(
     mean within value (``wa``, ``wb``), each with a 95% CI from one shared segment resampling."""
     ua, ub = unit_rows(as_matrix(a)), unit_rows(as_matrix(b))
     n = len(ua)
-    rng = np.random.default_rng(seed)
     across, within = [], []
-    block = max(1, min(reps, 2_000_000 // n))
-    for start in range(0, reps, block):
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=min(block, reps - start))
+    for weights in bootstrap_weights(n, reps, seed):
         across.append(weighted_dispersion(ub, weights) - weighted_dispersion(ua, weights))
         within.append(weights @ (np.asarray(wb, float) - np.asarray(wa, float)) / n)
     (alo, ahi), (wlo, whi) = (
@@ -107,9 +112,10 @@ class CompareResult:
         return "\n".join(lines)
 
 
-def compare(
+def compare_models(
     models: Sequence[ModelLike],
     data: str,
+    *,
     sampling: Sampling | None = None,
     pooling: str = "last",
     site: str = "final",
@@ -167,14 +173,11 @@ def compare(
 
 def plot(result: CompareResult) -> Any:
     """Bars of across- and within-segment dispersion per model with 95% CI error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..io.results import new_figure
 
     names = [model_label(m.model) for m in result.models]
     x = np.arange(len(names))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(names) + 4), 4.5))
+    fig, axes = new_figure(1, 2, figsize=(max(8, 2.2 * len(names) + 4), 4.5))
     for ax, mode in zip(axes, ("across", "within"), strict=True):
         v = np.array([getattr(m, mode) for m in result.models])
         lo = np.array([getattr(m, f"{mode}_ci_low") for m in result.models])

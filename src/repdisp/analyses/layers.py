@@ -18,19 +18,10 @@ import numpy as np
 
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import Correlation
 from .binning import select_bins
-from .sampling import (
-    MODES,
-    BinPoint,
-    ModelLike,
-    Sampling,
-    bin_points,
-    correlate,
-    loaded,
-    segment_stats,
-    stat_estimates,
-)
+from .sampling import MODES, BinPoint, bin_points, correlate, segment_stats, stat_estimates
 
 
 @dataclass
@@ -122,6 +113,7 @@ def _est(e: dict[str, Any], fmt: str) -> str:
 def layers(
     model: ModelLike,
     data: str,
+    *,
     sites: str | list[str] = "all",
     sampling: Sampling | None = None,
     bin_size: int = 50,
@@ -210,22 +202,22 @@ def layers_from_extraction(
 def plot(result: LayersResult) -> Any:
     """Left: across-segment dispersion of each bin along depth, coloured by bin perplexity.
     Right: Pearson r (95% bootstrap CI) of bin perplexity vs dispersion along depth, both modes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import FuncFormatter
+
+    from ..io.results import new_figure
 
     sites = [layer.site for layer in result.layers]
     x = list(range(len(sites)))
     means = [p.mean_ppl for p in result.layers[0].bins]
     norm = LogNorm(min(means), max(means))
-    cmap = plt.get_cmap("viridis")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    cmap = colormaps["viridis"]
+    fig, (left, right) = new_figure(1, 2, figsize=(13, 4.8))
     for k, m in enumerate(means):
         left.plot(x, [layer.bins[k].across for layer in result.layers], lw=1.2, color=cmap(norm(m)))
-    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=left)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=left)
     bar.set_label("bin mean perplexity")
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     bar.ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

@@ -23,14 +23,23 @@ from ..core.corpus import make_segments
 from ..core.errors import RepdispError
 from ..core.extract import Extraction, extract
 from ..core.geometry import CosineStats, bootstrap_ci
-from ..core.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
+from ..core.models import DEFAULT_MODEL, LoadedModel, as_loaded, load_model, resolve_device
 from ..core.stats import mean_ci
 
 
 @dataclass
 class SiteDispersion:
     """Dispersion at one site: Eq. 1 over segment vectors, or the mean token-level value for
-    ``within`` pooling; with a percentile-bootstrap CI over segments."""
+    ``within`` pooling; with a percentile-bootstrap CI over segments.
+
+    Examples
+    --------
+    >>> from repdisp import measure
+    >>> r = measure("smollm2-135m", "python-docs", segments=50, seq_len=64)  # doctest: +SKIP
+    >>> s = r.sites[0]  # doctest: +SKIP
+    >>> s.ci_low <= s.dispersion <= s.ci_high  # doctest: +SKIP
+    True
+    """
 
     site: str
     pooling: str
@@ -41,6 +50,16 @@ class SiteDispersion:
 
 @dataclass
 class MeasureResult:
+    """What ``measure`` found: the run's settings, perplexity statistics and one
+    ``SiteDispersion`` per site.
+
+    Examples
+    --------
+    >>> from repdisp import measure
+    >>> r = measure("smollm2-135m", "python-docs", segments=50, seq_len=64)  # doctest: +SKIP
+    >>> print(r.table())  # doctest: +SKIP
+    """
+
     model: str
     data: str
     n_segments: int
@@ -110,8 +129,9 @@ def _site_values(total: np.ndarray, sites: list[str], pooling: str, dim: int) ->
 
 
 def measure(
-    model: str | LoadedModel = DEFAULT_MODEL,
+    model: str | LoadedModel | tuple = DEFAULT_MODEL,
     data: str = "python-docs",
+    *,
     sites: str | list[str] = "final",
     segments: int = 200,
     seq_len: int = 256,
@@ -134,7 +154,18 @@ def measure(
     return per-segment perplexity statistics and the dispersion at each site.
 
     ``cache``: True (``$REPDISP_HOME/runs/KEY``), a shard folder, or False. Under a multi-process
-    launcher the folder must be shared by all processes, so ``cache=False`` is refused there."""
+    launcher the folder must be shared by all processes, so ``cache=False`` is refused there.
+
+    Returns
+    -------
+    MeasureResult
+
+    Examples
+    --------
+    >>> import repdisp
+    >>> r = repdisp.measure("smollm2-135m", "python-docs", segments=200, seq_len=256)  # doctest: +SKIP
+    >>> print(r.table())  # doctest: +SKIP
+    """
     if pooling not in ("last", "mean", "within"):
         raise RepdispError(f"unknown pooling {pooling!r}; choose last, mean or within")
     if bootstrap < 1:
@@ -142,33 +173,46 @@ def measure(
     start = time.perf_counter()
     if distributed.from_env().world_size > 1 and not cache:
         raise RepdispError("a multi-process run needs the shard cache; drop --no-cache")
+    if isinstance(model, tuple):  # (hf_model, tokenizer) already in memory
+        model = as_loaded(model)
     dev = model.device if isinstance(model, LoadedModel) else resolve_device(device)
     dist, created = distributed.setup(dev)
     try:
         lm = (
             model
             if isinstance(model, LoadedModel)
-            else load_model(model, device, dtype, trust_remote_code, allow_pickle)
+            else load_model(
+                model, device, dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+            )
         )
-        max_len = getattr(lm.model.config, "max_position_embeddings", None)
         segs = make_segments(
             lm.tokenizer,
             data,
             segments,
             seq_len,
             seed,
-            max_len=max_len,
+            max_len=lm.max_len,
             text_field=text_field,
             encoding_errors=encoding_errors,
         )
-        args = (lm, segs, sites, pooling, True, batch_size, skip_first, cache)
-        ex = extract(*args, progress and dist.is_main, shard_segments, dist.rank, dist.world_size)
-        dim = lm.model.get_input_embeddings().embedding_dim
+        opts = {"perplexity": True, "batch_size": batch_size, "skip_first": skip_first}
+        opts |= {"cache": cache, "shard_segments": shard_segments}
+        ex = extract(
+            lm,
+            segs,
+            sites,
+            pooling,
+            progress=progress and dist.is_main,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            **opts,
+        )
+        dim = lm.d_model
         total = dist.all_reduce_sum(_sums(ex, ex.sites, pooling, dim), lm.device)
         result = None
         if dist.is_main:
             if dist.world_size > 1:  # every shard is written by now: read them all back
-                ex = extract(*args, False, shard_segments, 0, 1)
+                ex = extract(lm, segs, sites, pooling, progress=False, rank=0, world_size=1, **opts)
             site_results, ppl = _summaries(ex, total, pooling, dim, bootstrap, seed)
             result = MeasureResult(
                 model=lm.name,

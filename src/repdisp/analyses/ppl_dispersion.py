@@ -30,16 +30,14 @@ import numpy as np
 from ..core.corpus import load_texts
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import Correlation
 from .binning import select_bins
 from .sampling import (
     MODES,
     BinPoint,
-    ModelLike,
-    Sampling,
     bin_points,
     correlate,
-    loaded,
     model_label,
     segment_stats,
     short_name,
@@ -157,6 +155,7 @@ class PplDispersionResult:
 def ppl_vs_dispersion(
     models: Sequence[ModelLike],
     datas: Sequence[str],
+    *,
     sampling: Sampling | None = None,
     bin_size: int = 50,
     n_bins: int = 10,
@@ -287,13 +286,11 @@ def plot(result: PplDispersionResult) -> Any:
     """Scatter of bin mean perplexity (x, log) vs dispersion (y): one panel per mode, one line
     per (model, data, length): colour by data and length, line style by model, Pearson r in the
     legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    from ..io.results import new_figure
+
+    fig, axes = new_figure(1, 2, figsize=(12, 5.2))
     models = list(dict.fromkeys(s.model for s in result.series))  # line style per model
     keys = list(dict.fromkeys((s.data, s.seq_len) for s in result.series))  # colour per data
     xlabel = (

@@ -1,79 +1,25 @@
-"""Shared pieces of the binned §2 analyses: how segments are sampled and extracted
-(``Sampling``), one selected bin (``BinPoint``) with both dispersion modes, and labels.
+"""Shared pieces of the binned §2 analyses: one selected bin (``BinPoint``) with both dispersion
+modes, the correlations over bins, and labels. How segments are drawn and extracted
+(``Sampling``) lives in ``core.sampling``.
 
-``Sampling.run`` draws the same segments for every model (same seed) and makes one extraction
-pass; ``bin_points`` measures each selected bin exactly (Eq. 1 over the bin's segment vectors,
+``bin_points`` measures each selected bin exactly (Eq. 1 over the bin's segment vectors,
 and the mean within-segment dispersion); ``correlate`` gives Pearson and Spearman over bins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.corpus import Segments, load_texts, make_segments
-from ..core.extract import Extraction, extract
 from ..core.geometry import dispersion
-from ..core.models import LoadedModel, load_model
 from ..core.stats import Correlation, across_stats, correlation, within_stats
 from .binning import BinSelection, select_bins
 
 MODES = ("across", "within")
 METHODS = ("pearson", "spearman")
-ModelLike = str | LoadedModel
-
-
-@dataclass
-class Sampling:
-    """How segments are drawn and extracted; shared by every binned analysis."""
-
-    segments: int = 600
-    seq_len: int = 128
-    seed: int = 0
-    batch_size: int = 8
-    skip_first: int = 1
-    cache: bool = True
-    progress: bool = True
-    text_field: str = "text"
-    encoding_errors: str = "strict"
-
-    def run(
-        self,
-        lm: LoadedModel,
-        data: str,
-        sites: str | list[str],
-        pools: list[str],
-        docs: list[str] | None = None,
-        seq_len: int | None = None,
-    ) -> tuple[Segments, Extraction]:
-        """Sample the segments (same seed for every model) and run one extraction pass."""
-        if docs is None:
-            docs = load_texts(data, self.text_field, encoding_errors=self.encoding_errors)
-        max_len = getattr(lm.model.config, "max_position_embeddings", None)
-        segs = make_segments(
-            lm.tokenizer, data, self.segments, seq_len or self.seq_len, self.seed, docs, max_len
-        )
-        ex = extract(
-            lm,
-            segs,
-            sites,
-            pools,
-            perplexity=True,
-            batch_size=self.batch_size,
-            skip_first=self.skip_first,
-            cache=self.cache,
-            progress=self.progress,
-        )
-        return segs, ex
-
-
-def loaded(model: ModelLike, load: Callable[[str], LoadedModel] = load_model) -> LoadedModel:
-    """The model itself, or ``load(spec)`` for a spec string."""
-    return model if isinstance(model, LoadedModel) else load(model)
 
 
 def short_name(data: str) -> str:

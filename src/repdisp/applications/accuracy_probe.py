@@ -145,6 +145,7 @@ def run_protocol(
 
 def accuracy_probe(
     result: MCResult,
+    *,
     model: str,
     task: str,
     levels: tuple[float, ...] = DEFAULT_LEVELS,
@@ -187,12 +188,9 @@ def accuracy_probe(
 
 def plot_probe(results: list[ProbeResult]):
     """Dispersion vs fraction correct, one line (mean ± sem) per result."""
-    import matplotlib
+    from ..io.results import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = new_figure(figsize=(5, 3.6))
     for r in results:
         x = [lv.level * 100 for lv in r.levels]
         ax.errorbar(

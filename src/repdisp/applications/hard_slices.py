@@ -33,14 +33,28 @@ class HardSlices:
         return self.order[: self.n_slice]
 
 
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """P(score of a random positive > score of a random negative), ties counting half.
+
+    Rank form (Mann-Whitney U): with midranks r of all scores, n1 positives and n0 negatives,
+    AUROC = (sum of positives' ranks - n1 (n1 + 1) / 2) / (n1 n0)."""
+    from scipy.stats import rankdata
+
+    positive = np.asarray(positive, dtype=bool)
+    n1 = int(positive.sum())
+    n0 = positive.size - n1
+    if n1 == 0 or n0 == 0:
+        raise RepdispError("AUROC needs both classes")
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))  # ties get their mean rank
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def auroc_wrong(scores: np.ndarray, wrong: np.ndarray) -> float:
     """AUROC of −score as a detector of wrong answers (ties count half)."""
-    from sklearn.metrics import roc_auc_score
-
     wrong = np.asarray(wrong, dtype=bool)
     if wrong.all() or not wrong.any():
         raise RepdispError("AUROC needs both right and wrong answers")
-    return float(roc_auc_score(wrong, -np.asarray(scores)))
+    return auroc(-np.asarray(scores, dtype=np.float64), wrong)
 
 
 def hard_slices(result: MCResult, fraction: float = 0.2, correct_by: str = "acc") -> HardSlices:

@@ -4,44 +4,61 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from ..applications.accuracy_probe import accuracy_probe, plot_probe
-from ..applications.hard_slices import hard_slices, slice_rows
-from ..applications.mcqa import FORMATS, TASKS, MCResult, evaluate
 from ..core.errors import RepdispError
-from ..io.results import save_figure, write_csv, write_json
-from . import add_model_args, model_from_args
+from .options import (
+    add_batch_option,
+    add_model_options,
+    add_output_options,
+    add_seed_option,
+    add_seeds_options,
+    add_site_option,
+    check_out,
+    model_from_args,
+    one_site,
+    out_dir,
+)
+
+# applications.mcqa.TASKS / FORMATS (not imported here: it pulls torch); tests check they agree
+TASKS = ("arc-challenge", "mmlu", "jsonl")
+FORMATS = ("qa", "mmlu")
 
 
-def _add_mc_args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    p.add_argument("--task", default="arc-challenge", choices=TASKS, help="data format")
-    p.add_argument("--data", help="ARC jsonl file/folder, MMLU csv file/folder, jsonl or hf:NAME")
-    p.add_argument("--format", choices=FORMATS, help="prompt format (default: qa; mmlu for mmlu)")
-    p.add_argument("--shots", type=int, default=0, help="solved examples before each question")
-    p.add_argument("--shots-data", help="where the solved examples come from (e.g. MMLU dev)")
-    p.add_argument("--limit", type=int, help="score a seeded random subset of this many questions")
-    p.add_argument("--question-field", default="question", help="generic jsonl: question column")
-    p.add_argument("--choices-field", default="choices", help="generic jsonl: choices column")
-    p.add_argument("--answer-field", default="answer", help="generic jsonl: answer column")
-    p.add_argument("--site", default="final", help="site of the query embedding (final)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0, help="seed of --limit (0)")
-    p.add_argument(
+def _add_mc_args(p: argparse.ArgumentParser, command: str, files: str) -> None:
+    add_model_options(p)
+    d = p.add_argument_group("data options")
+    d.add_argument("--task", default="arc-challenge", choices=TASKS, help="question file format")
+    d.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="questions: ARC .jsonl file/folder, MMLU .csv file/folder, generic .jsonl or hf:NAME",
+    )
+    d.add_argument("--format", choices=FORMATS, help="prompt format (default: qa; mmlu for mmlu)")
+    d.add_argument("--shots", type=int, default=0, help="solved examples before each question")
+    d.add_argument("--shots-data", help="where the solved examples come from (e.g. MMLU dev)")
+    d.add_argument("--limit", type=int, help="score a seeded random subset of this many questions")
+    d.add_argument("--question-field", default="question", help="generic jsonl: question column")
+    d.add_argument("--choices-field", default="choices", help="generic jsonl: choices column")
+    d.add_argument("--answer-field", default="answer", help="generic jsonl: answer column")
+    g = p.add_argument_group("sampling options")
+    add_site_option(g, what="the one site of the query embedding")
+    add_batch_option(g)
+    add_seed_option(g)
+    g.add_argument(
         "--scores", help="reuse a queries.npz written by an earlier run instead of the model"
     )
-    p.add_argument(
+    g.add_argument(
         "--correct-by",
         default="acc",
         choices=("acc", "acc_norm"),
-        help="which prediction counts as the model's answer (acc)",
+        help="which prediction counts as the model's answer",
     )
-    p.add_argument("--out", default="repdisp-out", help="output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_options(p, command, files, cache=False)
 
 
-def _scored(args: argparse.Namespace) -> tuple[MCResult, str]:
+def _scored(args: argparse.Namespace):
+    from ..applications.mcqa import MCResult, evaluate_task
+
     if args.scores:
         result = MCResult.load(args.scores)
         return result, result.model
@@ -55,21 +72,21 @@ def _scored(args: argparse.Namespace) -> tuple[MCResult, str]:
             "choices_field": args.choices_field,
             "answer_field": args.answer_field,
         }
-    result = evaluate(
+    result = evaluate_task(
         lm,
         args.task,
         args.data,
-        args.format,
-        args.shots,
-        args.shots_data,
-        args.limit,
-        args.seed,
-        args.site,
-        args.batch_size,
-        not args.quiet,
+        fmt=args.format,
+        shots=args.shots,
+        shots_data=args.shots_data,
+        limit=args.limit,
+        seed=args.seed,
+        site=one_site(args, args._command),
+        batch_size=args.batch_size,
+        progress=not args.quiet,
         **columns,
     )
-    path = result.save(Path(args.out) / "queries.npz")
+    path = result.save(out_dir(args) / "queries.npz")
     if result.has_labels:
         print(
             f"{len(result.items)} questions: acc {result.acc:.4f}, acc_norm {result.acc_norm:.4f}"
@@ -84,11 +101,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "accuracy-probe", help="dispersion of query embeddings vs fraction answered correctly"
     )
-    _add_mc_args(p)
-    p.add_argument("--levels", default="0,10,20,30,40,50,60,70,80,90,100", help="percent correct")
-    p.add_argument("--sample", type=int, default=100, help="queries per level and seed (100)")
-    p.add_argument("--seeds", type=int, default=10, help="seeds per level (10)")
-    p.add_argument(
+    _add_mc_args(p, "accuracy-probe", "queries.npz, probe.json/.csv/.png")
+    g = p.add_argument_group("probe options")
+    g.add_argument(
+        "--levels",
+        default="0,10,20,30,40,50,60,70,80,90,100",
+        help="accuracy levels in percent correct, comma list",
+    )
+    g.add_argument("--sample", type=int, default=100, help="queries per level and seed")
+    add_seeds_options(g, 10)
+    g.add_argument(
         "--on-short",
         default="reduce",
         choices=("reduce", "skip"),
@@ -99,8 +121,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     h = sub.add_parser(
         "hard-slices", help="rank queries by mean cosine distance; likely-wrong tail"
     )
-    _add_mc_args(h)
-    h.add_argument("--fraction", type=float, default=0.2, help="size of the slice (0.2)")
+    _add_mc_args(h, "hard-slices", "queries.npz, hard_slices.json, hard_slice.jsonl/.csv")
+    h.add_argument_group("slice options").add_argument(
+        "--fraction", type=float, default=0.2, help="size of the slice"
+    )
     h.set_defaults(func=run_hard_slices)
 
 
@@ -115,15 +139,26 @@ def _levels(text: str) -> tuple[float, ...]:
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    from ..applications.accuracy_probe import accuracy_probe, plot_probe
+    from ..io.results import save_figure, write_csv, write_json
+
     levels = _levels(args.levels)
-    if args.sample < 2 or args.seeds < 1:
-        raise RepdispError("--sample must be at least 2 and --seeds at least 1")
+    if args.sample < 2 or args.num_seeds < 1:
+        raise RepdispError("--sample must be at least 2 and --num-seeds at least 1")
+    check_out(args, "probe.json")
     result, model = _scored(args)
     probe = accuracy_probe(
-        result, model, args.task, levels, args.sample, args.seeds, args.correct_by, args.on_short
+        result,
+        model=model,
+        task=args.task,
+        levels=levels,
+        sample=args.sample,
+        seeds=args.num_seeds,
+        correct_by=args.correct_by,
+        short=args.on_short,
     )
     print(probe.table())
-    out = Path(args.out)
+    out = out_dir(args)
     write_json(out / "probe.json", probe)
     write_csv(out / "probe.csv", probe.rows())
     save_figure(plot_probe([probe]), out / "probe.png")
@@ -132,10 +167,14 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def run_hard_slices(args: argparse.Namespace) -> int:
+    from ..applications.hard_slices import hard_slices, slice_rows
+    from ..io.results import write_csv, write_json
+
+    check_out(args, "hard_slices.json")
     result, model = _scored(args)
     hs = hard_slices(result, args.fraction, args.correct_by)
     rows = slice_rows(result, hs, args.correct_by)
-    out = Path(args.out)
+    out = out_dir(args)
     summary = {
         "model": model,
         "n_queries": len(result.items),

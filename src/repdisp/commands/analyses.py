@@ -6,46 +6,62 @@ import argparse
 import json
 from pathlib import Path
 
-from ..analyses import compare as compare_mod
-from ..analyses import layers as layers_mod
-from ..analyses import ppl_dispersion as ppl_mod
 from ..core.errors import RepdispError
-from ..io.report import write_report
-from ..io.results import save_figure, write_csv, write_json
-from . import add_data_args, add_model_args, model_from_args
+from .options import (
+    add_data_options,
+    add_model_options,
+    add_output_options,
+    add_sampling_options,
+    add_site_option,
+    check_out,
+    check_out_folder,
+    int_list,
+    model_from_args,
+    one_site,
+    out_dir,
+    site_list,
+)
 
 
-def _common(p: argparse.ArgumentParser, name: str, segments: int = 600) -> None:
-    add_data_args(p, segments=segments, seq_len=128)
-    p.add_argument(
+def _common(p: argparse.ArgumentParser, command: str, name: str, multiple_data: bool = False):
+    add_data_options(p, multiple=multiple_data)
+    g = add_sampling_options(p, segments=600, seq_len=128)
+    g.add_argument(
         "--pooling",
         default="last",
         choices=("last", "mean"),
         help="vector per segment for the 'across' mode: last token (paper default) or mean",
     )
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for CIs")
-    p.add_argument("--out", required=True, help="folder for the JSON, CSV and PNG files")
-    p.add_argument("--name", default=name, help=f"file name stem in --out (default {name})")
+    g.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
+    _output(p, command, name)
+    return g
 
 
-def _binning(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bin-size", type=int, default=50, help="segments per bin, B (50)")
-    p.add_argument("--bins", type=int, default=10, help="bins chosen by Algorithm 1, K (10)")
-    p.add_argument(
+def _output(
+    p: argparse.ArgumentParser, command: str, name: str, cache: bool = True, quiet: bool = True
+) -> None:
+    o = add_output_options(p, command, "NAME.json, NAME.csv, NAME.png", cache=cache, quiet=quiet)
+    o.add_argument("--name", default=name, help="file name stem in --out")
+
+
+def _binning(g) -> None:
+    g.add_argument("--bin-size", type=int, default=50, help="segments per bin, B")
+    g.add_argument("--bins", type=int, default=10, help="bins chosen by Algorithm 1, K")
+    g.add_argument(
         "--stats-reps",
         type=int,
         default=1000,
-        help="bootstrap replicates over segments for the segment-level statistics (1000; 0: off)",
+        help="bootstrap replicates over segments for the segment-level statistics (0: off)",
     )
-    p.add_argument(
-        "--permutations", type=int, default=1000, help="permutations for p_perm (1000; 0: off)"
-    )
-    p.add_argument(
-        "--curve-bins", type=int, default=50, help="equal-count bins of the many-bins curve (50)"
+    g.add_argument("--permutations", type=int, default=1000, help="permutations for p_perm (0: off)")
+    g.add_argument(
+        "--curve-bins", type=int, default=50, help="equal-count bins of the many-bins curve"
     )
 
 
-def _sampling(args: argparse.Namespace) -> ppl_mod.Sampling:
+def _sampling(args: argparse.Namespace):
+    from ..analyses import ppl_dispersion as ppl_mod
+
     return ppl_mod.Sampling(
         args.segments,
         args.seq_len,
@@ -67,50 +83,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ppl-vs-dispersion",
         help="perplexity-binned dispersion (Algorithm 1) and its correlation with perplexity",
-        conflict_handler="resolve",  # --data below replaces the single-source one
     )
-    add_model_args(p, multiple=True)
-    _common(p, "ppl_vs_dispersion")
-    p.add_argument("--data", action="append", help="text source (see measure); repeat for several")
-    p.set_defaults(func=run_ppl)
-    _binning(p)
-    p.add_argument("--site", default="final", help="site to read (final)")
-    p.add_argument(
+    add_model_options(p, multiple=True)
+    g = _common(p, "ppl-vs-dispersion", "ppl_vs_dispersion", multiple_data=True)
+    _binning(g)
+    add_site_option(g, what="the one site to read")
+    g.add_argument(
         "--last-token",
         action="store_true",
         help="bin by last-token perplexity at each --contexts length (Fig. 4)",
     )
-    p.add_argument(
+    g.add_argument(
         "--contexts",
-        default="16,64,128,256",
-        help="context lengths for --last-token (16,64,128,256)",
+        type=int_list,
+        default=[16, 64, 128, 256],
+        help="context lengths for --last-token, comma list",
     )
+    p.set_defaults(func=run_ppl)
 
     q = sub.add_parser("layers", help="perplexity vs dispersion at every chosen layer, one pass")
-    add_model_args(q)
-    _common(q, "layers")
-    _binning(q)
-    q.add_argument("--sites", default="all", help="all | all.attn | everything | 0,3,9,final (all)")
+    add_model_options(q)
+    g = _common(q, "layers", "layers")
+    _binning(g)
+    add_site_option(g, default="all")
     q.set_defaults(func=run_layers)
 
     c = sub.add_parser("compare", help="dispersion of several models on the same segments")
-    add_model_args(c, multiple=True)
-    _common(c, "compare")
-    c.add_argument("--site", default="final", help="site to read (final)")
+    add_model_options(c, multiple=True)
+    g = _common(c, "compare", "compare")
+    add_site_option(g, what="the one site to read")
     c.set_defaults(func=run_compare)
 
     m = sub.add_parser(
         "merge-ppl", help="plot the series of several ppl-vs-dispersion results in one figure"
     )
     m.add_argument("results", nargs="+", help="ppl-vs-dispersion JSON files")
-    m.add_argument("--out", required=True, help="folder for the JSON, CSV and PNG files")
-    m.add_argument("--name", default="ppl_vs_dispersion_merged", help="file name stem in --out")
+    _output(m, "merge-ppl", "ppl_vs_dispersion_merged", cache=False, quiet=False)
     m.set_defaults(func=run_merge)
 
     r = sub.add_parser("report", help="render every result in a folder into one HTML page")
     r.add_argument("folder", help="folder of JSON/CSV/PNG results (searched recursively)")
-    r.add_argument("--out", help="HTML file to write (default FOLDER/report.html)")
-    r.add_argument("--title", help="page title")
+    r.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for report.html (default: FOLDER itself; the page is rebuilt each time)",
+    )
+    r.add_argument("--title", help="page title (default: the folder name)")
     r.set_defaults(func=run_report)
 
 
@@ -122,7 +140,9 @@ def _write(args: argparse.Namespace, result, fig, tables: dict[str, list] | None
             tables["_stats"] = result.stats_rows()
         if getattr(result, "curve_rows", None) and result.curve_rows():
             tables["_curve"] = result.curve_rows()
-    out = Path(args.out)
+    from ..io.results import save_figure, write_csv, write_json
+
+    out = out_dir(args)
     paths = [write_json(out / f"{args.name}.json", result)]
     paths += [write_csv(out / f"{args.name}{suffix}.csv", rows) for suffix, rows in tables.items()]
     paths.append(save_figure(fig, out / f"{args.name}.png"))
@@ -131,28 +151,34 @@ def _write(args: argparse.Namespace, result, fig, tables: dict[str, list] | None
 
 
 def run_ppl(args: argparse.Namespace) -> int:
-    contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
+    from ..analyses import ppl_dispersion as ppl_mod
+
+    site = one_site(args, "ppl-vs-dispersion")
+    check_out(args, f"{args.name}.json")
     result = ppl_mod.ppl_vs_dispersion(
         args.model,
-        args.data or ["python-docs"],
-        _sampling(args),
-        args.bin_size,
-        args.bins,
-        args.pooling,
-        args.site,
-        args.last_token,
-        contexts,
-        args.bootstrap,
-        _loader(args),
-        args.stats_reps,
-        args.permutations,
-        args.curve_bins,
+        args.data,
+        sampling=_sampling(args),
+        bin_size=args.bin_size,
+        n_bins=args.bins,
+        pooling=args.pooling,
+        site=site,
+        last_token=args.last_token,
+        contexts=args.contexts,
+        bootstrap=args.bootstrap,
+        load=_loader(args),
+        stats_reps=args.stats_reps,
+        permutations=args.permutations,
+        curve_bins=args.curve_bins,
     )
     _write(args, result, ppl_mod.plot(result))
     return 0
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    from ..analyses import ppl_dispersion as ppl_mod
+
+    check_out(args, f"{args.name}.json")
     results = []
     for path in args.results:
         try:
@@ -167,38 +193,49 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_layers(args: argparse.Namespace) -> int:
+    from ..analyses import layers as layers_mod
+
+    check_out(args, f"{args.name}.json")
     result = layers_mod.layers(
         args.model,
         args.data,
-        args.sites,
-        _sampling(args),
-        args.bin_size,
-        args.bins,
-        args.pooling,
-        args.bootstrap,
-        _loader(args),
-        args.stats_reps,
-        args.permutations,
-        args.curve_bins,
+        sites=site_list(args.sites),
+        sampling=_sampling(args),
+        bin_size=args.bin_size,
+        n_bins=args.bins,
+        pooling=args.pooling,
+        bootstrap=args.bootstrap,
+        load=_loader(args),
+        stats_reps=args.stats_reps,
+        permutations=args.permutations,
+        curve_bins=args.curve_bins,
     )
     _write(args, result, layers_mod.plot(result))
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    result = compare_mod.compare(
+    from ..analyses import compare as compare_mod
+
+    site = one_site(args, "compare")
+    check_out(args, f"{args.name}.json")
+    result = compare_mod.compare_models(
         args.model,
         args.data,
-        _sampling(args),
-        args.pooling,
-        args.site,
-        args.bootstrap,
-        _loader(args),
+        sampling=_sampling(args),
+        pooling=args.pooling,
+        site=site,
+        bootstrap=args.bootstrap,
+        load=_loader(args),
     )
     _write(args, result, compare_mod.plot(result), {"": result.rows()})
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
-    print(f"wrote {write_report(args.folder, args.out, args.title)}")
+    from ..io.report import write_report
+
+    check_out_folder(args.out)
+    out = Path(args.out) / "report.html" if args.out else None
+    print(f"wrote {write_report(args.folder, out, args.title)}")
     return 0

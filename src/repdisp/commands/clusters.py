@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..analyses.clusters import clusters, write_outputs
-from . import add_model_args
+from .options import (
+    add_data_options,
+    add_model_options,
+    add_output_options,
+    add_sampling_options,
+    add_site_option,
+    check_out,
+    model_from_args,
+    one_site,
+    out_dir,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,39 +22,50 @@ def register(sub: argparse._SubParsersAction) -> None:
         "clusters",
         help="dispersion within/between clusters of contexts that precede the same frequent n-gram",
     )
-    add_model_args(p, multiple=True)
-    p.add_argument("--data", default="python-docs", help="built-in, file, folder or hf: source")
-    p.add_argument("--text-field", default="text", help="field holding the text in jsonl/csv")
-    p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
-    p.add_argument("--ngram", type=int, default=10, help="n-gram length in tokens (10)")
-    p.add_argument("--min-count", type=int, default=100, help="minimum occurrences (100)")
-    p.add_argument("--per-cluster", type=int, default=100, help="occurrences used per n-gram (100)")
-    p.add_argument("--context", type=int, default=100, help="left-context tokens (100)")
-    p.add_argument("--clusters", type=int, default=500, help="most frequent n-grams used (500)")
-    p.add_argument("--site", default="final", help="site of the context vector (final)")
-    p.add_argument("--seed", type=int, default=0, help="occurrence sampling seed (0)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of clusters for CIs")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-cache", action="store_true", help="do not read or write extraction shards")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--out", required=True, help="folder for clusters.json/.csv/.png")
+    add_model_options(p, multiple=True)
+    add_data_options(p)
+    g = add_sampling_options(p, segments=None, seq_len=None, skip_first=False)
+    g.add_argument("--ngram", type=int, default=10, help="n-gram length in tokens")
+    g.add_argument("--min-count", type=int, default=100, help="minimum occurrences of an n-gram")
+    g.add_argument("--per-cluster", type=int, default=100, help="occurrences used per n-gram")
+    g.add_argument("--context", type=int, default=100, help="left-context tokens")
+    g.add_argument("--clusters", type=int, default=500, help="most frequent n-grams used")
+    add_site_option(g, what="the one site of the context vector")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    add_output_options(p, "clusters", "clusters.json/.csv/.png")
     p.set_defaults(func=run_clusters)
 
 
+class _LazyModels(list):
+    """The --model specs; iterating loads each model only when its turn comes (one in memory)."""
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(args.model)
+        self.args = args
+
+    def __iter__(self):
+        for spec in super().__iter__():
+            yield model_from_args(self.args, spec)
+
+
 def run_clusters(args: argparse.Namespace) -> int:
+    from ..analyses.clusters import clusters, write_outputs
+
+    site = one_site(args, "clusters")
+    check_out(args, "clusters.json")
     result = clusters(
-        args.model,
+        _LazyModels(args),
         args.data,
-        args.ngram,
-        args.min_count,
-        args.per_cluster,
-        args.context,
-        args.clusters,
-        args.site,
-        args.seed,
-        args.batch_size,
-        args.device,
-        args.dtype,
+        ngram=args.ngram,
+        min_count=args.min_count,
+        per_cluster=args.per_cluster,
+        context=args.context,
+        n_clusters=args.clusters,
+        site=site,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
         cache=not args.no_cache,
         progress=not args.quiet,
         text_field=args.text_field,
@@ -53,6 +73,7 @@ def run_clusters(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
     )
     print(result.summary())
-    write_outputs(result, args.out)
-    print(f"wrote {args.out}/clusters.json, clusters.csv, clusters_ngrams.csv, clusters.png")
+    out = out_dir(args)
+    write_outputs(result, out)
+    print(f"wrote {out}/clusters.json, clusters.csv, clusters_ngrams.csv, clusters.png")
     return 0

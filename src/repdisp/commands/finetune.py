@@ -6,8 +6,15 @@ import argparse
 from pathlib import Path
 
 from ..core.errors import RepdispError
-from ..core.models import DEFAULT_MODEL, DEVICES
-from ..training.finetune import METHODS, before_after, finetune, write_before_after
+from ..core.validate import Rule, check, check_keys, read_yaml_mapping
+from .options import (
+    add_data_options,
+    add_device_option,
+    add_model_options,
+    add_output_options,
+)
+
+METHODS = ("lora", "full")  # training.finetune.METHODS (not imported here: it pulls torch)
 
 # option name -> (type, default); a --config YAML file may set any of them
 _OPTIONS = {
@@ -25,6 +32,42 @@ _OPTIONS = {
     "weight_decay": (float, 0.0),
     "train_fraction": (float, 1.0),
     "eval_segments": (int, 0),
+    "save_every": (int, 0),
+}
+# what each option accepts (checked for the --config file and the command line alike)
+_RULES = {
+    "method": Rule(str, choices=METHODS),
+    "steps": Rule(int, lo=1),
+    "lr": Rule(float, lo=0, lo_open=True),
+    "batch_size": Rule(int, lo=1),
+    "grad_accum": Rule(int, lo=1),
+    "seq_len": Rule(int, lo=2),
+    "seed": Rule(int, lo=0, hi=2**32 - 1),
+    "lora_r": Rule(int, lo=1),
+    "lora_alpha": Rule(float, lo=0, lo_open=True),
+    "lora_dropout": Rule(float, lo=0, hi=1, hi_open=True),
+    "warmup_steps": Rule(int, lo=0),
+    "weight_decay": Rule(float, lo=0),
+    "train_fraction": Rule(float, lo=0, hi=1, lo_open=True),
+    "eval_segments": Rule(int, lo=0),
+    "save_every": Rule(int, lo=0),
+}
+_HELP = {
+    "method": "lora (merged into the weights) or full",
+    "steps": "optimizer steps",
+    "lr": "learning rate",
+    "batch_size": "sequences per forward pass",
+    "grad_accum": "forward passes per optimizer step",
+    "seq_len": "tokens per segment",
+    "seed": "sampling seed",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "lora_dropout": "LoRA dropout",
+    "warmup_steps": "linear warm-up steps",
+    "weight_decay": "AdamW weight decay",
+    "train_fraction": "train on this leading fraction of the text; the rest is held out",
+    "eval_segments": "held-out segments for the before/after check (0 = none)",
+    "save_every": "save a checkpoint every N optimizer steps beside --out (0 = never)",
 }
 
 
@@ -33,26 +76,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finetune",
         help="fine-tune a model (LoRA merged, or full) into a safetensors checkpoint folder",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default {DEFAULT_MODEL})")
-    p.add_argument("--data", help="training text: built-in, file, folder or hf: (required)")
-    p.add_argument("--out", required=True, help="new folder for the checkpoint and results")
-    p.add_argument("--config", help="YAML file of option values (e.g. configs/finetune_paper.yaml)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="auto|cpu|cuda")
-    p.add_argument("--text-field", default="text", help="field holding the text in jsonl/csv")
-    p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
+    add_device_option(add_model_options(p, loading=False))
+    add_data_options(p, default=None)
+    o = add_output_options(
+        p,
+        "finetune",
+        cache=False,
+        required=True,
+        help="new folder for the checkpoint and results",
+    )
+    o.add_argument(
         "--eval-only",
         action="store_true",
         help="no training: compare --model with the checkpoint in --out on its held-out text",
     )
+    t = p.add_argument_group("training options (command line over --config over defaults)")
+    t.add_argument("--config", help="YAML file of option values (e.g. configs/finetune_paper.yaml)")
     for name, (kind, default) in _OPTIONS.items():
         flag = "--" + name.replace("_", "-")
+        text = f"{_HELP[name]} (default: {default}, or the --config value)"
         if name == "method":
-            p.add_argument(flag, choices=METHODS, default=None, help="lora (default) or full")
+            t.add_argument(flag, choices=METHODS, default=None, help=text)
         else:
-            p.add_argument(flag, type=kind, default=None, help=f"default {default}")
+            t.add_argument(flag, type=kind, default=None, help=text)
     p.epilog = (
+        "--save-every N saves a checkpoint every N steps beside --out; the same command after a "
+        "crash resumes from the last one. "
         "--train-fraction F trains on the first F of the text and writes the rest to "
         "OUT/heldout.txt; --eval-segments N then measures perplexity and dispersion of base and "
         "fine-tuned model on N held-out segments (finetune_eval.*)."
@@ -61,24 +110,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    """Command line over --config file over built-in defaults."""
+    """Command line over --config file over built-in defaults, each value checked (one-line
+    errors naming the file or flag and the key)."""
     values = {k: d for k, (_, d) in _OPTIONS.items()}
     if args.config:
-        import yaml
-
-        path = Path(args.config)
-        if not path.is_file():
-            raise RepdispError(f"--config {path} not found")
-        loaded = (yaml.safe_load(path.read_text()) or {}).get("options", {})
-        unknown = sorted(set(loaded) - set(_OPTIONS))
-        if unknown:
-            raise RepdispError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
-        values.update({k: _OPTIONS[k][0](v) for k, v in loaded.items()})
-    values.update({k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None})
+        where = f"--config {args.config}"
+        raw = read_yaml_mapping(args.config, "--config")
+        check_keys(where, raw, ("options",))
+        loaded = raw.get("options") or {}
+        if not isinstance(loaded, dict):
+            raise RepdispError(f"{where}: options must be a mapping of option names to values")
+        check_keys(f"{where}: options", loaded, _OPTIONS)
+        values.update({k: check(where, k, v, _RULES[k]) for k, v in loaded.items()})
+    for k in _OPTIONS:
+        if getattr(args, k, None) is not None:
+            flag = "--" + k.replace("_", "-")
+            values[k] = check("command line", flag, getattr(args, k), _RULES[k])
     return values
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from ..training.finetune import finetune
+
     o = _settings(args)
     if args.eval_only:
         return _evaluate(args, o, _heldout_of(Path(args.out)))
@@ -90,23 +143,24 @@ def run_finetune(args: argparse.Namespace) -> int:
         args.model,
         args.data,
         args.out,
-        o["method"],
-        o["steps"],
-        o["lr"],
-        o["batch_size"],
-        o["seq_len"],
-        o["seed"],
-        o["lora_r"],
-        o["lora_alpha"],
-        o["lora_dropout"],
-        o["train_fraction"],
-        o["warmup_steps"],
-        o["weight_decay"],
-        o["grad_accum"],
-        args.device,
-        args.text_field,
-        args.encoding_errors,
+        method=o["method"],
+        steps=o["steps"],
+        learning_rate=o["lr"],
+        batch_size=o["batch_size"],
+        seq_len=o["seq_len"],
+        seed=o["seed"],
+        lora_r=o["lora_r"],
+        lora_alpha=o["lora_alpha"],
+        lora_dropout=o["lora_dropout"],
+        train_fraction=o["train_fraction"],
+        warmup_steps=o["warmup_steps"],
+        weight_decay=o["weight_decay"],
+        grad_accum=o["grad_accum"],
+        device=args.device,
+        text_field=args.text_field,
+        encoding_errors=args.encoding_errors,
         progress=not args.quiet,
+        save_every=o["save_every"],
     )
     first, last = r.loss[0]["loss"], r.loss[-1]["loss"]
     print(
@@ -126,17 +180,22 @@ def _heldout_of(out: Path) -> str:
 
 
 def _evaluate(args: argparse.Namespace, o: dict, heldout: str) -> int:
+    from ..core.sampling import Sampling
+    from ..training.finetune import before_after, write_before_after
+
     if o["eval_segments"] < 2:
         raise RepdispError("--eval-segments must be at least 2")
     ev = before_after(
         args.model,
         args.out,
         heldout,
-        o["eval_segments"],
-        o["seq_len"],
-        o["seed"],
+        sampling=Sampling(
+            segments=o["eval_segments"],
+            seq_len=o["seq_len"],
+            seed=o["seed"],
+            progress=not args.quiet,
+        ),
         device=args.device,
-        progress=not args.quiet,
     )
     write_before_after(ev, Path(args.out))
     print(f"held-out {heldout}: {ev.n_segments} segments x {ev.seq_len} tokens")

@@ -3,44 +3,58 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..applications.knn_keys import plot_profile, profile_keys
-from ..core.corpus import make_segments
-from ..core.errors import RepdispError
-from ..io.results import save_figure, write_csv, write_json
-from . import add_model_args, model_from_args
+from .options import (
+    add_batch_option,
+    add_data_options,
+    add_model_options,
+    add_output_options,
+    add_seeds_options,
+    add_site_option,
+    check_out,
+    int_list,
+    model_from_args,
+    out_dir,
+    site_list,
+)
+
+CHUNKS_HELP = "N values: chunks drawn per seed for each dispersion, comma list"
 
 
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise RepdispError(f"expected a comma list of integers, got {text!r}") from None
+def add_profile_options(g, chunks: list[int], num_seeds: int, chunk_len: int, sites: str) -> None:
+    """--chunks --num-seeds --chunk-len --site of a key dispersion profile (knn-keys, knnlm)."""
+    g.add_argument("--chunks", type=int_list, default=chunks, help=CHUNKS_HELP)
+    add_seeds_options(g, num_seeds)
+    g.add_argument("--chunk-len", type=int, default=chunk_len, help="tokens per chunk")
+    add_site_option(
+        g,
+        default=sites,
+        what="candidate key sites: final-block (last block's h_att, h_ffn), all (every block), or",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("knn-keys", help="dispersion of candidate kNN-LM keys (h_att vs h_ffn)")
-    add_model_args(p)
-    p.add_argument("--data", default="python-docs", help="text source (as in measure)")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
-    p.add_argument("--chunks", default="10,50,100", help="N values, comma list (10,50,100)")
-    p.add_argument("--seeds", type=int, default=10, help="draws of N chunks per N (10)")
-    p.add_argument("--chunk-len", type=int, default=512, help="tokens per chunk (512)")
-    p.add_argument(
-        "--sites",
-        default="final-block",
-        help="final-block (last block's h_att, h_ffn) | all (every block) | a site list",
-    )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-cache", action="store_true", help="do not read or write extraction shards")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--out", help="folder for knn_keys.json / .csv / .png")
+    add_model_options(p)
+    add_data_options(p)
+    g = p.add_argument_group("profile options")
+    add_profile_options(g, [10, 50, 100], 10, 512, "final-block")
+    add_batch_option(g)
+    add_output_options(p, "knn-keys", "knn_keys.json/.csv/.png")
     p.set_defaults(func=run)
 
 
+def profile_sites(sites: list[str]) -> str:
+    """The site string of a profile: a named set (final-block, all) or a comma list of names."""
+    return ",".join(sites)
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..applications.knnlm.keys import plot_profile, profile_keys
+    from ..core.corpus import make_segments
+    from ..io.results import save_figure, write_csv, write_json
+
+    check_out(args, "knn_keys.json")
     lm = model_from_args(args)
     windows = make_segments(
         lm.tokenizer,
@@ -53,18 +67,17 @@ def run(args: argparse.Namespace) -> int:
     profile = profile_keys(
         lm,
         windows,
-        int_list(args.chunks),
-        args.seeds,
-        args.sites,
-        args.batch_size,
+        chunks=args.chunks,
+        seeds=args.num_seeds,
+        sites=profile_sites(site_list(args.sites)),
+        batch_size=args.batch_size,
         cache=not args.no_cache,
         progress=not args.quiet,
     )
     print(profile.table())
-    if args.out:
-        out = Path(args.out)
-        write_json(out / "knn_keys.json", profile.to_dict())
-        write_csv(out / "knn_keys.csv", profile.csv_rows())
-        save_figure(plot_profile(profile), out / "knn_keys.png")
-        print(f"wrote {out}/knn_keys.{{json,csv,png}}")
+    out = out_dir(args)
+    write_json(out / "knn_keys.json", profile.to_dict())
+    write_csv(out / "knn_keys.csv", profile.csv_rows())
+    save_figure(plot_profile(profile), out / "knn_keys.png")
+    print(f"wrote {out}/knn_keys.{{json,csv,png}}")
     return 0

@@ -5,95 +5,124 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..applications.knnlm import (
-    Datastore,
-    build_datastore,
-    evaluate,
-    load_tokens,
-    plot_eval,
-    select_key,
-)
 from ..core.errors import RepdispError
-from ..io.results import save_figure, write_csv, write_json
-from . import add_model_args, model_from_args
+from .knn_keys import add_profile_options, profile_sites
+from .options import (
+    DATA_HELP,
+    AppendAction,
+    add_batch_option,
+    add_data_options,
+    add_model_options,
+    add_output_options,
+    add_site_option,
+    add_text_options,
+    check_out,
+    float_list,
+    model_from_args,
+    out_dir,
+    site_list,
+)
 
-DATA_HELP = "text source (as in measure); SOURCE@START:END takes a token range; repeat to join"
-
-
-def float_list(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise RepdispError(f"expected a comma list of numbers, got {text!r}") from None
-
-
-def _text_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--encoding-errors", default="strict", choices=("strict", "replace"))
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--quiet", action="store_true")
+RANGE_HELP = DATA_HELP + "; SOURCE@START:END takes a token range"
 
 
-def _build_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--context", type=int, default=512, help="tokens per window (512)")
-    p.add_argument("--stride", type=int, default=256, help="window step; new targets per window")
-    p.add_argument("--shard-windows", type=int, default=64, help="windows per resumable shard")
-    p.add_argument("--index", default="auto", choices=("auto", "flat", "ivfpq"))
+def _window_args(g) -> None:
+    g.add_argument("--context", type=int, default=512, help="tokens per window")
+    g.add_argument("--stride", type=int, default=256, help="window step; new targets per window")
 
 
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=int, default=1024, help="neighbours (1024)")
-    p.add_argument("--lmbda", type=float, default=0.25, help="interpolation weight λ (0.25)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (1)")
-    p.add_argument("--lmbda-grid", help="also score these λ, e.g. 0,0.05,0.1,0.25,0.5")
-    p.add_argument("--temperature-grid", help="also score these temperatures")
-    p.add_argument("--nprobe", type=int, default=32, help="IVF lists searched (32)")
+def _build_args(g) -> None:
+    g.add_argument("--shard-windows", type=int, default=64, help="windows per resumable shard")
+    g.add_argument(
+        "--index",
+        default="auto",
+        choices=("auto", "flat", "ivfpq"),
+        help="FAISS index: exact flat, IVF-PQ, or auto by datastore size",
+    )
+
+
+def _eval_args(g) -> None:
+    g.add_argument("--k", type=int, default=1024, help="neighbours retrieved per token")
+    g.add_argument("--lmbda", type=float, default=0.25, help="interpolation weight λ")
+    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
+    g.add_argument(
+        "--lmbda-grid", type=float_list, help="also score these λ, e.g. 0,0.05,0.1,0.25,0.5"
+    )
+    g.add_argument("--temperature-grid", type=float_list, help="also score these temperatures")
+    g.add_argument("--nprobe", type=int, default=32, help="IVF lists searched")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("knnlm", help="kNN-LM: build a datastore, evaluate, select the key site")
-    knn = p.add_subparsers(dest="knnlm_command", required=True)
+    knn = p.add_subparsers(dest="knnlm_command", required=True, metavar="ACTION")
 
     b = knn.add_parser("build", help="datastore of (site vector -> next token) + FAISS index")
-    add_model_args(b)
-    b.add_argument("--data", action="append", required=True, help=DATA_HELP)
-    b.add_argument("--site", default="-1.ffn", help="key site(s), comma list (-1.ffn)")
-    b.add_argument("--out", required=True, help="datastore folder (resumes if interrupted)")
-    _text_args(b)
-    _build_args(b)
+    add_model_options(b)
+    add_data_options(b, multiple=True, default=None, required=True, help=RANGE_HELP)
+    g = b.add_argument_group("datastore options")
+    add_site_option(g, default="-1.ffn", what="key site(s)")
+    _window_args(g)
+    _build_args(g)
+    add_batch_option(g)
+    add_output_options(
+        b,
+        "knnlm-build",
+        cache=False,
+        required=True,
+        help="datastore folder (an interrupted build resumes there)",
+    )
     b.set_defaults(func=run_build)
 
     e = knn.add_parser("eval", help="base and kNN-LM perplexity on held-out text")
-    add_model_args(e)
-    e.add_argument("--datastore", required=True)
-    e.add_argument("--data", action="append", required=True, help=DATA_HELP)
-    e.add_argument("--site", help="sites of the datastore to use (default: all)")
-    e.add_argument("--context", type=int, default=512)
-    e.add_argument("--stride", type=int, default=256)
-    e.add_argument("--out", help="folder for knnlm_eval.json / .csv / .png")
-    _text_args(e)
-    _eval_args(e)
+    add_model_options(e)
+    add_data_options(e, multiple=True, default=None, required=True, help=RANGE_HELP)
+    g = e.add_argument_group("evaluation options")
+    g.add_argument("--datastore", required=True, help="folder written by knnlm build")
+    add_site_option(g, default=None, what="sites of the datastore to use, all when omitted")
+    _window_args(g)
+    _eval_args(g)
+    add_batch_option(g)
+    g.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the sha256 of every datastore shard and index (reads it all); sizes and "
+        "records are always checked",
+    )
+    add_output_options(e, "knnlm-eval", "knnlm_eval.json/.csv/.png", cache=False)
     e.set_defaults(func=run_eval)
 
     s = knn.add_parser("select", help="dispersion profile, then kNN-LM per candidate site")
-    add_model_args(s)
-    s.add_argument("--train", action="append", required=True, help=DATA_HELP)
-    s.add_argument("--eval", action="append", required=True, help=DATA_HELP)
-    s.add_argument("--sites", default="auto", help="auto (last block h_att, h_ffn) | all | list")
-    s.add_argument("--chunks", type=int, default=100, help="N chunks for the dispersion (100)")
-    s.add_argument("--seeds", type=int, default=5)
-    s.add_argument("--chunk-len", type=int, default=256)
-    s.add_argument("--no-cache", action="store_true", help="do not cache the profile's extraction")
-    s.add_argument("--out", required=True, help="folder: datastore/ + knnlm_select.*")
-    _text_args(s)
-    _build_args(s)
-    _eval_args(s)
+    add_model_options(s)
+    d = s.add_argument_group("data options")
+    d.add_argument(
+        "--data",
+        action=AppendAction,
+        metavar="SOURCE",
+        help="datastore (training) text, required: " + RANGE_HELP + "; repeat to join several",
+    )
+    d.add_argument(
+        "--eval-data",
+        action=AppendAction,
+        metavar="SOURCE",
+        help="held-out text to score, required; same forms as --data; repeat to join several",
+    )
+    d.add_argument("--train", dest="data", action=AppendAction, help=argparse.SUPPRESS)
+    d.add_argument("--eval", dest="eval_data", action=AppendAction, help=argparse.SUPPRESS)
+    add_text_options(d)
+    g = s.add_argument_group("profile options")
+    add_profile_options(g, [100], 5, 256, "final-block")
+    g = s.add_argument_group("datastore and evaluation options")
+    _window_args(g)
+    _build_args(g)
+    _eval_args(g)
+    add_batch_option(g)
+    add_output_options(s, "knnlm-select", "datastore/ + knnlm_select.json/.csv/.png")
     s.set_defaults(func=run_select)
 
 
 def _tokens(lm, sources: list[str], args: argparse.Namespace):
+    from ..applications.knnlm import load_tokens
+
     return load_tokens(
         lm, sources, text_field=args.text_field, encoding_errors=args.encoding_errors
     )
@@ -104,8 +133,8 @@ def _eval_kwargs(args: argparse.Namespace) -> dict:
         "k": args.k,
         "lmbda": args.lmbda,
         "temperature": args.temperature,
-        "lmbda_grid": float_list(args.lmbda_grid),
-        "temperature_grid": float_list(args.temperature_grid),
+        "lmbda_grid": args.lmbda_grid,
+        "temperature_grid": args.temperature_grid,
         "context": args.context,
         "stride": args.stride,
         "batch_size": args.batch_size,
@@ -114,18 +143,20 @@ def _eval_kwargs(args: argparse.Namespace) -> dict:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from ..applications.knnlm import build_datastore
+
     lm = model_from_args(args)
     r = build_datastore(
         lm,
         _tokens(lm, args.data, args),
         args.out,
-        args.site,
-        " + ".join(args.data),
-        args.context,
-        args.stride,
-        args.batch_size,
-        args.shard_windows,
-        args.index,
+        sites=",".join(site_list(args.sites)),
+        source=" + ".join(args.data),
+        context=args.context,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        shard_windows=args.shard_windows,
+        index=args.index,
         progress=not args.quiet,
     )
     print(
@@ -139,45 +170,63 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def _write_eval(result, out: Path) -> None:
+    from ..applications.knnlm import plot_eval
+    from ..io.results import save_figure, write_csv, write_json
+
     write_json(out / "knnlm_eval.json", result.to_dict())
     write_csv(out / "knnlm_eval.csv", result.rows())
     save_figure(plot_eval(result), out / "knnlm_eval.png")
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ..applications.knnlm import Datastore, evaluate_knnlm
+
+    check_out(args, "knnlm_eval.json")
     lm = model_from_args(args)
-    store = Datastore.open(args.datastore)
-    sites = [x for x in args.site.split(",") if x.strip()] if args.site else None
-    result = evaluate(
+    store = Datastore.open(args.datastore, verify=args.verify)
+    sites = site_list(args.sites) or None
+    result = evaluate_knnlm(
         lm,
         store,
         _tokens(lm, args.data, args),
-        " + ".join(args.data),
-        sites,
+        source=" + ".join(args.data),
+        sites=sites,
         progress=not args.quiet,
         **_eval_kwargs(args),
     )
     print(result.table())
-    if args.out:
-        _write_eval(result, Path(args.out))
-        print(f"wrote {args.out}/knnlm_eval.{{json,csv,png}}")
+    out = out_dir(args)
+    _write_eval(result, out)
+    print(f"wrote {out}/knnlm_eval.{{json,csv,png}}")
     return 0
 
 
 def run_select(args: argparse.Namespace) -> int:
+    from ..applications.knnlm import plot_eval, select_key
+    from ..io.results import save_figure, write_csv, write_json
+
+    for flag, value in (("--data", args.data), ("--eval-data", args.eval_data)):
+        if not value:
+            raise RepdispError(f"knnlm select needs {flag}")
+    if len(args.chunks) != 1:
+        raise RepdispError(f"knnlm select profiles one N; got --chunks {args.chunks}")
+    check_out(args, "knnlm_select.json")
     lm = model_from_args(args)
-    out = Path(args.out)
+    train = _tokens(lm, args.data, args)
+    held_out = _tokens(lm, args.eval_data, args)
+    out = out_dir(args)
+    sites = ["final-block" if x == "auto" else x for x in site_list(args.sites)]
     report = select_key(
         lm,
-        _tokens(lm, args.train, args),
-        _tokens(lm, args.eval, args),
+        train,
+        held_out,
         out / "datastore",
-        "final-block" if args.sites == "auto" else args.sites,
-        args.chunks,
-        args.seeds,
-        args.chunk_len,
-        " + ".join(args.train),
-        " + ".join(args.eval),
+        sites=profile_sites(sites),
+        chunks=args.chunks[0],
+        seeds=args.num_seeds,
+        chunk_len=args.chunk_len,
+        train_source=" + ".join(args.data),
+        eval_source=" + ".join(args.eval_data),
         build_kwargs={
             "context": args.context,
             "stride": args.stride,

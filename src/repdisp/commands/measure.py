@@ -4,59 +4,81 @@ from __future__ import annotations
 
 import argparse
 
-from ..analyses.measure import measure
-from ..core.distributed import from_env
-from ..core.sites import blocks_of
-from ..io.results import write_json
-from . import add_data_args, add_model_args, model_from_args
+from .options import (
+    add_data_options,
+    add_model_options,
+    add_output_options,
+    add_sampling_options,
+    add_site_option,
+    check_out,
+    model_from_args,
+    out_dir,
+    site_list,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("measure", help="perplexity and dispersion of a model on text")
-    add_model_args(p)
-    add_data_args(p)
-    p.add_argument(
-        "--site",
-        action="append",
-        dest="sites",
-        help="site(s): final (default), embed, I.attn, I.ffn, all (comma list or repeat)",
+    p = sub.add_parser(
+        "measure",
+        help="perplexity and dispersion of a model on text",
+        description="Sample segments of text, run the model once, and report perplexity and the "
+        "dispersion (mean pairwise cosine distance) at each site with a bootstrap CI.",
     )
-    p.add_argument(
+    add_model_options(p)
+    add_data_options(p)
+    g = add_sampling_options(p, segments=200, seq_len=256)
+    add_site_option(g)
+    g.add_argument(
         "--pooling",
         default="last",
         choices=("last", "mean", "within"),
         help="last token (paper default), mean of tokens, or token-level within segment",
     )
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
-    p.add_argument("--out", help="write the result as JSON here")
-    p.add_argument(
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    o = add_output_options(p, "measure", "measure.json")
+    o.add_argument(
         "--cache-dir",
-        help="folder for this run's extraction shards (default $REPDISP_HOME/runs/KEY); "
+        help="folder for this run's extraction shards (default: $REPDISP_HOME/runs/KEY); "
         "must be shared by all processes of a multi-process run",
     )
-    p.add_argument(
+    o.add_argument(
         "--shard-segments",
         type=int,
         default=256,
-        help="segments per shard, the unit of resumption and of work per process (256)",
+        help="segments per shard, the unit of resumption and of work per process",
     )
     p.set_defaults(func=run_measure)
 
-    s = sub.add_parser("sites", help="list the site names of a model")
-    add_model_args(s)
+    s = sub.add_parser(
+        "sites",
+        help="list a model's sites under their repdisp, TransformerLens and HF names",
+        description="Reads the model's configuration only (config.json, a .gguf header or the "
+        "hub config), never its weights.",
+    )
+    add_model_options(s, loading=False)
+    s.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a hub model to run its own code (off by default)",
+    )
     s.set_defaults(func=run_sites)
 
 
 def run_measure(args: argparse.Namespace) -> int:
+    from ..analyses.measure import measure
+    from ..core.distributed import from_env
+    from ..io.results import write_json
+
+    check_out(args, "measure.json")
     result = measure(
         model_from_args(args),
         args.data,
-        args.sites or ["final"],
-        args.segments,
-        args.seq_len,
-        args.pooling,
-        args.seed,
-        args.batch_size,
+        sites=site_list(args.sites),
+        segments=args.segments,
+        seq_len=args.seq_len,
+        pooling=args.pooling,
+        seed=args.seed,
+        batch_size=args.batch_size,
         bootstrap=args.bootstrap,
         skip_first=args.skip_first,
         cache=False if args.no_cache else (args.cache_dir or True),
@@ -68,19 +90,32 @@ def run_measure(args: argparse.Namespace) -> int:
     if not from_env().is_main:  # rank 0 of a multi-process run reports
         return 0
     print(result.table())
-    if args.out:
-        write_json(args.out, result.to_dict())
-        print(f"wrote {args.out}")
+    path = write_json(out_dir(args) / "measure.json", result.to_dict())
+    print(f"wrote {path}")
     return 0
 
 
 def run_sites(args: argparse.Namespace) -> int:
-    lm = model_from_args(args)
-    n = len(blocks_of(lm.model))
-    print(f"{lm.name}: {type(lm.model).__name__}, {n} blocks, d={lm.model.config.hidden_size}")
-    print("embed            input to block 0")
-    for i in range(n):
-        print(f"{i}.attn {'':<9}block {i}: residual after attention (h_att; also {i - n}.attn)")
-        print(f"{i}.ffn  {'':<9}block {i}: block output (h_ffn; also {i}, {i - n})")
-    print("final            final-norm output (HF's last hidden state)")
+    from ..core.models import model_config
+    from ..core.sites import all_site_names, site_names
+
+    cfg = model_config(args.model, args.trust_remote_code)
+    n = cfg["n_blocks"]
+    print(f"{args.model}: {cfg['architecture']}, {n} blocks, d={cfg['d_model']} (from its config)")
+    print(f"{'repdisp':<10}{'TransformerLens':<28}{'HF hidden_states':<18}what")
+    for name in all_site_names(n):
+        ours, tl, hs = site_names(name, n)
+        if name == "embed":
+            what = "input to block 0 (embeddings)"
+        elif name == "final":
+            what = "final-norm output (HF's last hidden state)"
+        else:
+            i, kind = name.split(".")
+            neg = int(i) - n
+            what = (
+                f"block {i}: residual after attention (h_att; also {neg}.attn)"
+                if kind == "attn"
+                else f"block {i}: block output (h_ffn; also {i}, {neg}.ffn)"
+            )
+        print(f"{ours:<10}{tl:<28}{'' if hs is None else f'hs:{hs}':<18}{what}")
     return 0

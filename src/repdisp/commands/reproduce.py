@@ -26,11 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..core.errors import RepdispError
-from ..io.findings import write_findings
-from ..io.results import save_figure, write_csv, write_json
 from . import model_from_args
 
 VERDICT_RULE = (
@@ -108,40 +104,62 @@ _KEYS = set(SCALES["cpu"])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .options import (
+        DATA_HELP,
+        AppendAction,
+        add_batch_option,
+        add_model_options,
+        add_output_options,
+    )
+
     p = sub.add_parser(
         "reproduce",
         help="the paper's evaluation grid (models x corpora), resumable, with a findings page",
     )
-    p.add_argument("--config", help="YAML file (keys as in configs/reproduce_cpu.yaml)")
-    p.add_argument(
+    c = p.add_argument_group("grid options")
+    c.add_argument("--config", help="YAML file of settings (keys as in configs/reproduce_cpu.yaml)")
+    c.add_argument(
         "--scale",
         choices=tuple(SCALES),
         default="cpu",
         help="built-in sizes when no --config: cpu (this machine) or gpu (the paper's sizes)",
     )
-    p.add_argument("--out", required=True, help="run folder (results, findings.md/.html)")
-    p.add_argument("--model", action="append", help="model(s), replaces the config's; repeat")
-    p.add_argument("--data", action="append", help="corpus/corpora, replaces the config's")
-    p.add_argument("--segments", type=int, help="segments per model and corpus (capped at all)")
-    p.add_argument(
+    add_model_options(p, multiple=True)
+    d = p.add_argument_group("data options")
+    d.add_argument(
+        "--data",
+        action=AppendAction,
+        default=None,
+        metavar="SOURCE",
+        help=DATA_HELP + "; repeat for several",
+    )
+    p.set_defaults(model=None, dtype=None, device=None)  # None: the config's value
+    g = p.add_argument_group("sampling options (replace the config's)")
+    g.add_argument("--segments", type=int, help="segments to sample")
+    g.add_argument(
         "--segments-for",
         action="append",
         metavar="MODEL[@CORPUS]=N",
         help="segments for one model, or one model on one corpus (file stem or path); repeat",
     )
-    p.add_argument("--seq-len", type=int, help="tokens per segment")
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument(
+    g.add_argument("--seq-len", type=int, help="tokens per segment")
+    add_batch_option(g)
+    p.set_defaults(batch_size=None)
+    g.add_argument(
         "--mc",
         action="append",
         metavar="TASK=PATH[:LIMIT]",
         help="multiple-choice data (arc-challenge=DIR, mmlu=DIR); replaces the config's",
     )
-    p.add_argument("--no-mc", action="store_true", help="skip the accuracy probe and hard slices")
-    p.add_argument("--no-knn", action="store_true", help="skip the kNN key profile")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--no-mc", action="store_true", help="skip the accuracy probe and hard slices")
+    g.add_argument("--no-knn", action="store_true", help="skip the kNN key profile")
+    add_output_options(
+        p,
+        "reproduce",
+        required=True,
+        cache=False,
+        help="result folder for the grid and findings.md/.html; a rerun resumes it",
+    )
     p.set_defaults(func=run)
 
 
@@ -276,6 +294,8 @@ def _n_available(lm: Any, data: str, docs: list[str], seq_len: int) -> int:
 
 
 def _write_result(folder: Path, name: str, result: Any, tables: dict[str, list], fig: Any) -> None:
+    from ..io.results import save_figure, write_csv, write_json
+
     write_json(folder / f"{name}.json", result)
     for suffix, rows in tables.items():
         if rows:
@@ -288,6 +308,8 @@ def _write_result(folder: Path, name: str, result: Any, tables: dict[str, list],
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.results import write_json
+
     cfg = load_config(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
             ns = argparse.Namespace(
                 model=spec,
                 device=cfg["device"],
+                model_args=getattr(args, "model_args", None),
                 dtype=cfg["dtype"],
                 trust_remote_code=False,
                 allow_pickle=False,
@@ -359,7 +382,7 @@ _EXTRACTIONS: dict[tuple[str, str], Any] = {}
 
 def _main_extraction(cfg, steps, spec, data, lm, docs, progress):
     """The one extraction of a cell (memoised in this process; the shard cache across runs)."""
-    from ..analyses.sampling import Sampling
+    from ..core.sampling import Sampling
     from ..core.sites import blocks_of
 
     key = (spec, data)
@@ -391,7 +414,7 @@ def _main_extraction(cfg, steps, spec, data, lm, docs, progress):
 def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
     from ..analyses import layers as layers_mod
     from ..analyses import ppl_dispersion as ppl_mod
-    from ..analyses.sampling import Sampling
+    from ..core.sampling import Sampling
 
     folder = out / _label(spec) / _stem(data)
     base = {k: cfg[k] for k in ("dtype", "bin_size", "bins", "curve_bins")}
@@ -422,8 +445,16 @@ def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
         kw = common | {"stats_reps": cfg["stats_reps"], "permutations": cfg["permutations"]}
         result.series.append(
             ppl_mod.series_from_extraction(
-                lm.name, data, len(segs), segs.has_bos, ex, site="final", pooling="last",
-                last_token=False, seq_len=cfg["seq_len"], **kw,
+                lm.name,
+                data,
+                len(segs),
+                segs.has_bos,
+                ex,
+                site="final",
+                pooling="last",
+                last_token=False,
+                seq_len=cfg["seq_len"],
+                **kw,
             )  # fmt: skip
         )
         for ctx in cfg["contexts"]:
@@ -438,8 +469,16 @@ def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
                 c_segs, c_ex = c_sampling.run(lm, data, "final", ["last", "within"], docs(data))
             result.series.append(
                 ppl_mod.series_from_extraction(
-                    lm.name, data, len(c_segs), c_segs.has_bos, c_ex, site="final",
-                    pooling="last", last_token=True, seq_len=ctx, **kw,
+                    lm.name,
+                    data,
+                    len(c_segs),
+                    c_segs.has_bos,
+                    c_ex,
+                    site="final",
+                    pooling="last",
+                    last_token=True,
+                    seq_len=ctx,
+                    **kw,
                 )  # fmt: skip
             )
         result.seconds = time.perf_counter() - t
@@ -481,13 +520,16 @@ def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
 
 
 def _gap_step(cfg, out, steps, spec) -> None:
-    from ..applications.gap import gap
+    from ..applications.gap import rank_by_gap
+    from ..io.results import write_json
 
     folder = out / _label(spec)
     params = {"model": spec} | cfg["gap"]
     if steps.done(folder, "gap", params):
         return
-    res = gap([spec], cfg["gap"]["domain"], cfg["gap"].get("reference", "everyday"), "cosine")
+    res = rank_by_gap(
+        [spec], cfg["gap"]["domain"], reference=cfg["gap"].get("reference", "everyday")
+    )
     write_json(folder / "gap.json", res)
     steps.finish(folder, "gap", params)
     steps.say(f"[{_label(spec)}] dispersion gap ({cfg['gap']['domain']}): done")
@@ -495,9 +537,12 @@ def _gap_step(cfg, out, steps, spec) -> None:
 
 def _knn_step(cfg, out, steps, spec, data, model, docs, progress) -> None:
     """Table 1 from the main extraction's last-token vectors at the last block's sub-layers."""
-    from ..applications.knn_keys import plot_profile
+    import numpy as np
+
+    from ..applications.knnlm import plot_profile
     from ..core.geometry import dispersion
     from ..core.sites import blocks_of
+    from ..io.results import save_figure, write_csv, write_json
 
     folder = out / _label(spec) / _stem(data)
     params = {"model": spec, "data": data, "dtype": cfg["dtype"]} | _cell_params(cfg, spec, data)
@@ -542,9 +587,11 @@ def _knn_step(cfg, out, steps, spec, data, model, docs, progress) -> None:
         "seconds": time.perf_counter() - t,
     }
     write_json(folder / "knn_keys.json", prof)
-    write_csv(folder / "knn_keys.csv", [{k: v for k, v in r.items() if k != "values"} for r in rows])
+    write_csv(
+        folder / "knn_keys.csv", [{k: v for k, v in r.items() if k != "values"} for r in rows]
+    )
     try:
-        from ..applications.knn_keys import KeyProfile, KeyRow
+        from ..applications.knnlm import KeyProfile, KeyRow
 
         kp = KeyProfile(**(prof | {"rows": [KeyRow(**r) for r in rows]}))
         save_figure(plot_profile(kp), folder / "knn_keys.png")
@@ -557,7 +604,8 @@ def _knn_step(cfg, out, steps, spec, data, model, docs, progress) -> None:
 def _mc_step(cfg, out, steps, spec, mc, model, progress) -> None:
     from ..applications.accuracy_probe import accuracy_probe, plot_probe
     from ..applications.hard_slices import hard_slices
-    from ..applications.mcqa import MCResult, evaluate
+    from ..applications.mcqa import MCResult, evaluate_task
+    from ..io.results import save_figure, write_csv, write_json
 
     folder = out / _label(spec) / mc["task"]
     params = {"model": spec, "dtype": cfg["dtype"], "seed": cfg["seed"]} | mc
@@ -569,19 +617,23 @@ def _mc_step(cfg, out, steps, spec, mc, model, progress) -> None:
     if steps.done(folder, "queries", params, ("queries.npz",)):
         result = MCResult.load(queries)
     else:
-        result = evaluate(
+        result = evaluate_task(
             model(spec), mc["task"], mc["data"], limit=mc.get("limit"), seed=cfg["seed"],
             batch_size=cfg["batch_size"], progress=progress,
         )  # fmt: skip
         result.save(queries)
         steps.finish(folder, "queries", params)
     probe = accuracy_probe(
-        result, spec, mc["task"], sample=cfg["probe"]["sample"], seeds=cfg["probe"]["seeds"]
+        result,
+        model=spec,
+        task=mc["task"],
+        sample=cfg["probe"]["sample"],
+        seeds=cfg["probe"]["seeds"],
     )
     write_json(folder / "probe.json", probe)
     write_csv(folder / "probe.csv", probe.rows())
     save_figure(plot_probe([probe]), folder / "probe.png")
-    hs = hard_slices(result, cfg["hard_slices"]["fraction"], "acc")
+    hs = hard_slices(result, fraction=cfg["hard_slices"]["fraction"], correct_by="acc")
     wrong = ~result.correct
     lo, hi = _auroc_ci(hs.scores, wrong, seed=cfg["seed"])
     write_json(
@@ -606,8 +658,9 @@ def _mc_step(cfg, out, steps, spec, mc, model, progress) -> None:
     )
 
 
-def auroc(scores: np.ndarray, wrong: np.ndarray) -> float:
+def auroc(scores: Any, wrong: Any) -> float:
     """AUROC of -score as a detector of wrong answers (Mann-Whitney, ties count half)."""
+    import numpy as np
     from scipy.stats import rankdata
 
     wrong = np.asarray(wrong, dtype=bool)
@@ -618,7 +671,9 @@ def auroc(scores: np.ndarray, wrong: np.ndarray) -> float:
     return float((r[wrong].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def _auroc_ci(scores: np.ndarray, wrong: np.ndarray, reps: int = 1000, seed: int = 0):
+def _auroc_ci(scores: Any, wrong: Any, reps: int = 1000, seed: int = 0):
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     n = len(scores)
     vals = [auroc(scores[i], wrong[i]) for i in (rng.integers(0, n, n) for _ in range(reps))]
@@ -634,6 +689,8 @@ def _auroc_ci(scores: np.ndarray, wrong: np.ndarray, reps: int = 1000, seed: int
 
 def verdict(ci_low: float, ci_high: float, direction: int) -> str:
     """The stated rule: the CI excludes 0 on the paper's side / the other side / neither."""
+    import numpy as np
+
     if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
         return "inconclusive (no CI)"
     side = 1 if ci_low > 0 else -1 if ci_high < 0 else 0
@@ -643,6 +700,8 @@ def verdict(ci_low: float, ci_high: float, direction: int) -> str:
 
 
 def _fmt(e: dict[str, Any], digits: int = 4) -> str:
+    import numpy as np
+
     p = e.get("p_perm")
     p = p if p is not None and np.isfinite(p) else e.get("p_value")
     ptxt = f", p={p:.2g}" if p is not None and np.isfinite(p) else ""
@@ -708,7 +767,9 @@ def claims(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], list[s
     gaps = gaps if cfg.get("gap") else []
     have = [(s, g) for s, g in gaps if g]
     if have:
-        vals = "; ".join(f"{_label(s)} G={g['checkpoints'][0]['cosine']['gap']:.4f}" for s, g in have)
+        vals = "; ".join(
+            f"{_label(s)} G={g['checkpoints'][0]['cosine']['gap']:.4f}" for s, g in have
+        )
         rows.append(
             {
                 "claim": "§3.2 a larger dispersion gap G (domain vs everyday tokens) goes with "
@@ -791,6 +852,7 @@ def _layer_claim(cfg, spec, data, scope, lay) -> dict[str, Any]:
 
 
 def _knn_claim(cfg, spec, data, scope, knn) -> dict[str, Any]:
+    import numpy as np
     from scipy import stats as sps
 
     n = max(knn["chunks"])
@@ -860,6 +922,9 @@ def _mc_claims(cfg, spec, mc, probe, hs) -> list[dict[str, Any]]:
 
 
 def _findings(cfg: dict[str, Any], out: Path, seconds: float | None = None):
+    from ..io.findings import write_findings
+    from ..io.results import write_csv, write_json
+
     rows, missing = claims(cfg, out)
     models = ", ".join(_label(m) for m in cfg["models"])
     corpora = ", ".join(_stem(d) for d in cfg["data"])

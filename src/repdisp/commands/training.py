@@ -5,22 +5,31 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io.results import write_csv, write_json
+from .options import add_output_options
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--config", required=True, help="recipe YAML (see configs/train_*.yaml)")
-    p.add_argument("--out", help="output folder (default runs/training/<config name>)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_output_options(
+        p,
+        command,
+        cache=False,
+        required=False,
+        help="result folder (default: runs/training/NAME, NAME from the config)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train GPT-2 from scratch with the push-away loss")
-    _common(t)
-    t.add_argument("--aux-weight", type=float, help="λ; 0 = cross-entropy baseline")
-    t.add_argument("--lr", type=float, help="learning rate (overrides the config)")
-    t.add_argument("--seed", type=int, help="seed of initialisation and data order")
-    t.add_argument("--max-steps", type=int, help="optimizer steps (overrides the config)")
+    _common(t, "train")
+    t.add_argument(
+        "--aux-weight", type=float, help="λ; 0 = cross-entropy baseline (default: the config's)"
+    )
+    t.add_argument("--lr", type=float, help="learning rate (default: the config's)")
+    t.add_argument(
+        "--seed", type=int, help="seed of initialisation and data order (default: the config's)"
+    )
+    t.add_argument("--max-steps", type=int, help="optimizer steps (default: the config's)")
     t.add_argument(
         "--no-all-reduce",
         action="store_true",
@@ -29,13 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train)
 
     s = sub.add_parser("sweep", help="λ × lr × seed grid and Table 2 (base vs +aux test ppl)")
-    _common(s)
+    _common(s, "sweep")
     s.set_defaults(func=run_sweep_cmd)
 
 
 def run_train(args: argparse.Namespace) -> int:
     import os
 
+    from ..io.results import write_csv, write_json
     from ..training import load_config, train_run
 
     cfg = load_config(

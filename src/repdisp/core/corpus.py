@@ -112,7 +112,32 @@ def _hf_dataset(spec: str, field: str, split: str) -> list[str]:
 def load_texts(
     source: str, text_field: str = "text", split: str = "test", encoding_errors: str = "strict"
 ) -> list[str]:
-    """Documents of a source (built-in name, file, folder of files, or ``hf:NAME[:CONFIG]``)."""
+    """Documents of a source (built-in name, file, folder of files, or ``hf:NAME[:CONFIG]``).
+
+    Parameters
+    ----------
+    source : str
+        A built-in name (``python-docs``, ...), a .txt/.jsonl/.csv(.gz) file, a folder of them,
+        or ``hf:NAME[:CONFIG]`` (needs the ``datasets`` package).
+    text_field : str
+        Field holding the text in jsonl/csv records and datasets.
+    split : str
+        Dataset split for ``hf:`` sources.
+    encoding_errors : str
+        How undecodable bytes are treated (``strict`` refuses them).
+
+    Returns
+    -------
+    list of str
+        The non-blank documents, in order.
+
+    Examples
+    --------
+    >>> from repdisp import load_texts
+    >>> docs = load_texts("python-docs")
+    >>> len(docs) > 10 and all(d.strip() for d in docs)
+    True
+    """
     if source in BUILTIN_SOURCES:
         docs = _builtin(source)
     elif source.startswith("hf:"):
@@ -144,6 +169,15 @@ def bos_id(tokenizer: Any) -> int | None:
     return bos if bos is not None and tokenizer("a").input_ids[:1] == [bos] else None
 
 
+def prepend_bos(windows: np.ndarray, bos: int | None) -> np.ndarray:
+    """Token windows (n, L) as int64 with ``bos`` in front of each (n, L + 1); unchanged when
+    ``bos`` is None. Every window fed to a model gets its BOS here."""
+    ids = np.asarray(windows, dtype=np.int64)
+    if bos is None:
+        return ids
+    return np.concatenate([np.full((len(ids), 1), bos, dtype=np.int64), ids], axis=1)
+
+
 def token_stream(tokenizer: Any, docs: list[str]) -> np.ndarray:
     """All documents tokenised without special tokens, joined by EOS, as one int64 array."""
     ids = tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"]
@@ -158,7 +192,25 @@ def token_stream(tokenizer: Any, docs: list[str]) -> np.ndarray:
 
 @dataclass
 class Segments:
-    """Sampled token segments (N, seq_len [+1 with BOS]) and where they came from."""
+    """Sampled token segments (N, seq_len [+1 with BOS]) and where they came from.
+
+    Attributes
+    ----------
+    ids : ndarray of shape (N, L), int64
+        Token ids fed to the model, BOS first when ``has_bos``.
+    index : ndarray of shape (N,)
+        Window index (or start) of each segment in the source's token stream.
+    has_bos : bool
+    source : str
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import Segments
+    >>> segs = Segments(np.arange(12).reshape(3, 4), np.arange(3), False, "toy")
+    >>> len(segs), len(segs.fingerprint)
+    (3, 16)
+    """
 
     ids: np.ndarray
     index: np.ndarray  # window index of each segment in the source stream
@@ -184,7 +236,36 @@ def make_segments(
     max_len: int | None = None,
     **load_kwargs: Any,
 ) -> Segments:
-    """Sample ``n_segments`` windows of ``seq_len`` tokens (all of them when None), seeded."""
+    """Sample ``n_segments`` windows of ``seq_len`` tokens (all of them when None), seeded.
+
+    The documents are tokenised without special tokens and joined by EOS; the stream is cut
+    into non-overlapping windows, ``n_segments`` of which are drawn without replacement
+    (``seed``); BOS is prepended when the tokenizer adds one by default.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    source : str
+        Data source (see ``load_texts``); read unless ``docs`` is given.
+    n_segments : int or None
+    seq_len : int
+    seed : int
+    docs : list of str, optional
+    max_len : int, optional
+        The model's context length; longer segments are refused.
+
+    Returns
+    -------
+    Segments
+
+    Examples
+    --------
+    >>> from repdisp import load_model, make_segments
+    >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
+    >>> segs = make_segments(lm.tokenizer, "python-docs", 8, 32, max_len=lm.max_len)  # doctest: +SKIP
+    >>> segs.ids.shape  # doctest: +SKIP
+    (8, 32)
+    """
     if seq_len < 2:
         raise RepdispError(f"--seq-len must be at least 2 tokens, got {seq_len}")
     if max_len is not None and seq_len + 1 > max_len:
@@ -208,8 +289,5 @@ def make_segments(
     index = np.arange(n_windows)
     if n_segments is not None:
         index = np.sort(np.random.default_rng(seed).choice(n_windows, n_segments, replace=False))
-    ids = windows[index]
     bos = bos_id(tokenizer)
-    if bos is not None:
-        ids = np.concatenate([np.full((len(ids), 1), bos, dtype=np.int64), ids], axis=1)
-    return Segments(ids, index, bos is not None, source)
+    return Segments(prepend_bos(windows[index], bos), index, bos is not None, source)

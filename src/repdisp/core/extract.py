@@ -35,7 +35,7 @@ from .corpus import Segments
 from .errors import RepdispError
 from .models import LoadedModel, cache_root
 from .shards import ShardStore
-from .sites import Site, SiteReader, StopForward, blocks_of, parse_sites
+from .sites import Site, SiteReader, StopForward
 
 POOLS = ("last", "mean", "within", "tokens")
 _CACHE_VERSION = 1
@@ -44,7 +44,22 @@ _LOGIT_BYTES = 1 << 28  # fp32 logits held at once while computing perplexity: 2
 
 @dataclass
 class Extraction:
-    """What one pass over the segments produced. ``vectors`` is keyed ``"site/pool"``."""
+    """What one pass over the segments produced. ``vectors`` is keyed ``"site/pool"``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from repdisp import LoadedModel, Segments, extract
+    >>> cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50,
+    ...                  bos_token_id=0, eos_token_id=0)
+    >>> net = GPT2LMHeadModel(cfg).eval()
+    >>> lm = LoadedModel(net, None, "tiny", "tiny-doc", torch.device("cpu"), torch.float32)
+    >>> segs = Segments(np.arange(40).reshape(4, 10), np.arange(4), False, "toy")
+    >>> ex = extract(lm, segs, "final", ["last", "mean"], cache=False, progress=False)
+    >>> sorted(ex.vectors), ex.get("final", "mean").shape, ex.seq_ppl.shape
+    (['final/last', 'final/mean'], (4, 16), (4,))
+    """
 
     sites: list[str]
     pools: list[str]
@@ -120,15 +135,13 @@ def forward_sites(
     import torch
 
     x = torch.from_numpy(ids).to(lm.device)
-    needs_final = perplexity or any(s.name == "final" for s in sites)
-    with torch.inference_mode(), SiteReader(lm.model, sites, stop_early=not needs_final) as reader:
+    read = sorted(set(sites) | set(lm.parse_sites("final") if perplexity else []))
+    with torch.inference_mode(), SiteReader(lm.model, read, stop_early=True) as reader:
         try:
-            body_out = lm.model.base_model(input_ids=x, use_cache=False)
+            lm.model.base_model(input_ids=x, use_cache=False)
         except StopForward:
-            body_out = None
+            pass
         values = dict(reader.values)
-        if body_out is not None:
-            values["final"] = body_out[0]
         nll = token_nll(lm.model, values["final"], x) if perplexity else None
     return values, nll
 
@@ -177,6 +190,7 @@ def extract(
     segments: Segments,
     sites: str | list[str] = "final",
     pools: str | list[str] = "last",
+    *,
     perplexity: bool = True,
     batch_size: int = 8,
     skip_first: int = 1,
@@ -188,14 +202,46 @@ def extract(
 ) -> Extraction:
     """Run the model over ``segments`` once and collect everything asked for.
 
-    ``cache``: True for ``$REPDISP_HOME/runs/KEY``, a folder path, or False for no cache.
-    ``rank``/``world_size``: process only shards ``rank, rank + world_size, ...`` (distributed);
-    the result then holds only this process's segments, in shard order (empty if it has none).
+    Parameters
+    ----------
+    lm : LoadedModel
+    segments : Segments
+    sites : str or list of str
+        Site names (``core.sites``): ``embed``, ``I.attn``, ``I.ffn``, ``final``, ``all``, ...
+    pools : str or list of str
+        Any of ``last``, ``mean``, ``within``, ``tokens``.
+    perplexity : bool
+        Also compute each segment's mean and last-token NLL.
+    batch_size, skip_first, shard_segments : int
+        Batch size, leading positions left out of pooling, segments per cache shard.
+    cache : bool or path
+        True for ``$REPDISP_HOME/runs/KEY``, a folder path, or False for no cache.
+    progress : bool
+    rank, world_size : int
+        Process only shards ``rank, rank + world_size, ...`` (distributed); the result then
+        holds only this process's segments, in shard order (empty if it has none).
+
+    Returns
+    -------
+    Extraction
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from repdisp import LoadedModel, Segments, extract
+    >>> cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50,
+    ...                  bos_token_id=0, eos_token_id=0)
+    >>> net = GPT2LMHeadModel(cfg).eval()
+    >>> lm = LoadedModel(net, None, "tiny", "tiny-doc", torch.device("cpu"), torch.float32)
+    >>> segs = Segments(np.arange(40).reshape(4, 10), np.arange(4), False, "toy")
+    >>> ex = extract(lm, segs, "0.attn,final", "last", cache=False, progress=False)
+    >>> ex.sites, ex.get("0.attn").shape
+    (['0.attn', 'final'], (4, 16))
     """
     from tqdm.auto import tqdm
 
-    n_blocks = len(blocks_of(lm.model))
-    site_list = parse_sites(sites, n_blocks)
+    site_list = lm.parse_sites(sites)
     pool_list = [pools] if isinstance(pools, str) else list(pools)
     for p in pool_list:
         if p not in POOLS:

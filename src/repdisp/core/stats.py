@@ -189,7 +189,11 @@ class WithinStats:
 
 
 def within_stats(
-    ppl: Any, dispersion: Any, reps: int = 1000, perms: int = 1000, seed: int = 0,
+    ppl: Any,
+    dispersion: Any,
+    reps: int = 1000,
+    perms: int = 1000,
+    seed: int = 0,
     level: float = 0.95,
 ) -> WithinStats:
     """Spearman rho and the per-doubling slope of per-segment dispersion on perplexity, each with
@@ -217,11 +221,25 @@ def within_stats(
         null_slope.append(_row_slope(lx[order], np.broadcast_to(y, (k, n))))
     cat = lambda parts: np.concatenate(parts) if parts else np.empty(0)  # noqa: E731
     return WithinStats(
-        Estimate("spearman", rho, *_percentile(cat(boot_rho), level), p_rho,
-                 _p_perm(rho, cat(null_rho)) if perms else float("nan"), n),
-        Estimate("slope_per_doubling", slope, *_percentile(cat(boot_slope), level), p_slope,
-                 _p_perm(slope, cat(null_slope)) if perms else float("nan"), n),
-        reps, perms, seed,
+        Estimate(
+            "spearman",
+            rho,
+            *_percentile(cat(boot_rho), level),
+            p_rho,
+            _p_perm(rho, cat(null_rho)) if perms else float("nan"),
+            n,
+        ),
+        Estimate(
+            "slope_per_doubling",
+            slope,
+            *_percentile(cat(boot_slope), level),
+            p_slope,
+            _p_perm(slope, cat(null_slope)) if perms else float("nan"),
+            n,
+        ),
+        reps,
+        perms,
+        seed,
     )
 
 
@@ -244,17 +262,16 @@ def group_dispersion(units: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
 
     rows = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
     cols = np.concatenate(groups).astype(np.int64)
-    w = sparse.csr_matrix(
-        (np.ones(len(cols)), (rows, cols)), shape=(len(groups), len(units))
-    )
+    w = sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(groups), len(units)))
     w.sum_duplicates()
     sums = np.asarray(w @ units)
     n = np.asarray(w.sum(axis=1)).ravel()
     sq = np.asarray(w.multiply(w).sum(axis=1)).ravel()
     den = n * n - sq
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, 1 - ((sums * sums).sum(1) - sq) / np.where(den > 0, den, 1),
-                        np.nan)
+        return np.where(
+            den > 0, 1 - ((sums * sums).sum(1) - sq) / np.where(den > 0, den, 1), np.nan
+        )
 
 
 def equal_bins(values: np.ndarray, n_bins: int) -> list[np.ndarray]:
@@ -285,8 +302,11 @@ class AcrossStats:
 
 
 def _binned_stats(
-    ppl: np.ndarray, ids: np.ndarray, unit_sets: list[np.ndarray],
-    binner: Any, curve_bins: int,
+    ppl: np.ndarray,
+    ids: np.ndarray,
+    unit_sets: list[np.ndarray],
+    binner: Any,
+    curve_bins: int,
 ) -> np.ndarray:
     """(n_sets, 4): pearson, spearman over the binner's bins; spearman, slope over the curve.
     ``ppl[i]`` is the perplexity of the i-th drawn segment, ``ids[i]`` the row it reads."""
@@ -361,8 +381,12 @@ def across_stats(
         ]
         est = [
             Estimate(
-                names[j], float(obs[s, j]), *_percentile(boots[:, s, j], level), p_scipy[j],
-                _p_perm(obs[s, j], null[:, s, j]) if perms else float("nan"), n,
+                names[j],
+                float(obs[s, j]),
+                *_percentile(boots[:, s, j], level),
+                p_scipy[j],
+                _p_perm(obs[s, j], null[:, s, j]) if perms else float("nan"),
+                n,
             )
             for j in range(4)
         ]

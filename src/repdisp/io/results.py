@@ -47,6 +47,17 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def new_figure(
+    nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **subplots: Any
+) -> tuple[Any, Any]:
+    """A ``matplotlib.figure.Figure`` and its axes (``Figure.subplots``), made without pyplot: no
+    global backend switch and nothing registered with pyplot. ``layout`` goes to the Figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout=subplots.pop("layout", None))
+    return fig, fig.subplots(nrows, ncols, **subplots)
+
+
 def save_figure(fig: Any, path: str | Path) -> Path:
     """Save a matplotlib figure as PNG (150 dpi, tight) and close it."""
     import matplotlib.pyplot as plt

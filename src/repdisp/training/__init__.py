@@ -1,17 +1,11 @@
 """Push-away training (§3.4, Table 2): the exact O(N·d) auxiliary loss, a Trainer that adds it,
-the from-scratch GPT-2 recipe and the λ × lr sweep."""
+the from-scratch GPT-2 recipe
+(``config``, ``data``, ``run``) and the λ × lr sweep."""
 
+from .config import DomainSpec, TrainConfig, load_config
+from .data import PreparedData, prepare_data
 from .loss import PushAwayLoss, PushAwayOutput, naive_dispersion
-from .recipe import (
-    DomainSpec,
-    PreparedData,
-    RunResult,
-    TrainConfig,
-    evaluate,
-    load_config,
-    prepare_data,
-    train_run,
-)
+from .run import RunResult, evaluate_blocks, train_run
 from .sweep import SweepResult, run_sweep
 from .trainer import PushAwayTrainer
 
@@ -24,7 +18,7 @@ __all__ = [
     "RunResult",
     "SweepResult",
     "TrainConfig",
-    "evaluate",
+    "evaluate_blocks",
     "load_config",
     "naive_dispersion",
     "prepare_data",

@@ -11,6 +11,7 @@ the output folder is a plain safetensors model + tokenizer that ``models.load_mo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,10 +22,19 @@ import numpy as np
 
 from ..core.corpus import load_texts, make_segments
 from ..core.errors import RepdispError
-from ..core.extract import extract
-from ..core.geometry import bootstrap_ci, dispersion, unit_rows, weighted_dispersion
+from ..core.geometry import (
+    bootstrap_ci,
+    bootstrap_weights,
+    dispersion,
+    unit_rows,
+    weighted_dispersion,
+)
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import Sampling
+from ..core.shards import atomic_write
 from ..io.results import save_figure, write_csv, write_json
+from .checkpoints import check_save_every, open_work
+from .data import split_docs
 
 METHODS = ("lora", "full")
 
@@ -62,19 +72,8 @@ def split_text(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
     the documents before the cut train, the ones after are held out. Works for one big file too."""
     if not 0.0 < fraction <= 1.0:
         raise RepdispError(f"--train-fraction must be in (0, 1], got {fraction}")
-    if fraction == 1.0:
-        return docs, []
-    cut = int(fraction * sum(len(d) for d in docs))
-    head: list[str] = []
-    for i, doc in enumerate(docs):
-        if cut < len(doc):
-            nl = doc.find("\n", max(cut - 1, 0))
-            at = len(doc) if nl < 0 else nl + 1
-            tail = ([doc[at:]] if doc[at:].strip() else []) + docs[i + 1 :]
-            return head + ([doc[:at]] if doc[:at].strip() else []), tail
-        head.append(doc)
-        cut -= len(doc)
-    return head, []
+    head, tail = split_docs(docs, [fraction, 1.0 - fraction], next_line=True)
+    return head, tail
 
 
 class _SegmentDataset:
@@ -105,6 +104,7 @@ def finetune(
     model: str | LoadedModel,
     data: str,
     out: str | Path,
+    *,
     method: str = "lora",
     steps: int = 50,
     learning_rate: float = 2e-4,
@@ -122,24 +122,46 @@ def finetune(
     text_field: str = "text",
     encoding_errors: str = "strict",
     progress: bool = True,
+    save_every: int = 0,
+    callbacks: list[Any] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune ``model`` on ``data`` for ``steps`` optimiser steps and save it to ``out``."""
+    """Fine-tune ``model`` on ``data`` for ``steps`` optimiser steps and save it to ``out``.
+
+    ``out`` appears only when the job is done (it is written beside it and renamed). Meanwhile
+    ``.OUT.partial`` beside it holds a checkpoint every ``save_every`` steps (0: none); the same
+    call after a crash resumes from the last one (``training.checkpoints``). A tokenizer without
+    a pad token is fine: the segments all have ``seq_len`` tokens and are never padded.
+    ``callbacks``: extra ``TrainerCallback``s (tests use one to interrupt a run)."""
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments, default_data_collator
 
     if method not in METHODS:
         raise RepdispError(f"unknown --method {method!r}; choose lora or full")
     if steps < 1 or batch_size < 1 or grad_accum < 1:
         raise RepdispError("--steps, --batch-size and --grad-accum must be at least 1")
+    check_save_every(save_every)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RepdispError(f"--out {out} exists and is not empty; choose a new folder")
     start = time.perf_counter()
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, "float32")
     docs = load_texts(data, text_field=text_field, encoding_errors=encoding_errors)
     train_docs, heldout_docs = split_text(docs, train_fraction)
-    max_len = getattr(lm.model.config, "max_position_embeddings", None)
-    segs = make_segments(lm.tokenizer, data, None, seq_len, seed, docs=train_docs, max_len=max_len)
+    segs = make_segments(
+        lm.tokenizer, data, None, seq_len, seed, docs=train_docs, max_len=lm.max_len
+    )
+
+    settings = dict(
+        method=method, steps=steps, learning_rate=learning_rate, batch_size=batch_size,
+        seq_len=seq_len, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, warmup_steps=warmup_steps, weight_decay=weight_decay,
+        grad_accum=grad_accum, save_every=save_every,
+    )  # fmt: skip
+    spec = {"model": lm.identity, "segments": segs.fingerprint, **settings}
+    work = out.with_name(f".{out.name}.partial")
+    resume = open_work(work, spec, quiet=not progress)
+    if resume is not None and progress:
+        print(f"resuming from {resume.name} in {work}")
 
     net = lm.model
     net.train()
@@ -148,7 +170,6 @@ def finetune(
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total = sum(p.numel() for p in net.parameters())
     on_cpu = lm.device.type == "cpu"
-    work = out / ".trainer"
     args = TrainingArguments(
         output_dir=str(work),
         max_steps=steps,
@@ -159,7 +180,9 @@ def finetune(
         weight_decay=weight_decay,
         lr_scheduler_type="linear",
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if save_every else "no",
+        save_steps=save_every or None,
+        save_total_limit=1 if save_every else None,
         eval_strategy="no",
         report_to="none",
         seed=seed,
@@ -172,9 +195,13 @@ def finetune(
         remove_unused_columns=False,
     )
     trainer = Trainer(
-        model=net, args=args, train_dataset=_SegmentDataset(segs.ids), processing_class=lm.tokenizer
+        model=net,
+        args=args,
+        train_dataset=_SegmentDataset(segs.ids),
+        data_collator=default_data_collator,  # fixed-length segments: no padding, no pad token
+        callbacks=callbacks,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     loss = [
         {
             "step": int(r["step"]),
@@ -187,56 +214,63 @@ def finetune(
     if method == "lora":
         net = net.merge_and_unload()
     net.eval()
-    net.save_pretrained(out, safe_serialization=True)
-    lm.tokenizer.save_pretrained(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        net.save_pretrained(tmp, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp)
+        heldout = _write_heldout(tmp, heldout_docs) if heldout_docs else None
+        result = FinetuneResult(
+            base_model=lm.name,
+            data=data,
+            method=method,
+            steps=steps,
+            learning_rate=learning_rate,
+            batch_size=batch_size * grad_accum,
+            seq_len=seq_len,
+            seed=seed,
+            lora_r=lora_r if method == "lora" else None,
+            lora_alpha=lora_alpha if method == "lora" else None,
+            train_fraction=train_fraction,
+            train_segments=len(segs),
+            train_tokens_seen=steps * batch_size * grad_accum * segs.ids.shape[1],
+            trainable_params=trainable,
+            total_params=total,
+            checkpoint=str(out),
+            heldout=heldout and str(out / Path(heldout).name),
+            seconds=time.perf_counter() - start,
+            loss=loss,
+        )
+        write_outputs(result, tmp)
+        if out.exists():  # an empty folder given as --out
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-    heldout = _write_heldout(out, heldout_docs) if heldout_docs else None
-    result = FinetuneResult(
-        base_model=lm.name,
-        data=data,
-        method=method,
-        steps=steps,
-        learning_rate=learning_rate,
-        batch_size=batch_size * grad_accum,
-        seq_len=seq_len,
-        seed=seed,
-        lora_r=lora_r if method == "lora" else None,
-        lora_alpha=lora_alpha if method == "lora" else None,
-        train_fraction=train_fraction,
-        train_segments=len(segs),
-        train_tokens_seen=steps * batch_size * grad_accum * segs.ids.shape[1],
-        trainable_params=trainable,
-        total_params=total,
-        checkpoint=str(out),
-        heldout=heldout,
-        seconds=time.perf_counter() - start,
-        loss=loss,
-    )
-    write_outputs(result, out)
     return result
 
 
 def _write_heldout(out: Path, docs: list[str]) -> str:
     """The held-out text as a file any ``--data`` option reads (one document: .txt; more: .jsonl)."""
     if len(docs) == 1:
-        path = out / "heldout.txt"
-        path.write_text(docs[0], encoding="utf-8")
+        path, text = out / "heldout.txt", docs[0]
     else:
-        path = out / "heldout.jsonl"
-        path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+        path, text = out / "heldout.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in docs)
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))
     return str(path)
 
 
 def write_outputs(result: FinetuneResult, out: Path) -> None:
     """finetune.json (settings, sizes), finetune_loss.csv and finetune_loss.png (training loss)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..io.results import new_figure
 
     write_json(out / "finetune.json", result)
     write_csv(out / "finetune_loss.csv", result.loss)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = new_figure(figsize=(5, 3.2))
     ax.plot([r["step"] for r in result.loss], [r["loss"] for r in result.loss], marker=".")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("training loss (mean NLL per token)")
@@ -267,23 +301,21 @@ def before_after(
     base: str,
     checkpoint: str | Path,
     data: str,
-    segments: int = 128,
-    seq_len: int = 128,
-    seed: int = 0,
-    batch_size: int = 8,
+    *,
+    sampling: Sampling | None = None,
     device: str = "auto",
     bootstrap: int = 1000,
-    progress: bool = True,
 ) -> BeforeAfter:
     """Measure base and fine-tuned model on identical segments of ``data`` (e.g. heldout.txt);
-    the checkpoint keeps the base tokenizer, so the base model's segments serve both."""
+    the checkpoint keeps the base tokenizer, so the base model's segments serve both.
+    ``sampling`` defaults to 128 segments of 128 tokens, seed 0."""
+    sampling = sampling or Sampling(segments=128, seq_len=128)
+    seed = sampling.seed
     segs, rows, units, ppl = None, [], [], []
     for label, spec in (("base", base), ("fine-tuned", str(checkpoint))):
         lm = load_model(spec, device)
-        if segs is None:
-            max_len = getattr(lm.model.config, "max_position_embeddings", None)
-            segs = make_segments(lm.tokenizer, data, segments, seq_len, seed, max_len=max_len)
-        ex = extract(lm, segs, "final", "last", True, batch_size, 1, True, progress)
+        segs = segs if segs is not None else sampling.sample(lm, data)
+        ex = sampling.extract(lm, segs, "final", "last")
         x = ex.get(ex.sites[0], "last")
         lo, hi = bootstrap_ci(x, bootstrap, seed)
         rows.append(
@@ -300,20 +332,21 @@ def before_after(
         units.append(unit_rows(x))
         ppl.append(ex.seq_ppl)
     n = len(segs)
-    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=bootstrap)
-    diffs = weighted_dispersion(units[1], weights) - weighted_dispersion(units[0], weights)
+    diffs = np.concatenate(
+        [
+            weighted_dispersion(units[1], w) - weighted_dispersion(units[0], w)
+            for w in bootstrap_weights(n, bootstrap, seed)
+        ]
+    )
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     change = rows[1]["dispersion"] - rows[0]["dispersion"]
     lower = float((ppl[1] < ppl[0]).mean())
-    return BeforeAfter(data, n, seq_len, rows, change, float(lo), float(hi), lower)
+    return BeforeAfter(data, n, sampling.seq_len, rows, change, float(lo), float(hi), lower)
 
 
 def write_before_after(result: BeforeAfter, out: Path) -> None:
     """finetune_eval.json/.csv and a two-panel bar plot (perplexity; dispersion with CI)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..io.results import new_figure
 
     write_json(out / "finetune_eval.json", result)
     write_csv(out / "finetune_eval.csv", result.rows)
@@ -322,7 +355,7 @@ def write_before_after(result: BeforeAfter, out: Path) -> None:
     err = np.array(
         [[d - r["ci_low"], r["ci_high"] - d] for d, r in zip(disp, result.rows, strict=True)]
     ).T
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    fig, (a, b) = new_figure(1, 2, figsize=(9, 3.4), layout="constrained")
     a.bar(names, [r["token_ppl"] for r in result.rows], color=["#888", "#37c"])
     a.set_ylabel("token-level perplexity")
     b.bar(names, disp, yerr=err, capsize=6, color=["#888", "#37c"])

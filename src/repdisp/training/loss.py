@@ -55,6 +55,27 @@ class PushAwayLoss(nn.Module):
     (B, T) with 0 at padding; ``domains`` (B,) labels in {0, 1}, required in cross mode. Vectors are
     normalised in float32 (float64 stays float64) with autocast disabled, so bf16 training does not
     degrade the statistic.
+
+    Parameters
+    ----------
+    mode : {"single", "cross"}
+        Dispersion among all tokens, or between the tokens of domain 0 and domain 1.
+    all_reduce : bool
+        Sum the statistics over processes (the global batch's dispersion under DDP).
+    eps : float
+        Floor of the norms when normalising.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from repdisp.training import PushAwayLoss
+    >>> h = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]], requires_grad=True)
+    >>> out = PushAwayLoss("single")(h)
+    >>> round(out.dispersion.item(), 4), round(out.loss.item(), 4), out.n_tokens
+    (1.3333, -1.3333, 3)
+    >>> out.loss.backward()
+    >>> h.grad.shape
+    torch.Size([1, 3, 2])
     """
 
     def __init__(self, mode: str = "single", all_reduce: bool = False, eps: float = 1e-12):

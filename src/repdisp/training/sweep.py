@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..io.results import write_csv, write_json
-from .recipe import RunResult, TrainConfig, prepare_data, train_run
+from .config import TrainConfig
+from .data import prepare_data
+from .run import RunResult, train_run
 
 
 @dataclass
@@ -157,17 +159,12 @@ def run_sweep(cfg: TrainConfig, out: str | Path, progress: bool = False) -> Swee
 
 def _plot(grid: list[dict[str, Any]], path: Path) -> None:
     """Test perplexity against λ at the last step, one panel per domain, one line per lr."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io.results import save_figure
+    from ..io.results import new_figure, save_figure
 
     test = [g for g in grid if g["split"] == "test"]
     last = max(g["step"] for g in test)
     doms = sorted({g["domain"] for g in test})
-    fig, axes = plt.subplots(1, len(doms), figsize=(5 * len(doms), 3.6), squeeze=False)
+    fig, axes = new_figure(1, len(doms), figsize=(5 * len(doms), 3.6), squeeze=False)
     for ax, dom in zip(axes[0], doms, strict=True):
         for lr in sorted({g["lr"] for g in test}):
             pts = sorted(

@@ -16,17 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from ..core.corpus import Segments
-from ..core.errors import RepdispError
-from ..core.extract import extract
-from ..core.geometry import dispersion
-from ..core.models import LoadedModel
-from ..core.sites import blocks_of, parse_sites
+from ...core.corpus import Segments
+from ...core.errors import RepdispError
+from ...core.extract import extract
+from ...core.geometry import dispersion
+from ...core.models import LoadedModel
 
 SITE_SETS = {"final-block": "-1.attn,-1.ffn", "all": "all.attn,all"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KeyRow:
     """Dispersion at one site for N chunks: mean and std over seeds (and the per-seed values)."""
 
@@ -37,7 +36,7 @@ class KeyRow:
     values: list[float]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KeyProfile:
     model: str
     data: str
@@ -82,6 +81,7 @@ class KeyProfile:
 def profile_keys(
     lm: LoadedModel,
     windows: Segments,
+    *,
     chunks: list[int] = (10, 50, 100),
     seeds: int = 10,
     sites: str = "final-block",
@@ -102,7 +102,7 @@ def profile_keys(
         )
     if seeds < 1:
         raise RepdispError("--seeds must be at least 1")
-    names = [s.name for s in parse_sites(SITE_SETS.get(sites, sites), len(blocks_of(lm.model)))]
+    names = [s.name for s in lm.parse_sites(SITE_SETS.get(sites, sites))]
     draws = [np.random.default_rng(s).permutation(n_windows)[: chunks[-1]] for s in range(seeds)]
     union = np.unique(np.concatenate(draws))
     sub = Segments(windows.ids[union], windows.index[union], windows.has_bos, windows.source)
@@ -122,33 +122,38 @@ def profile_keys(
         x = ex.get(site, "last")
         for n in chunks:
             vals = [dispersion(x[r[:n]]) for r in row_of]
-            rows.append(KeyRow(site, n, float(np.mean(vals)), float(np.std(vals)), vals))
+            rows.append(
+                KeyRow(
+                    site=site,
+                    n_chunks=n,
+                    mean=float(np.mean(vals)),
+                    std=float(np.std(vals)),
+                    values=vals,
+                )
+            )
     best = max(
         names, key=lambda s: next(r.mean for r in rows if r.site == s and r.n_chunks == chunks[-1])
     )
     return KeyProfile(
-        lm.name,
-        windows.source,
-        windows.ids.shape[1] - int(windows.has_bos),
-        n_windows,
-        seeds,
-        chunks,
-        names,
-        len(union),
-        best,
-        rows,
-        time.perf_counter() - t0,
+        model=lm.name,
+        data=windows.source,
+        chunk_len=windows.ids.shape[1] - int(windows.has_bos),
+        n_windows=n_windows,
+        seeds=seeds,
+        chunks=chunks,
+        sites=names,
+        n_extracted=len(union),
+        recommended=best,
+        rows=rows,
+        seconds=time.perf_counter() - t0,
     )
 
 
 def plot_profile(profile: KeyProfile) -> Any:
     """Dispersion vs N per site (error bars = std over seeds); with many sites, vs depth per N."""
-    import matplotlib
+    from ...io.results import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     if len(profile.sites) <= 4:
         for s in profile.sites:
             rs = [profile.row(s, n) for n in profile.chunks]

@@ -1,0 +1,82 @@
+"""How segments are drawn and extracted (``Sampling``), shared by the §2 analyses and training.
+
+``Sampling.run`` draws the same segments for every model (same seed: ``core.corpus.make_segments``)
+and makes one extraction pass (``core.extract.extract``) over them; ``loaded`` accepts a model
+object or a spec string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .corpus import Segments, load_texts, make_segments
+from .extract import Extraction, extract
+from .models import LoadedModel, as_loaded, load_model
+
+ModelLike = str | LoadedModel | tuple
+
+
+@dataclass
+class Sampling:
+    """How segments are drawn and extracted; shared by every binned analysis."""
+
+    segments: int = 600
+    seq_len: int = 128
+    seed: int = 0
+    batch_size: int = 8
+    skip_first: int = 1
+    cache: bool = True
+    progress: bool = True
+    text_field: str = "text"
+    encoding_errors: str = "strict"
+
+    def run(
+        self,
+        lm: LoadedModel,
+        data: str,
+        sites: str | list[str],
+        pools: list[str],
+        docs: list[str] | None = None,
+        seq_len: int | None = None,
+    ) -> tuple[Segments, Extraction]:
+        """Sample the segments (same seed for every model) and run one extraction pass."""
+        segs = self.sample(lm, data, docs, seq_len)
+        return segs, self.extract(lm, segs, sites, pools)
+
+    def sample(
+        self,
+        lm: LoadedModel,
+        data: str,
+        docs: list[str] | None = None,
+        seq_len: int | None = None,
+    ) -> Segments:
+        """The segments of ``data`` for ``lm``'s tokenizer (seeded: the same for every model)."""
+        if docs is None:
+            docs = load_texts(data, self.text_field, encoding_errors=self.encoding_errors)
+        return make_segments(
+            lm.tokenizer, data, self.segments, seq_len or self.seq_len, self.seed, docs, lm.max_len
+        )
+
+    def extract(
+        self, lm: LoadedModel, segs: Segments, sites: str | list[str], pools: str | list[str]
+    ) -> Extraction:
+        """One extraction pass over ``segs`` with perplexity and these settings."""
+        return extract(
+            lm,
+            segs,
+            sites,
+            pools,
+            perplexity=True,
+            batch_size=self.batch_size,
+            skip_first=self.skip_first,
+            cache=self.cache,
+            progress=self.progress,
+        )
+
+
+def loaded(model: ModelLike, load: Callable[[str], LoadedModel] = load_model) -> LoadedModel:
+    """The model itself, ``(hf_model, tokenizer)`` wrapped, or ``load(spec)`` for a spec string."""
+    if isinstance(model, tuple):
+        return as_loaded(model)
+    return model if isinstance(model, LoadedModel) else load(model)
