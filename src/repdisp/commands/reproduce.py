@@ -842,7 +842,8 @@ def _layer_claim(cfg, spec, data, scope, lay) -> dict[str, Any]:
     return {
         "claim": "§2.2(2) Fig. 5: the negative relation holds in the deeper layers (across "
         "segments, slope per doubling at every block output)",
-        "scope": f"{scope}, N={lay['n_segments']}, blocks {len(second)}..{len(blocks)}",
+        "scope": f"{scope}, N={lay['n_segments']}, second half = blocks "
+        f"{len(blocks) - m}..{len(blocks) - 1} of 0..{len(blocks) - 1}",
         "paper": "negative in the later layers",
         "result": f"across: {neg}/{m} second-half blocks CI<0, {pos} CI>0; within: {wneg}/{m} "
         f"CI<0, {wpos} CI>0",
