@@ -320,10 +320,12 @@ def _binned_stats(
     for s, units in enumerate(unit_sets):
         d = group_dispersion(units, groups)
         dk, dc = d[:k], d[k:]
-        out[s, 0] = _row_corr(mk, dk)
-        out[s, 1] = _row_corr(sps.rankdata(mk), sps.rankdata(dk))
-        out[s, 2] = _row_corr(sps.rankdata(mc), sps.rankdata(dc))
-        out[s, 3] = _row_slope(mc, dc)
+        ok_k, ok_c = np.isfinite(dk), np.isfinite(dc)  # a bin of copies of one segment: no pairs
+        x_k, y_k, x_c, y_c = mk[ok_k], dk[ok_k], mc[ok_c], dc[ok_c]
+        out[s, 0] = _row_corr(x_k, y_k) if len(x_k) > 2 else np.nan
+        out[s, 1] = _row_corr(sps.rankdata(x_k), sps.rankdata(y_k)) if len(x_k) > 2 else np.nan
+        out[s, 2] = _row_corr(sps.rankdata(x_c), sps.rankdata(y_c)) if len(x_c) > 2 else np.nan
+        out[s, 3] = _row_slope(x_c, y_c) if len(x_c) > 2 else np.nan
     return out
 
 
@@ -347,7 +349,7 @@ def across_stats(
     for m in mats:
         _check_pairs(x, np.asarray(m, dtype=np.float64))
     n = len(x)
-    curve_bins = max(3, min(curve_bins, n // 2))
+    curve_bins = max(3, min(curve_bins, n // 5))  # at least 5 segments per curve bin
     units = [unit_vectors(m) for m in mats]
     ids = np.arange(n)
     obs = _binned_stats(x, ids, units, binner, curve_bins)
