@@ -718,10 +718,17 @@ def _read(path: Path) -> Any:
 def _cmd(cfg: dict[str, Any], spec: str, data: str | None = None, extra: str = "") -> str:
     parts = ["repdisp reproduce", f"--model {spec}"]
     if data:
-        parts.append(f"--data {shlex.quote(_public(data))}")
+        parts.append(f"--data {_quote(_public(data))}")
     parts += [f"--segments {_segments(cfg, spec, data)}", f"--seq-len {cfg['seq_len']}"]
     parts += [f"--dtype {cfg['dtype']}", "--out DIR"]
     return " ".join(parts) + (f" {extra}" if extra else "")
+
+
+def _quote(text: str) -> str:
+    """Shell-quote, but keep $REPDISP_SHARED_DATA expandable (double quotes)."""
+    if text.startswith("$REPDISP_SHARED_DATA/"):
+        return f'"{text}"' if any(c in text for c in " '\"`") else text
+    return shlex.quote(text)
 
 
 def _public(path: str) -> str:
@@ -887,11 +894,14 @@ def _mc_claims(cfg, spec, mc, probe, hs) -> list[dict[str, Any]]:
     sp = probe.get("spearman_means")
     rows = []
     limit = f" --limit {mc['limit']}" if mc.get("limit") else ""
-    cmd = (
-        f"repdisp accuracy-probe --model {spec} --task {mc['task']} --data "
-        f"{shlex.quote(_public(mc['data']))}{limit} --sample {cfg['probe']['sample']} "
-        f"--seeds {cfg['probe']['seeds']} --out DIR"
+    common = (
+        f"--model {spec} --task {mc['task']} --data {_quote(_public(mc['data']))}{limit} --out DIR"
     )
+    cmd = (
+        f"repdisp accuracy-probe {common} --sample {cfg['probe']['sample']} "
+        f"--num-seeds {cfg['probe']['seeds']}"
+    )
+    hs_cmd = f"repdisp hard-slices {common} --fraction {cfg['hard_slices']['fraction']}"
     if sp:
         v = verdict(sp["ci_low"], sp["ci_high"], 1)
         rows.append(
@@ -916,7 +926,7 @@ def _mc_claims(cfg, spec, mc, probe, hs) -> list[dict[str, Any]]:
                 "result": f"AUROC {a:.3f} [{lo:.3f}, {hi:.3f}]; error rate slice "
                 f"{hs['error_rate_slice']:.3f} vs all {hs['error_rate_all']:.3f};{note}",
                 "verdict": verdict(lo - 0.5, hi - 0.5, 1) + (" (model too weak)" if weak else ""),
-                "command": cmd.replace("accuracy-probe", "hard-slices"),
+                "command": hs_cmd,
             }
         )
     return rows
