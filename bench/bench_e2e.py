@@ -53,7 +53,7 @@ from repdisp.core.models import load_model
 try:  # Sampling may live in core or in analyses
     from repdisp.core.sampling import Sampling  # type: ignore[import-not-found]
 except ImportError:
-    from repdisp.analyses.sampling import Sampling
+    from repdisp.analyses.binning import Sampling
 
 SIDES = ("paper", "floor", "repdisp")
 

@@ -145,8 +145,9 @@ def test_ppl_vs_dispersion_cli_matches_brute_force(tiny, tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = ["--data", str(data), "--segments", "40", "--seq-len", "12", "--quiet"]
     assert main(["ppl-vs-dispersion", "--model", str(folder), *args, "--bin-size", "5",
-                 "--bins", "4", "--bootstrap", "100", "--out", str(out)]) == 0  # fmt: skip
-    for suffix in (".json", ".csv", "_correlations.csv", ".png"):
+                 "--bins", "4", "--bootstrap", "100", "--stats-reps", "60", "--permutations",
+                 "60", "--curve-bins", "8", "--out", str(out)]) == 0  # fmt: skip
+    for suffix in (".json", ".csv", "_correlations.csv", "_stats.csv", "_curve.csv", ".png"):
         assert (out / f"ppl_vs_dispersion{suffix}").stat().st_size > 0
     doc = json.loads((out / "ppl_vs_dispersion.json").read_text())
     (series,) = doc["series"]
@@ -171,6 +172,21 @@ def test_ppl_vs_dispersion_cli_matches_brute_force(tiny, tmp_path, monkeypatch):
     x = [b["mean_ppl"] for b in series["bins"]]
     r = series["correlations"]["within"]["spearman"]["r"]
     assert r == pytest.approx(sps.spearmanr(x, [b["within"] for b in series["bins"]])[0])
+    # segment-level statistics over all 40 segments, next to the binned ones
+    st = series["stats"]
+    rho = st["within"]["spearman"]
+    assert rho["value"] == pytest.approx(sps.spearmanr(ppl, within)[0], abs=2e-3)
+    assert rho["ci_low"] <= rho["value"] <= rho["ci_high"] and rho["n"] == 40
+    slope = sps.linregress(np.log2(ppl), within).slope
+    assert st["within"]["slope"]["value"] == pytest.approx(slope, rel=1e-3, abs=1e-5)
+    curve = st["across"]["curve"]
+    assert len(curve) == 8 and sum(c["n"] for c in curve) == 40
+    first = order[:5]  # 40 segments in 8 equal-count bins of 5
+    assert curve[0]["dispersion"] == pytest.approx(_brute_dispersion(h[first, -1]), abs=1e-5)
+    assert st["across"]["pearson"]["value"] == pytest.approx(
+        series["correlations"]["across"]["pearson"]["r"], abs=1e-9
+    )
+    assert 1 / 61 <= st["across"]["pearson"]["p_perm"] <= 1
 
     # last-token mode: one series per context length, binned by the last token's perplexity
     assert main(["ppl-vs-dispersion", "--model", str(folder), *args, "--bin-size", "5",
@@ -198,17 +214,27 @@ def test_layers_and_compare_cli(tiny, tmp_path, monkeypatch, capsys):
     (m0, m1), data = tiny
     out = tmp_path / "out"
     common = ["--data", str(data), "--segments", "40", "--seq-len", "12", "--quiet"]
-    assert main(["layers", "--model", str(m0), *common, "--sites", "embed,0,1,final",
+    stat_args = ["--stats-reps", "40", "--permutations", "40", "--curve-bins", "8"]
+    assert main(["layers", "--model", str(m0), *common, *stat_args, "--sites", "embed,0,1,final",
                  "--bin-size", "5", "--bins", "4", "--bootstrap", "50", "--out", str(out)]) == 0  # fmt: skip
     doc = json.loads((out / "layers.json").read_text())
     assert [layer["site"] for layer in doc["layers"]] == ["embed", "0.ffn", "1.ffn", "final"]
     assert all(len(layer["bins"]) == 4 for layer in doc["layers"])
     # the final site equals ppl-vs-dispersion's result on the same bins
-    assert main(["ppl-vs-dispersion", "--model", str(m0), *common, "--bin-size", "5",
+    assert main(["ppl-vs-dispersion", "--model", str(m0), *common, *stat_args, "--bin-size", "5",
                  "--bins", "4", "--bootstrap", "50", "--out", str(out)]) == 0  # fmt: skip
     ref = json.loads((out / "ppl_vs_dispersion.json").read_text())["series"][0]["bins"]
     for got, want in zip(doc["layers"][-1]["bins"], ref, strict=True):
         assert got == pytest.approx(want)
+    # segment-level statistics: the final site's equal ppl-vs-dispersion's (same seed, re-binned
+    # replicates shared by all sites)
+    ref_stats = json.loads((out / "ppl_vs_dispersion.json").read_text())["series"][0]["stats"]
+    for mode, keys in (("within", ("spearman", "slope")), ("across", ("pearson", "slope"))):
+        for k in keys:
+            got, want = doc["layers"][-1]["stats"][mode][k], ref_stats[mode][k]
+            for f in ("value", "ci_low", "ci_high", "p_perm"):
+                assert got[f] == pytest.approx(want[f], abs=1e-9)
+    assert (out / "layers_stats.csv").exists()
     assert (out / "layers.png").exists() and (out / "layers_correlations.csv").exists()
 
     assert main(["compare", "--model", str(m0), "--model", str(m1), *common,

@@ -19,12 +19,13 @@ bin's segment vectors (``across``) and the mean within-segment dispersion (``wit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..core.errors import RepdispError
 from ..core.geometry import dispersion
-from ..core.stats import Correlation, correlation
+from ..core.stats import Correlation, across_stats, correlation, within_stats
 
 MODES = ("across", "within")
 METHODS = ("pearson", "spearman")
@@ -116,3 +117,59 @@ def correlate(
         }
         for mode in MODES
     }
+
+
+def stat_estimates(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Estimate dicts of one mode's segment-level statistics (within or across)."""
+    return [stats[k] for k in ("pearson", "spearman", "curve_spearman", "slope") if k in stats]
+
+
+def stats_lines(stats: dict[str, Any], indent: str = "  ") -> list[str]:
+    """Text lines for the segment-level statistics of one series or site."""
+    lines = []
+    for mode, st in stats.items():
+        what = (
+            f"segment-level, {st['reps']} bootstrap / {st['perms']} permutations"
+            if mode == "within"
+            else f"segments resampled and re-binned, {st['reps']} bootstrap / {st['perms']} "
+            f"permutations; curve of {st['curve_bins']} bins"
+        )
+        lines.append(f"{indent}{mode} ({what}):")
+        for e in stat_estimates(st):
+            p = f" p={e['p_value']:.3g}" if np.isfinite(e["p_value"]) else ""
+            pp = f" p_perm={e['p_perm']:.3g}" if np.isfinite(e["p_perm"]) else ""
+            fmt = "+.4f" if e["name"].startswith("slope") else "+.3f"
+            lines.append(
+                f"{indent}  {e['name']:<20}{e['value']:{fmt}} [{e['ci_low']:{fmt}}, "
+                f"{e['ci_high']:{fmt}}]{p}{pp}"
+            )
+    return lines
+
+
+def segment_stats(
+    ppl: np.ndarray,
+    within: np.ndarray,
+    vectors: list[np.ndarray],
+    bin_size: int,
+    n_bins: int,
+    reps: int,
+    perms: int,
+    curve_bins: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Segment-level statistics (``repdisp.core.stats``) of each (within, vectors) pair; the
+    across statistics re-bin with Algorithm 1 in every replicate. ``within`` is (sites, N)."""
+    acc = across_stats(
+        ppl,
+        vectors,
+        lambda p: select_bins(p, bin_size, n_bins).members,
+        curve_bins,
+        reps,
+        perms,
+        seed,
+    )
+    out = []
+    for w, a in zip(within, acc, strict=True):
+        ws = within_stats(ppl, w, reps, perms, seed).to_dict()
+        out.append({"within": ws, "across": a.to_dict()})
+    return out

@@ -2,7 +2,9 @@
 
 One extraction pass reads every site; segments are binned once by sequence perplexity
 (Algorithm 1), and at each site the per-bin dispersions (``across`` and ``within``, as in
-``repdisp.ppl_dispersion``) are correlated with the bin mean perplexity.
+``repdisp.ppl_dispersion``) are correlated with the bin mean perplexity. Next to those, the
+segment-level statistics of ``repdisp.ppl_dispersion`` at every site (every bootstrap or
+permutation replicate re-bins once and is measured at all sites).
 """
 
 from __future__ import annotations
@@ -12,12 +14,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import Correlation
 from ..io.results import Result, new_figure, record, recorded
-from .binning import MODES, BinPoint, bin_points, correlate, select_bins
+from .binning import (
+    MODES,
+    BinPoint,
+    bin_points,
+    correlate,
+    segment_stats,
+    select_bins,
+    stat_estimates,
+)
 
 
 @dataclass
@@ -27,6 +39,7 @@ class LayerBins:
     site: str
     bins: list[BinPoint]
     correlations: dict[str, dict[str, Correlation]]
+    stats: dict[str, Any] = field(default_factory=dict)  # segment-level, as in ppl_dispersion
 
 
 @dataclass
@@ -57,7 +70,11 @@ class LayersResult(Result):
         ]
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
-        return {"bins": self.bin_rows(), "correlations": self.correlation_rows()}
+        return {
+            "bins": self.bin_rows(),
+            "correlations": self.correlation_rows(),
+            "stats": self.stats_rows(),
+        }
 
     def figure(self) -> Any:
         return plot(self)
@@ -79,6 +96,15 @@ class LayersResult(Result):
             "significant": bool(c.p_value < 0.05 and (c.ci_low > 0 or c.ci_high < 0)),
         }
 
+    def stats_rows(self) -> list[dict[str, Any]]:
+        """One row per (site, mode, segment-level statistic)."""
+        return [
+            {"site": layer.site, "mode": mode} | est
+            for layer in self.layers
+            for mode, st in layer.stats.items()
+            for est in stat_estimates(st)
+        ]
+
     def table(self) -> str:
         head = (
             f"{self.model} | {self.data} | {self.n_segments} segments x {self.seq_len} tokens | "
@@ -94,7 +120,31 @@ class LayersResult(Result):
                     f"{f'{p.r:+.3f} [{p.ci_low:+.3f}, {p.ci_high:+.3f}]':<28}"
                     f"{s.r:+.3f} [{s.ci_low:+.3f}, {s.ci_high:+.3f}]"
                 )
-        return head + "\n" + "\n".join(rows)
+        text = head + "\n" + "\n".join(rows)
+        if any(layer.stats for layer in self.layers):
+            text += (
+                "\nsegment-level (all N segments; 95% bootstrap CI over segments, "
+                "permutation p)\n"
+                f"{'site':<10}{'within spearman':<36}{'within slope/doubling':<38}"
+                f"{'across pearson (re-binned)':<36}{'across slope/doubling (curve)'}"
+            )
+            for layer in self.layers:
+                w, a = layer.stats["within"], layer.stats["across"]
+                text += "\n" + f"{layer.site:<10}" + "".join(
+                    f"{_est(e, f):<{width}}"
+                    for e, f, width in (
+                        (w["spearman"], "+.3f", 36),
+                        (w["slope"], "+.4f", 38),
+                        (a["pearson"], "+.3f", 36),
+                        (a["slope"], "+.4f", 0),
+                    )
+                )
+        return text
+
+
+def _est(e: dict[str, Any], fmt: str) -> str:
+    p = e["p_perm"] if np.isfinite(e["p_perm"]) else e["p_value"]
+    return f"{e['value']:{fmt}} [{e['ci_low']:{fmt}}, {e['ci_high']:{fmt}}] p={p:.2g}"
 
 
 @recorded
@@ -109,32 +159,82 @@ def layers(
     pooling: str = "last",
     bootstrap: int = 2000,
     load: Callable[[str], LoadedModel] = load_model,
+    stats_reps: int = 1000,
+    permutations: int = 1000,
+    curve_bins: int = 50,
 ) -> LayersResult:
-    """Dispersion per perplexity bin at each site, from one extraction pass."""
+    """Dispersion per perplexity bin at each site, from one extraction pass; segment-level
+    statistics with ``stats_reps`` bootstrap replicates and ``permutations`` (0, 0: none)."""
     if pooling not in ("last", "mean"):
         raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
     sampling = sampling or Sampling()
     start = time.perf_counter()
     lm = loaded(model, load)
     segs, ex = sampling.run(lm, data, sites, [pooling, "within"])
-    ppl = ex.seq_ppl
-    sel = select_bins(ppl, bin_size, n_bins)
-    result = LayersResult(
+    result = layers_from_extraction(
         lm.name,
         data,
         len(segs),
-        sampling.seq_len,
-        bin_size,
-        n_bins,
-        pooling,
-        sampling.skip_first,
-        sampling.seed,
+        ex,
+        seq_len=sampling.seq_len,
+        bin_size=bin_size,
+        n_bins=n_bins,
+        pooling=pooling,
+        skip_first=sampling.skip_first,
+        seed=sampling.seed,
+        bootstrap=bootstrap,
+        stats_reps=stats_reps,
+        permutations=permutations,
+        curve_bins=curve_bins,
     )
     record(result, models=lm, data=segs, seed=sampling.seed)
-    for site in ex.sites:
-        points = bin_points(ppl, ex.get(site, pooling), ex.get(site, "within"), sel)
-        result.layers.append(LayerBins(site, points, correlate(points, bootstrap, sampling.seed)))
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def layers_from_extraction(
+    model: str,
+    data: str,
+    n_segments: int,
+    ex: Any,
+    *,
+    seq_len: int,
+    bin_size: int,
+    n_bins: int,
+    pooling: str,
+    skip_first: int,
+    seed: int,
+    bootstrap: int,
+    stats_reps: int,
+    permutations: int,
+    curve_bins: int,
+    sites: list[str] | None = None,
+) -> LayersResult:
+    """The layer-wise result from a finished extraction (every site in ``sites``, default all
+    the extraction has): one Algorithm 1 binning by sequence perplexity for every site."""
+    sites = sites or ex.sites
+    ppl = ex.seq_ppl
+    sel = select_bins(ppl, bin_size, n_bins)
+    result = LayersResult(
+        model, data, n_segments, seq_len, bin_size, n_bins, pooling, skip_first, seed
+    )
+    stats: list[dict[str, Any]] = [{} for _ in sites]
+    if stats_reps or permutations:
+        stats = segment_stats(
+            ppl,
+            np.stack([ex.get(site, "within") for site in sites]),
+            [ex.get(site, pooling) for site in sites],
+            bin_size,
+            n_bins,
+            stats_reps,
+            permutations,
+            curve_bins,
+            seed,
+        )
+    for site, st in zip(sites, stats, strict=True):
+        points = bin_points(ppl, ex.get(site, pooling), ex.get(site, "within"), sel)
+        corr = correlate(points, bootstrap, seed)
+        result.layers.append(LayerBins(site, points, corr, st))
     return result
 
 

@@ -8,7 +8,12 @@ Segments are binned with Algorithm 1 (``repdisp.binning``). Per selected bin, tw
              inside each segment - what the authors' released analysis code computes.
 
 The correlation of bin mean perplexity with each dispersion is reported as Pearson and Spearman
-with bootstrap CIs over bins. Last-token mode (Fig. 4) bins by the perplexity of the segment's
+with bootstrap CIs over bins (the paper's numbers). Next to them, statistics that use every
+segment (``repdisp.core.stats``): for ``within`` the Spearman rho of per-segment dispersion with
+perplexity over all N segments; for ``across`` the K-bin correlations with CIs from resampling
+segments (re-binned with Algorithm 1 in every replicate) and permutation p-values, plus a
+many-bins curve (``curve_bins`` equal-count bins); and for both the effect size, dispersion per
+doubling of perplexity (OLS slope on log2 perplexity), with a bootstrap CI. Last-token mode (Fig. 4) bins by the perplexity of the segment's
 last token instead, once per context length. Perplexity and every vector come from one
 extraction pass per (model, data, length).
 """
@@ -29,7 +34,17 @@ from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.segment_table import segment_rows
 from ..core.stats import Correlation
 from ..io.results import Result, new_figure, record, recorded
-from .binning import MODES, BinPoint, BinSelection, bin_points, correlate, select_bins
+from .binning import (
+    MODES,
+    BinPoint,
+    BinSelection,
+    bin_points,
+    correlate,
+    segment_stats,
+    select_bins,
+    stat_estimates,
+    stats_lines,
+)
 from .labels import model_label, short_name
 
 
@@ -47,6 +62,7 @@ class Series:
     bos: bool
     bins: list[BinPoint]
     correlations: dict[str, dict[str, Correlation]]
+    stats: dict[str, Any] = field(default_factory=dict)  # segment-level: see segment_stats
 
     @property
     def label(self) -> str:
@@ -104,7 +120,12 @@ class PplDispersionResult(Result):
         ]
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
-        return {"bins": self.bin_rows(), "correlations": self.correlation_rows()}
+        return {
+            "bins": self.bin_rows(),
+            "correlations": self.correlation_rows(),
+            "stats": self.stats_rows(),
+            "curve": self.curve_rows(),
+        }
 
     def segments(self) -> list[dict[str, Any]] | None:
         """Per-segment rows of every series (``per_segment=True``), else None."""
@@ -135,6 +156,28 @@ class PplDispersionResult(Result):
             "significant": sig,
         }
 
+    def stats_rows(self) -> list[dict[str, Any]]:
+        """One row per (series, mode, segment-level statistic)."""
+        return [
+            {"model": s.model, "data": s.data, "perplexity": s.perplexity, "seq_len": s.seq_len}
+            | {"mode": mode}
+            | est
+            for s in self.series
+            for mode, st in s.stats.items()
+            for est in stat_estimates(st)
+        ]
+
+    def curve_rows(self) -> list[dict[str, Any]]:
+        """The many-bins curve of every series (across mode)."""
+        return [
+            {"model": s.model, "data": s.data, "perplexity": s.perplexity, "seq_len": s.seq_len}
+            | {"bin": k}
+            | c
+            for s in self.series
+            if "across" in s.stats
+            for k, c in enumerate(s.stats["across"]["curve"])
+        ]
+
     def table(self) -> str:
         lines = [
             f"site {self.site} | across pooling {self.pooling} | skip first {self.skip_first} | "
@@ -146,7 +189,8 @@ class PplDispersionResult(Result):
                 f"{s.n_bins} bins of {s.bin_size})"
             )
             for mode, by_method in s.correlations.items():
-                lines += [f"  {mode:<7}{c}" for c in by_method.values()]
+                lines += [f"  {mode:<7}{c}  (over {s.n_bins} bins)" for c in by_method.values()]
+            lines += stats_lines(s.stats)
         return "\n".join(lines)
 
 
@@ -165,11 +209,15 @@ def ppl_vs_dispersion(
     bootstrap: int = 2000,
     load: Callable[[str], LoadedModel] = load_model,
     per_segment: bool = False,
+    stats_reps: int = 1000,
+    permutations: int = 1000,
+    curve_bins: int = 50,
 ) -> PplDispersionResult:
     """Bin each (model, data) by perplexity and correlate bin perplexity with dispersion.
 
     ``last_token``: bin by the last token's perplexity, once per length in ``contexts``
-    (otherwise by sequence perplexity at ``sampling.seq_len``). ``per_segment``: keep one row
+    (otherwise by sequence perplexity at ``sampling.seq_len``). ``stats_reps`` bootstrap
+    replicates and ``permutations`` for the segment-level statistics (0 and 0: none). ``per_segment``: keep one row
     per segment and series (``result.segments()``), with the bin it was selected into."""
     if pooling not in ("last", "mean"):
         raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
@@ -187,30 +235,32 @@ def ppl_vs_dispersion(
         for data in datas:
             for length in contexts if last_token else [sampling.seq_len]:
                 segs, ex = sampling.run(lm, data, site, [pooling, "within"], docs[data], length)
-                ppl = ex.last_ppl if last_token else ex.seq_ppl
-                sel = select_bins(ppl, bin_size, n_bins)
                 record(result, data=segs)
                 if per_segment:
-                    chosen = _bin_of(sel)
+                    ppl = ex.last_ppl if last_token else ex.seq_ppl
+                    chosen = _bin_of(select_bins(ppl, bin_size, n_bins))
                     for row in segment_rows(ex, segs, pooling):
                         row = {"model": lm.name, "data": data, "seq_len": length} | row
                         row["bin"] = chosen.get(row["segment"])
                         rows.append(row)
-                points = bin_points(
-                    ppl, ex.get(ex.sites[0], pooling), ex.get(ex.sites[0], "within"), sel
-                )
                 result.series.append(
-                    Series(
+                    series_from_extraction(
                         lm.name,
                         data,
-                        "last-token" if last_token else "sequence",
-                        length,
                         len(segs),
-                        bin_size,
-                        n_bins,
                         segs.has_bos,
-                        points,
-                        correlate(points, bootstrap, sampling.seed),
+                        ex,
+                        site=ex.sites[0],
+                        pooling=pooling,
+                        last_token=last_token,
+                        seq_len=length,
+                        bin_size=bin_size,
+                        n_bins=n_bins,
+                        bootstrap=bootstrap,
+                        seed=sampling.seed,
+                        stats_reps=stats_reps,
+                        permutations=permutations,
+                        curve_bins=curve_bins,
                     )
                 )
     result.seconds = time.perf_counter() - start
@@ -222,6 +272,51 @@ def ppl_vs_dispersion(
 def _bin_of(sel: BinSelection) -> dict[int, int]:
     """Segment index -> the selected bin it belongs to (segments in no selected bin: absent)."""
     return {int(j): int(b) for b, m in zip(sel.chosen, sel.members, strict=True) for j in m}
+
+
+def series_from_extraction(
+    model: str,
+    data: str,
+    n_segments: int,
+    bos: bool,
+    ex: Any,
+    *,
+    site: str,
+    pooling: str,
+    last_token: bool,
+    seq_len: int,
+    bin_size: int,
+    n_bins: int,
+    bootstrap: int,
+    seed: int,
+    stats_reps: int,
+    permutations: int,
+    curve_bins: int,
+) -> Series:
+    """One series from a finished extraction (perplexities, ``site/pooling`` vectors and
+    ``site/within``): Algorithm 1 bins, binned correlations, segment-level statistics."""
+    ppl = ex.last_ppl if last_token else ex.seq_ppl
+    sel = select_bins(ppl, bin_size, n_bins)
+    vec, within = ex.get(site, pooling), ex.get(site, "within")
+    points = bin_points(ppl, vec, within, sel)
+    stats = {}
+    if stats_reps or permutations:
+        stats = segment_stats(
+            ppl, within[None], [vec], bin_size, n_bins, stats_reps, permutations, curve_bins, seed
+        )[0]
+    return Series(
+        model,
+        data,
+        "last-token" if last_token else "sequence",
+        seq_len,
+        n_segments,
+        bin_size,
+        n_bins,
+        bos,
+        points,
+        correlate(points, bootstrap, seed),
+        stats,
+    )
 
 
 def merge(results: Sequence[PplDispersionResult]) -> PplDispersionResult:

@@ -52,6 +52,24 @@ def _binning(g) -> None:
     g.add_argument(
         "--bins", type=checks.positive_int, default=10, help="bins chosen by Algorithm 1, K"
     )
+    g.add_argument(
+        "--stats-reps",
+        type=checks.nonneg_int,
+        default=1000,
+        help="bootstrap replicates over segments for the segment-level statistics (0: off)",
+    )
+    g.add_argument(
+        "--permutations",
+        type=checks.nonneg_int,
+        default=1000,
+        help="permutations for the permutation p-value (0: off)",
+    )
+    g.add_argument(
+        "--curve-bins",
+        type=checks.int_at_least(2),
+        default=50,
+        help="equal-count bins of the many-bins curve",
+    )
 
 
 def _sampling(args: argparse.Namespace):
@@ -164,6 +182,9 @@ def run_ppl(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         load=_loader(args),
         per_segment=args.save_segments,
+        stats_reps=args.stats_reps,
+        permutations=args.permutations,
+        curve_bins=args.curve_bins,
     )
     _write(args, result)
     return 0
@@ -205,6 +226,9 @@ def run_layers(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         bootstrap=args.bootstrap,
         load=_loader(args),
+        stats_reps=args.stats_reps,
+        permutations=args.permutations,
+        curve_bins=args.curve_bins,
     )
     _write(args, result)
     return 0

@@ -62,3 +62,339 @@ def mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
     means = values[rng.integers(0, len(values), (reps, len(values)))].mean(axis=1)
     lo, hi = np.quantile(means, [0.025, 0.975])
     return float(lo), float(hi)
+
+
+# ------------------------------------------------------------------ segment-level statistics
+#
+# The binned correlations above have K (about 10) points, so their CIs are wide whatever N is.
+# The statistics below use every segment:
+#
+#   within   one number per segment (its token-level dispersion): Spearman rho of dispersion with
+#            perplexity over all N segments, a percentile bootstrap CI over segments, scipy's
+#            p-value and a permutation p-value (perplexities shuffled over segments).
+#   across   one vector per segment: a bin's dispersion needs the bin's vectors, so every
+#            bootstrap replicate resamples SEGMENTS, re-bins them (the caller's binner, e.g.
+#            Algorithm 1) and recomputes each bin's dispersion exactly from per-bin sums of unit
+#            vectors (O(N·d) per replicate, never N×N); the permutation test shuffles
+#            perplexities over segments, re-bins and recomputes. Beside the K-bin selection a
+#            many-bins curve (all segments in equal-count bins) carries the effect size.
+#   slope    dispersion per doubling of perplexity: the OLS slope of dispersion on log2
+#            perplexity (per segment for within, over the many-bins curve for across).
+#
+# Exact dispersion of a resampled bin. A bootstrap bin holds copies: original segment k appears
+# c_k times. Pairs of two copies of the same segment (distance 0 by construction, not data) are
+# left out, so with S = Σ_k c_k u_k and n = Σ_k c_k
+#
+#   D = 1 - (||S||² - Σ_k c_k²) / (n² - Σ_k c_k²),
+#
+# which is Eq. 1 when every c_k = 1. Two-sided p-values: p_perm = (1 + #{|t*| >= |t|}) / (1 + P).
+
+
+@dataclass
+class Estimate:
+    """A statistic with a percentile bootstrap CI over segments and p-values (nan: not given)."""
+
+    name: str
+    value: float
+    ci_low: float
+    ci_high: float
+    p_value: float  # analytic (scipy), nan where there is none
+    p_perm: float  # permutation test, nan when not run
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def excludes_zero(self) -> int:
+        """+1 when the CI lies above 0, -1 below 0, 0 when it contains 0 (or is undefined)."""
+        if self.ci_low > 0:
+            return 1
+        if self.ci_high < 0:
+            return -1
+        return 0
+
+    def __str__(self) -> str:
+        p = f" p={self.p_value:.3g}" if np.isfinite(self.p_value) else ""
+        pp = f" p_perm={self.p_perm:.3g}" if np.isfinite(self.p_perm) else ""
+        fmt = "+.3f" if abs(self.value) >= 1e-3 or self.value == 0 else "+.2e"
+        return (
+            f"{self.name} {self.value:{fmt}} [{self.ci_low:{fmt}}, {self.ci_high:{fmt}}]"
+            f"{p}{pp} n={self.n}"
+        )
+
+
+def _percentile(values: np.ndarray, level: float) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    lo, hi = np.quantile(values, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def _p_perm(observed: float, null: np.ndarray) -> float:
+    null = null[np.isfinite(null)]
+    if not np.isfinite(observed) or len(null) == 0:
+        return float("nan")
+    return float((1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (1 + len(null)))
+
+
+def _row_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson r of each row of a with the same row of b (rows with no spread give nan)."""
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+
+def _row_slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """OLS slope of y on x, row by row (nan where x has no spread)."""
+    x = x - x.mean(axis=-1, keepdims=True)
+    y = y - y.mean(axis=-1, keepdims=True)
+    sxx = (x * x).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sxx > 0, (x * y).sum(-1) / np.where(sxx > 0, sxx, 1), np.nan)
+
+
+def _rows_per_chunk(n: int) -> int:
+    return max(1, (1 << 22) // max(1, n))  # about 4M float64 values (32 MiB) per chunk
+
+
+def _check_pairs(ppl: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(ppl, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape[:1] or len(x) < 3:
+        raise RepdispError(
+            f"need at least 3 segments with one perplexity each, got {x.shape} and {y.shape}"
+        )
+    if not (np.isfinite(x).all() and (x > 0).all()):
+        raise RepdispError("perplexities must be finite and positive")
+    if not np.isfinite(y).all():
+        raise RepdispError("dispersions contain NaN or inf")
+    return x, y
+
+
+@dataclass
+class WithinStats:
+    """Segment-level statistics of within-segment dispersion vs perplexity."""
+
+    spearman: Estimate  # rho over all N segments
+    slope: Estimate  # dispersion per doubling of perplexity (OLS on log2 perplexity)
+    reps: int
+    perms: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def within_stats(
+    ppl: Any,
+    dispersion: Any,
+    reps: int = 1000,
+    perms: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> WithinStats:
+    """Spearman rho and the per-doubling slope of per-segment dispersion on perplexity, each with
+    a bootstrap CI over segments, scipy's p-value and a permutation p-value."""
+    x, y = _check_pairs(ppl, dispersion)
+    n = len(x)
+    lx = np.log2(x)
+    res = sps.spearmanr(x, y)
+    rho, p_rho = float(res[0]), float(res[1])
+    lin = sps.linregress(lx, y)
+    slope, p_slope = float(lin.slope), float(lin.pvalue)
+    rng = np.random.default_rng(seed)
+    boot_rho, boot_slope = [], []
+    step = _rows_per_chunk(n)
+    for start in range(0, reps, step):
+        idx = rng.integers(0, n, (min(step, reps - start), n))
+        boot_rho.append(_row_corr(sps.rankdata(x[idx], axis=1), sps.rankdata(y[idx], axis=1)))
+        boot_slope.append(_row_slope(lx[idx], y[idx]))
+    rx, ry = sps.rankdata(x), sps.rankdata(y)
+    null_rho, null_slope = [], []
+    for start in range(0, perms, step):
+        k = min(step, perms - start)
+        order = rng.permuted(np.tile(np.arange(n), (k, 1)), axis=1)
+        null_rho.append(_row_corr(rx[order], np.broadcast_to(ry, (k, n))))
+        null_slope.append(_row_slope(lx[order], np.broadcast_to(y, (k, n))))
+    cat = lambda parts: np.concatenate(parts) if parts else np.empty(0)  # noqa: E731
+    return WithinStats(
+        Estimate(
+            "spearman",
+            rho,
+            *_percentile(cat(boot_rho), level),
+            p_rho,
+            _p_perm(rho, cat(null_rho)) if perms else float("nan"),
+            n,
+        ),
+        Estimate(
+            "slope_per_doubling",
+            slope,
+            *_percentile(cat(boot_slope), level),
+            p_slope,
+            _p_perm(slope, cat(null_slope)) if perms else float("nan"),
+            n,
+        ),
+        reps,
+        perms,
+        seed,
+    )
+
+
+def unit_vectors(vectors: Any) -> np.ndarray:
+    """Rows scaled to unit length, float64 (zero or non-finite rows raise)."""
+    v = np.asarray(vectors, dtype=np.float64)
+    if v.ndim != 2:
+        raise RepdispError(f"expected vectors of shape (N, d), got {v.shape}")
+    norms = np.linalg.norm(v, axis=1)
+    if not (np.isfinite(norms).all() and (norms > 0).all()):
+        raise RepdispError("vectors contain zero rows, NaN or inf; cosine distance is undefined")
+    return v / norms[:, None]
+
+
+def group_dispersion(units: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """Exact Eq. 1 dispersion of each group of rows of ``units`` (unit vectors); a group may
+    repeat a row (a bootstrap copy): pairs of copies of one row are left out (module notes).
+    One sparse (groups x N) product: O(N·d), no N×N matrix."""
+    from scipy import sparse
+
+    rows = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
+    cols = np.concatenate(groups).astype(np.int64)
+    w = sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(groups), len(units)))
+    w.sum_duplicates()
+    sums = np.asarray(w @ units)
+    n = np.asarray(w.sum(axis=1)).ravel()
+    sq = np.asarray(w.multiply(w).sum(axis=1)).ravel()
+    den = n * n - sq
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(
+            den > 0, 1 - ((sums * sums).sum(1) - sq) / np.where(den > 0, den, 1), np.nan
+        )
+
+
+def equal_bins(values: np.ndarray, n_bins: int) -> list[np.ndarray]:
+    """All segments sorted by value and cut into ``n_bins`` bins of (almost) equal count."""
+    return np.array_split(np.argsort(values, kind="stable"), n_bins)
+
+
+@dataclass
+class AcrossStats:
+    """Across-segment dispersion vs perplexity, with segments (not bins) as the resampled unit.
+
+    ``pearson``/``spearman``: over the K bins the binner selects (the paper's numbers); CI from
+    re-binning bootstrap replicates of the segments, p_perm from re-binning shuffled perplexities.
+    ``curve_spearman``/``slope``: over ``curve`` (all segments in equal-count bins)."""
+
+    pearson: Estimate
+    spearman: Estimate
+    curve_spearman: Estimate
+    slope: Estimate  # dispersion per doubling of bin mean perplexity, over the curve
+    curve_bins: int
+    curve: list[dict[str, float]]  # mean_ppl, dispersion, n per curve bin
+    reps: int
+    perms: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _binned_stats(
+    ppl: np.ndarray,
+    ids: np.ndarray,
+    unit_sets: list[np.ndarray],
+    binner: Any,
+    curve_bins: int,
+) -> np.ndarray:
+    """(n_sets, 4): pearson, spearman over the binner's bins; spearman, slope over the curve.
+    ``ppl[i]`` is the perplexity of the i-th drawn segment, ``ids[i]`` the row it reads."""
+    sel = [np.asarray(m) for m in binner(ppl)]
+    cur = equal_bins(ppl, curve_bins)
+    groups = [ids[m] for m in sel] + [ids[m] for m in cur]
+    means = np.array([ppl[m].mean() for m in sel + cur])
+    k = len(sel)
+    out = np.empty((len(unit_sets), 4))
+    mk, mc = means[:k], np.log2(means[k:])
+    for s, units in enumerate(unit_sets):
+        d = group_dispersion(units, groups)
+        dk, dc = d[:k], d[k:]
+        ok_k, ok_c = np.isfinite(dk), np.isfinite(dc)  # a bin of copies of one segment: no pairs
+        x_k, y_k, x_c, y_c = mk[ok_k], dk[ok_k], mc[ok_c], dc[ok_c]
+        out[s, 0] = _row_corr(x_k, y_k) if len(x_k) > 2 else np.nan
+        out[s, 1] = _row_corr(sps.rankdata(x_k), sps.rankdata(y_k)) if len(x_k) > 2 else np.nan
+        out[s, 2] = _row_corr(sps.rankdata(x_c), sps.rankdata(y_c)) if len(x_c) > 2 else np.nan
+        out[s, 3] = _row_slope(x_c, y_c) if len(x_c) > 2 else np.nan
+    return out
+
+
+def across_stats(
+    ppl: Any,
+    vectors: Any | list[Any],
+    binner: Any,
+    curve_bins: int = 50,
+    reps: int = 1000,
+    perms: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[AcrossStats]:
+    """Segment-bootstrap CIs and permutation p-values of the binned across-segment statistics.
+
+    ``vectors``: one (N, d) matrix or a list of them (several sites share the binning of every
+    replicate); ``binner(ppl) -> list of index arrays`` (e.g. Algorithm 1's members). Returns one
+    ``AcrossStats`` per matrix."""
+    mats = vectors if isinstance(vectors, list) else [vectors]
+    x = np.asarray(ppl, dtype=np.float64)
+    for m in mats:
+        _check_pairs(x, np.asarray(m, dtype=np.float64))
+    n = len(x)
+    curve_bins = max(3, min(curve_bins, n // 5))  # at least 5 segments per curve bin
+    units = [unit_vectors(m) for m in mats]
+    ids = np.arange(n)
+    obs = _binned_stats(x, ids, units, binner, curve_bins)
+    rng = np.random.default_rng(seed)
+    boots = np.full((reps, len(units), 4), np.nan)
+    for r in range(reps):
+        i = rng.integers(0, n, n)
+        try:
+            boots[r] = _binned_stats(x[i], i, units, binner, curve_bins)
+        except RepdispError:  # a replicate the binner cannot bin (e.g. ties): left out
+            pass
+    null = np.full((perms, len(units), 4), np.nan)
+    for r in range(perms):
+        null[r] = _binned_stats(x[rng.permutation(n)], ids, units, binner, curve_bins)
+    # observed curve for each set
+    cur = equal_bins(x, curve_bins)
+    curve_means = [float(x[m].mean()) for m in cur]
+    results = []
+    names = ("pearson", "spearman", "curve_spearman", "slope_per_doubling")
+    p_scipy = []
+    for s, u in enumerate(units):
+        d = group_dispersion(u, cur)
+        sel = [np.asarray(m) for m in binner(x)]
+        dk = group_dispersion(u, sel)
+        mk = [x[m].mean() for m in sel]
+        p_scipy = [
+            float(sps.pearsonr(mk, dk)[1]),
+            float(sps.spearmanr(mk, dk)[1]),
+            float(sps.spearmanr(curve_means, d)[1]),
+            float(sps.linregress(np.log2(curve_means), d).pvalue),
+        ]
+        est = [
+            Estimate(
+                names[j],
+                float(obs[s, j]),
+                *_percentile(boots[:, s, j], level),
+                p_scipy[j],
+                _p_perm(obs[s, j], null[:, s, j]) if perms else float("nan"),
+                n,
+            )
+            for j in range(4)
+        ]
+        curve = [
+            {"mean_ppl": mp, "dispersion": float(dd), "n": len(m)}
+            for mp, dd, m in zip(curve_means, d, cur, strict=True)
+        ]
+        results.append(AcrossStats(*est, curve_bins, curve, reps, perms, seed))
+    return results

@@ -1,0 +1,152 @@
+"""repdisp reproduce end to end on a tiny model: results, the claims table and its verdict rule,
+the findings page, and resume (a second run extracts nothing; a lost step reuses the shards)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from repdisp.cli import main
+from repdisp.commands.reproduce import auroc, verdict
+
+ARC = [
+    {
+        "id": f"q{i}",
+        "question": {
+            "stem": f"Which word comes after w{i}?",
+            "choices": [{"label": k, "text": f"w{(i + j) % 7}"} for j, k in enumerate("ABCD")],
+        },
+        "answerKey": "ABCD"[i % 4],
+    }
+    for i in range(24)
+]
+
+
+def test_verdict_rule_and_auroc():
+    assert verdict(-0.3, -0.1, -1) == "supported"
+    assert verdict(0.1, 0.3, -1) == "contradicted"
+    assert verdict(-0.1, 0.2, -1) == "inconclusive at this N"
+    assert verdict(0.1, 0.3, 1) == "supported"
+    assert verdict(float("nan"), 1.0, 1).startswith("inconclusive")
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    scores, wrong = rng.normal(size=50).round(1), rng.random(50) < 0.4  # ties included
+    assert auroc(scores, wrong) == pytest.approx(roc_auc_score(wrong, -scores), abs=1e-12)
+
+
+@pytest.fixture
+def grid(tiny_gpt2_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "home"))
+    arc = tmp_path / "arc.jsonl"
+    arc.write_text("".join(json.dumps(q) + "\n" for q in ARC))
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        f"""
+models: ["{tiny_gpt2_dir}"]
+data: [python-docs]
+segments: 60
+seq_len: 16
+dtype: float32
+device: cpu
+batch_size: 16
+bin_size: 5
+bins: 4
+curve_bins: 6
+stats_reps: 40
+permutations: 40
+layer_stats_reps: 20
+bootstrap: 50
+contexts: [16, 8]
+knn: {{chunks: [4, 8], seeds: 3}}
+gap: null
+mc: [{{task: arc-challenge, data: "{arc}", limit: null}}]
+probe: {{sample: 4, seeds: 2}}
+"""
+    )
+    return cfg, tmp_path / "run"
+
+
+def test_reproduce_end_to_end_and_resume(grid, monkeypatch, capsys):
+    cfg, out = grid
+    assert main(["reproduce", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    cell = next(out.glob("*/python-docs"))
+    for name in ("ppl_vs_dispersion", "layers"):
+        assert (cell / f"{name}.json").exists() and (cell / f"{name}_stats.csv").exists()
+    ppl = json.loads((cell / "ppl_vs_dispersion.json").read_text())
+    assert [(s["perplexity"], s["seq_len"]) for s in ppl["series"]] == [
+        ("sequence", 16), ("last-token", 16), ("last-token", 8)
+    ]  # fmt: skip
+    layers = json.loads((cell / "layers.json").read_text())
+    assert [x["site"] for x in layers["layers"]] == ["0.ffn", "1.ffn", "final"]
+    # the sequence series and the layer-wise final site come from the same extraction
+    assert layers["layers"][-1]["bins"] == ppl["series"][0]["bins"]
+
+    doc = json.loads((out / "claims.json").read_text())
+    assert doc["missing"] == []
+    rows = doc["claims"]
+    kinds = [r["claim"][:6] for r in rows]
+    assert kinds.count("§2.2(1") == 4 and kinds.count("§2.2(2") == 1
+    assert kinds.count("§3.3 T") == 1 and kinds.count("§3.1 m") + kinds.count("§3.1 h") >= 1
+    allowed = ("supported", "contradicted", "inconclusive")
+    assert all(r["verdict"].startswith(allowed) for r in rows)
+    # the sequence-level across row follows the rule applied to the slope's CI
+    slope = ppl["series"][0]["stats"]["across"]["slope"]
+    assert rows[0]["verdict"] == verdict(slope["ci_low"], slope["ci_high"], -1)
+    assert f"{slope['value']:+.4f}" in rows[0]["result"]
+    md = (out / "findings.md").read_text()
+    assert "Verdict rule" in md and "| claim | scope | paper | result | verdict |" in md
+    assert md.count("\n| ") == len(rows) + 1
+    assert "<table>" in (out / "findings.html").read_text()
+
+    # second run: every step is skipped, nothing goes through the model
+    import repdisp.core.extract as extract_mod
+
+    def no_forward(*a, **k):
+        raise AssertionError("a finished step ran a forward pass")
+
+    monkeypatch.setattr(extract_mod, "_forward_batch", no_forward)
+    capsys.readouterr()
+    assert main(["reproduce", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert "done, skipped" in capsys.readouterr().out
+    assert json.loads((out / "claims.json").read_text())["claims"] == rows
+
+    # a lost step (killed before its marker) is recomputed from the cached shards, unchanged
+    for f in cell.glob("*layers*"):
+        f.unlink()
+    (cell / "ppl_vs_dispersion.json").unlink()
+    assert main(["reproduce", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert json.loads((cell / "layers.json").read_text())["layers"][0]["stats"] == (
+        layers["layers"][0]["stats"]
+    )
+    assert json.loads((out / "claims.json").read_text())["claims"] == rows
+
+
+def test_config_flags_override_the_file(tmp_path, monkeypatch):
+    from repdisp.cli import build_parser
+    from repdisp.commands.reproduce import _segments, load_config
+
+    monkeypatch.setenv("REPDISP_SHARED_DATA", str(tmp_path / "shared"))
+    args = build_parser().parse_args(
+        ["reproduce", "--scale", "gpu", "--out", "x", "--model", "a", "--model", "b",
+         "--segments-for", "b=300", "--segments-for", "b@wiki=700", "--segments", "900",
+         "--dtype", "float32", "--no-mc"]
+    )  # fmt: skip
+    cfg = load_config(args)
+    assert cfg["models"] == ["a", "b"] and cfg["seq_len"] == 512 and cfg["mc"] == []
+    wiki, cnn = cfg["data"][:2]
+    assert (_segments(cfg, "a", wiki), _segments(cfg, "b", cnn)) == (900, 300)
+    assert _segments(cfg, "b", wiki) == 700  # MODEL@STEM: the stem of wiki.test.raw is "wiki"
+
+    assert cfg["data"][0] == f"{tmp_path}/shared/wikitext-2-raw/wiki.test.raw"
+    assert cfg["dtype"] == "float32" and cfg["contexts"] == [16, 64, 128, 256]
+
+
+def test_reproduce_bad_input_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("segmentz: 10\n")
+    assert main(["reproduce", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key" in err[0] and "Traceback" not in err[0]
