@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from repdisp.analyses.binning import bin_points, correlate
 from scipy import stats as sps
 
-from repdisp.analyses.binning import select_bins
+from repdisp.analyses.binning import bin_points, correlate, select_bins
 from repdisp.core.errors import RepdispError
 from repdisp.core.stats import (
     across_stats,

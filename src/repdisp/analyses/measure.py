@@ -264,6 +264,7 @@ def measure(
             max_len=lm.max_len,
             text_field=text_field,
             encoding_errors=encoding_errors,
+            cache=bool(cache),  # --no-cache: no token cache either
         )
         pools = [pooling]
         if per_segment:
