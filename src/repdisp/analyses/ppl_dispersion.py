@@ -64,6 +64,15 @@ class Series:
     correlations: dict[str, dict[str, Correlation]]
     stats: dict[str, Any] = field(default_factory=dict)  # segment-level: see segment_stats
 
+    def key(self) -> dict[str, Any]:
+        """The columns that name this series in every table row."""
+        return {
+            "model": self.model,
+            "data": self.data,
+            "perplexity": self.perplexity,
+            "seq_len": self.seq_len,
+        }
+
     @property
     def label(self) -> str:
         ctx = f" ctx {self.seq_len}" if self.perplexity == "last-token" else ""
@@ -97,23 +106,12 @@ class PplDispersionResult(Result):
 
     def bin_rows(self) -> list[dict[str, Any]]:
         return [
-            {
-                "model": s.model,
-                "data": s.data,
-                "perplexity": s.perplexity,
-                "seq_len": s.seq_len,
-                "n_segments": s.n_segments,
-                **vars(p),
-            }
-            for s in self.series
-            for p in s.bins
+            s.key() | {"n_segments": s.n_segments} | vars(p) for s in self.series for p in s.bins
         ]
 
     def correlation_rows(self) -> list[dict[str, Any]]:
         return [
-            {"model": s.model, "data": s.data, "perplexity": s.perplexity, "seq_len": s.seq_len}
-            | {"mode": mode}
-            | c.to_dict()
+            s.key() | {"mode": mode} | c.to_dict()
             for s in self.series
             for mode, by_method in s.correlations.items()
             for c in by_method.values()
@@ -159,9 +157,7 @@ class PplDispersionResult(Result):
     def stats_rows(self) -> list[dict[str, Any]]:
         """One row per (series, mode, segment-level statistic)."""
         return [
-            {"model": s.model, "data": s.data, "perplexity": s.perplexity, "seq_len": s.seq_len}
-            | {"mode": mode}
-            | est
+            s.key() | {"mode": mode} | est
             for s in self.series
             for mode, st in s.stats.items()
             for est in stat_estimates(st)
@@ -170,9 +166,7 @@ class PplDispersionResult(Result):
     def curve_rows(self) -> list[dict[str, Any]]:
         """The many-bins curve of every series (across mode)."""
         return [
-            {"model": s.model, "data": s.data, "perplexity": s.perplexity, "seq_len": s.seq_len}
-            | {"bin": k}
-            | c
+            s.key() | {"bin": k} | c
             for s in self.series
             if "across" in s.stats
             for k, c in enumerate(s.stats["across"]["curve"])

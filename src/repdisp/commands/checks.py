@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Any
 
 SEED_MAX = 2**32 - 1  # the legacy numpy seeding (transformers.set_seed) takes up to here
 
@@ -96,37 +97,31 @@ def nonneg_float(text: str) -> float:
     return value
 
 
-def int_list(low: int = 1) -> Callable[[str], list[int]]:
-    """A comma list of integers, each ``>= low``."""
-    item = int_at_least(low)
+def comma_list(item: Callable[[str], Any], what: str, name: str) -> Callable[[str], list]:
+    """A comma list of values, each accepted by ``item``; ``what`` names them in errors and
+    ``name`` is the type shown by argparse."""
 
-    def parse(text: str) -> list[int]:
+    def parse(text: str) -> list:
         parts = [x.strip() for x in text.split(",") if x.strip()]
         if not parts:
-            raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a comma list of {what}, got {text!r}")
         try:
             return [item(x) for x in parts]
         except argparse.ArgumentTypeError as e:
             raise argparse.ArgumentTypeError(f"{e} (in {text!r})") from None
 
-    parse.__name__ = "int list"
+    parse.__name__ = name
     return parse
+
+
+def int_list(low: int = 1) -> Callable[[str], list[int]]:
+    """A comma list of integers, each ``>= low``."""
+    return comma_list(int_at_least(low), "integers", "int list")
 
 
 def float_list(item: Callable[[str], float]) -> Callable[[str], list[float]]:
     """A comma list of numbers, each accepted by ``item``."""
-
-    def parse(text: str) -> list[float]:
-        parts = [x.strip() for x in text.split(",") if x.strip()]
-        if not parts:
-            raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}")
-        try:
-            return [item(x) for x in parts]
-        except argparse.ArgumentTypeError as e:
-            raise argparse.ArgumentTypeError(f"{e} (in {text!r})") from None
-
-    parse.__name__ = "number list"
-    return parse
+    return comma_list(item, "numbers", "number list")
 
 
 def nonempty(what: str) -> Callable[[str], str]:

@@ -661,16 +661,14 @@ def _mc_step(cfg, out, steps, spec, mc, model, progress) -> None:
 
 
 def auroc(scores: Any, wrong: Any) -> float:
-    """AUROC of -score as a detector of wrong answers (Mann-Whitney, ties count half)."""
-    import numpy as np
-    from scipy.stats import rankdata
+    """AUROC of -score as a detector of wrong answers (``hard_slices.auroc_wrong``); NaN when a
+    resample holds only one class."""
+    from ..applications.hard_slices import auroc_wrong
 
-    wrong = np.asarray(wrong, dtype=bool)
-    n1, n0 = int(wrong.sum()), int((~wrong).sum())
-    if n1 == 0 or n0 == 0:
+    try:
+        return auroc_wrong(scores, wrong)
+    except RepdispError:
         return float("nan")
-    r = rankdata(-np.asarray(scores, dtype=np.float64))
-    return float((r[wrong].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def _auroc_ci(scores: Any, wrong: Any, reps: int = 1000, seed: int = 0):

@@ -236,7 +236,8 @@ def _signature(source: str) -> tuple:
     path = Path(source).expanduser()
     try:
         files = sorted(path.rglob("*")) if path.is_dir() else [path]
-        return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        stats = [(f, f.stat()) for f in files]
+        return tuple((str(f), st.st_size, st.st_mtime_ns) for f, st in stats)
     except OSError:
         return ()
 
