@@ -121,3 +121,41 @@ def test_within_float32_vs_float64_brute_force(spread):
         ref.append(np.mean(1.0 - (u @ u.T)[i, j]))
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6)
+
+
+def test_bf16_mixed_runs_products_in_bf16_and_keeps_the_residual_float32(tiny_gpt2, tiny_segments):
+    """bf16-mixed: float32 weights and residual stream, bfloat16 products. Its NLL and states are
+    close to float32's but not equal (autocast really ran), and a pure bfloat16 copy of the model
+    is further from float32 in the residual stream."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    from repdisp.core.extract import forward_sites
+
+    ids = tiny_segments.ids
+    sites = tiny_gpt2.parse_sites("0.attn,final")
+    ref_vals, ref_nll = forward_sites(tiny_gpt2, ids, sites, perplexity=True)
+    mixed = dataclasses.replace(tiny_gpt2, identity="tiny-gpt2:bf16-mixed", autocast=torch.bfloat16)
+    vals, nll = forward_sites(mixed, ids, sites, perplexity=True)
+    assert next(mixed.model.parameters()).dtype == torch.float32
+    assert vals["final"].dtype == torch.float32 and nll.dtype == torch.float32
+    d_mixed = (nll - ref_nll).abs().max().item()
+    assert 0 < d_mixed < 0.05
+    half = dataclasses.replace(
+        tiny_gpt2, model=copy.deepcopy(tiny_gpt2.model).to(torch.bfloat16), dtype=torch.bfloat16
+    )
+    hvals, _ = forward_sites(half, ids, sites, perplexity=True)
+    err_mixed = (vals["0.attn"].float() - ref_vals["0.attn"]).abs().max().item()
+    err_half = (hvals["0.attn"].float() - ref_vals["0.attn"]).abs().max().item()
+    assert 0 < err_mixed < err_half
+
+
+def test_bf16_mixed_is_its_own_cache_identity(tiny_gpt2_dir):
+    from repdisp.core.models import load_model
+
+    a = load_model(str(tiny_gpt2_dir), device="cpu", dtype="float32")
+    b = load_model(str(tiny_gpt2_dir), device="cpu", dtype="bf16-mixed")
+    assert a.autocast is None and b.autocast is not None
+    assert b.dtype == a.dtype and b.identity != a.identity and b.identity.endswith(":bf16-mixed")

@@ -35,7 +35,7 @@ from ..core.errors import RepdispError
 from . import checks
 
 DEFAULT_MODEL = "smollm2-135m"  # core.models.DEFAULT_MODEL; tests/test_help.py checks they agree
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "bf16-mixed")
 OUT_ROOT = "repdisp-out"
 MODEL_ARG_KEYS = ("revision", "tokenizer", "adapter", "attn_implementation", "device_map", "dtype")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -219,7 +219,8 @@ def add_model_options(
         "--dtype",
         default="auto",
         choices=DTYPES,
-        help="weights dtype; auto = bfloat16 on CUDA, float32 elsewhere",
+        help="weights dtype; auto = bfloat16 on CUDA, float32 elsewhere; bf16-mixed = float32 "
+        "weights with bfloat16 matrix products (autocast)",
     )
     g.add_argument(
         "--trust-remote-code",

@@ -156,11 +156,10 @@ def forward_sites(
     """One forward of a batch of equal-length ids: hidden states (B, T, d) per site name and, if
     ``perplexity``, the per-token NLL (B, T-1). Stops after the deepest site when nothing later
     (the final norm, the LM head) is needed."""
-    import torch
 
     x = _to_device(ids, lm.device)
     read = sorted(set(sites) | set(lm.parse_sites("final") if perplexity else []))
-    with torch.inference_mode(), SiteReader(lm.model, read, stop_early=True) as reader:
+    with lm.inference(), SiteReader(lm.model, read, stop_early=True) as reader:
         try:
             lm.model.base_model(input_ids=x, use_cache=False)
         except StopForward:

@@ -10,7 +10,14 @@ commit), plus the dtype. Per-file hashes are remembered in ``$REPDISP_HOME/file-
 (path, inode, size, mtime, ctime), so a rerun reads no weights twice and any edit is seen. Pickled weights (``.bin``/``.pt``) are refused unless
 ``allow_pickle=True`` (and then go through transformers' ``torch.load(weights_only=True)``, which
 unpickles tensors only, never arbitrary objects); remote code runs only with
-``trust_remote_code=True``. Under ``torchrun``/``accelerate launch`` each process takes the GPU
+``trust_remote_code=True``.
+
+Dtypes: ``float32``, ``bfloat16``, ``float16`` load the weights in that type and run everything
+in it. ``bf16-mixed`` keeps float32 weights and runs the forward under ``torch.autocast`` with
+bfloat16: matrix products (linear layers, attention) take bfloat16 inputs, while the residual
+stream, norms, softmax and the NLL stay float32 - on a CPU about 1.8x float32's speed with half of
+pure bfloat16's perplexity error (docs/benchmarks.md). ``LoadedModel.inference()`` is the one
+context every forward runs in. Under ``torchrun``/``accelerate launch`` each process takes the GPU
 of its ``LOCAL_RANK``.
 """
 
@@ -36,7 +43,8 @@ from .shards import atomic_folder
 from .sites import Site, blocks_of, check_sites, parse_sites
 
 DEFAULT_MODEL = "smollm2-135m"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "bf16-mixed")
+MIXED = "bf16-mixed"  # float32 weights and residual stream, matrix products in bfloat16 (autocast)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -117,6 +125,18 @@ class LoadedModel:
     identity: str
     device: Any
     dtype: Any
+    autocast: Any = None  # a torch dtype: the forward runs under torch.autocast with it
+
+    def inference(self) -> Any:
+        """The context every forward of this model runs in: ``torch.inference_mode`` and, for
+        ``bf16-mixed``, ``torch.autocast`` to bfloat16 on the model's device type."""
+        import torch
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.autocast is not None:
+            stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast))
+        return stack
 
     @property
     def n_blocks(self) -> int:
@@ -167,7 +187,8 @@ def resolve_device(device: str) -> Any:
 
 
 def resolve_dtype(dtype: str, device: Any) -> Any:
-    """``auto``: bfloat16 on a CUDA device that supports it, float32 otherwise."""
+    """The weights' dtype. ``auto``: bfloat16 on a CUDA device that supports it, float32
+    otherwise; ``bf16-mixed``: float32 (the products run in bfloat16 under autocast)."""
     import torch
 
     if dtype not in DTYPES:
@@ -175,6 +196,8 @@ def resolve_dtype(dtype: str, device: Any) -> Any:
     if dtype == "auto":
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else torch.float32
+    if dtype == MIXED:
+        return torch.float32
     return getattr(torch, dtype)
 
 
@@ -509,7 +532,8 @@ def load_model(
     device : str
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     dtype : str
-        ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+        ``auto``, ``float32``, ``float16``, ``bfloat16`` or ``bf16-mixed`` (float32 weights,
+        bfloat16 products under autocast).
     trust_remote_code, allow_pickle : bool
         Run a folder's custom model code; read pickled (non-safetensors) weights.
 
@@ -572,6 +596,12 @@ def load_model(
     model.eval()
     # The identity is the content (or hub commit), not the spelling: the same folder given by
     # two paths, or a bundled name and its converted folder, share cached shards.
+    if dtype == MIXED:
+        import torch
+
+        return LoadedModel(
+            model, tok, spec, f"{identity}:{MIXED}", dev, torch_dtype, torch.bfloat16
+        )
     return LoadedModel(model, tok, spec, f"{identity}:{str(torch_dtype)}", dev, torch_dtype)
 
 

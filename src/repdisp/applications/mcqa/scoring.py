@@ -216,7 +216,7 @@ def score(
                 tok += tokens
                 owner += [(p.qi, ci)] * len(tokens)
         rows_t, pos_t = torch.tensor(rows), torch.tensor(pos)
-        with torch.inference_mode(), SiteReader(lm.model, read, stop_early=False) as reader:
+        with lm.inference(), SiteReader(lm.model, read, stop_early=False) as reader:
             lm.model.base_model(
                 input_ids=ids.to(lm.device),
                 attention_mask=mask.to(lm.device),
