@@ -97,6 +97,16 @@ def test_reproduce_end_to_end_and_resume(grid, monkeypatch, capsys):
     slope = ppl["series"][0]["stats"]["across"]["slope"]
     assert rows[0]["verdict"] == verdict(slope["ci_low"], slope["ci_high"], -1)
     assert f"{slope['value']:+.4f}" in rows[0]["result"]
+    # an undecided slope row says at what N its CI would exclude 0 if the slope held
+    for r in rows:
+        if r["claim"].startswith("§2.2(1)"):
+            decided = not r["verdict"].startswith("inconclusive")
+            assert (r["n_to_decide"] is None) == decided
+    h = (slope["ci_high"] - slope["ci_low"]) / 2
+    assert rows[0]["verdict"].startswith("inconclusive")  # a random tiny model, 60 segments
+    expected = int(np.ceil(ppl["series"][0]["n_segments"] * (h / abs(slope["value"])) ** 2))
+    assert rows[0]["n_to_decide"] == expected
+    assert f"N ≈ {expected:,} would decide" in rows[0]["result"]
     md = (out / "findings.md").read_text()
     assert "Verdict rule" in md and "| claim | scope | paper | result | verdict |" in md
     assert md.count("\n| ") == len(rows) + 1

@@ -122,3 +122,25 @@ def test_null_false_positive_rate_is_five_percent():
         hits["across perm"] += a.pearson.p_perm <= 0.05
     for name, k in hits.items():
         assert lo <= k <= hi, f"{name}: {k}/400 rejections at 5%"
+
+
+def test_n_to_decide_predicts_where_a_bootstrap_ci_reaches_zero():
+    """At the predicted N, a bootstrap CI of a mean (same estimate, same spread) has a half-width
+    equal to |estimate|: its edge sits at 0, within bootstrap noise."""
+    from repdisp.core.stats import mean_ci, n_to_decide
+
+    rng = np.random.default_rng(0)
+
+    def sample(n, mu=0.1):
+        z = rng.normal(size=n)
+        return (z - z.mean()) / z.std() + mu  # mean exactly mu, spread exactly 1
+
+    x = sample(100)
+    lo, hi = mean_ci(x, 4000, 0)
+    assert lo < 0 < hi  # undecided at N = 100
+    m = n_to_decide(100, x.mean(), lo, hi)
+    assert 300 < m < 480  # (1.96 / 0.1)^2 = 384 in the normal approximation
+    lo_m, hi_m = mean_ci(sample(round(m)), 4000, 1)
+    assert abs(lo_m) < 0.012 and hi_m == pytest.approx(0.2, abs=0.012)
+    assert n_to_decide(100, 0.0, -1, 1) == float("inf")
+    assert n_to_decide(100, 0.5, 0.1, 0.9) < 100  # already decided

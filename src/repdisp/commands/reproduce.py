@@ -34,7 +34,10 @@ VERDICT_RULE = (
     "**supported** when this run's 95% CI excludes 0 on the paper's side, **contradicted** when "
     "it excludes 0 on the other side, otherwise **inconclusive at this N**. Layer-wise rows count "
     "blocks: supported when more than half of the second-half blocks have a CI on the paper's "
-    "side and none on the other side, contradicted in the mirror case, else inconclusive."
+    "side and none on the other side, contradicted in the mirror case, else inconclusive. "
+    "For an inconclusive slope the row gives the N at which its CI would exclude 0 if the "
+    "estimate held (CI half-width h shrinks as 1/sqrt(N): N·(h/|slope|)²), a planning figure "
+    "for a larger run."
 )
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -793,6 +796,19 @@ def claims(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], list[s
     return rows, missing
 
 
+def _n_to_decide(n: int, e: dict[str, Any]) -> int | None:
+    """Segments at which this slope's CI would exclude 0 if the estimate held (``core.stats``);
+    None when it already does or cannot."""
+    import math
+
+    from ..core.stats import n_to_decide
+
+    if e["ci_low"] > 0 or e["ci_high"] < 0:
+        return None
+    m = n_to_decide(n, e["value"], e["ci_low"], e["ci_high"])
+    return math.ceil(m) if math.isfinite(m) else None
+
+
 def _ppl_claims(cfg, spec, data, scope, ppl) -> list[dict[str, Any]]:
     rows = []
     for s in ppl["series"]:
@@ -813,6 +829,7 @@ def _ppl_claims(cfg, spec, data, scope, ppl) -> list[dict[str, Any]]:
                 f"K={s['n_bins']} Algorithm-1 bins r={_fmt(a['pearson'], 3)} (segments "
                 "resampled and re-binned)",
                 "verdict": verdict(a["slope"]["ci_low"], a["slope"]["ci_high"], -1),
+                "n_to_decide": _n_to_decide(n, a["slope"]),
                 "command": _cmd(cfg, spec, data, "--no-knn --no-mc"),
             }
         )
@@ -826,9 +843,13 @@ def _ppl_claims(cfg, spec, data, scope, ppl) -> list[dict[str, Any]]:
                     "result": f"slope per doubling {_fmt(w['slope'])}; Spearman over segments "
                     f"{_fmt(w['spearman'], 3)}",
                     "verdict": verdict(w["slope"]["ci_low"], w["slope"]["ci_high"], -1),
+                    "n_to_decide": _n_to_decide(n, w["slope"]),
                     "command": _cmd(cfg, spec, data, "--no-knn --no-mc"),
                 }
             )
+    for r in rows:
+        if r["n_to_decide"]:
+            r["result"] += f"; N ≈ {r['n_to_decide']:,} would decide if the slope held"
     return rows
 
 

@@ -64,6 +64,25 @@ def mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def n_to_decide(n: int, value: float, ci_low: float, ci_high: float) -> float:
+    """Segments needed for a 95% CI of this width to exclude 0, if the estimate stayed put.
+
+    A CI over ``n`` resampled segments narrows as 1/sqrt(n), so its half-width h becomes
+    h·sqrt(n/m) at m segments, and excludes 0 once that is below |value|:
+    m = n·(h/|value|)². A planning figure, not a promise: the estimate moves with N too.
+    ``inf`` when the estimate is 0 or the CI is undefined; ``n`` or less when it already excludes 0.
+
+    Examples
+    --------
+    >>> n_to_decide(1000, -0.01, -0.03, 0.01)
+    4000.0
+    """
+    half = (ci_high - ci_low) / 2
+    if not (np.isfinite(half) and np.isfinite(value)) or value == 0:
+        return float("inf")
+    return float(n * (half / abs(value)) ** 2)
+
+
 # ------------------------------------------------------------------ segment-level statistics
 #
 # The binned correlations above have K (about 10) points, so their CIs are wide whatever N is.

@@ -10,9 +10,10 @@ exists is always complete.
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 from typing import Any
+
+from ..core.shards import atomic_write
 
 COLUMNS = ("claim", "scope", "paper", "result", "verdict")
 _BADGE = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700"}
@@ -20,9 +21,7 @@ _BADGE = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9
 
 def _atomic_write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
     return path
 
 
