@@ -4,6 +4,7 @@ the findings page, and resume (a second run extracts nothing; a lost step reuses
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -110,7 +111,12 @@ def test_reproduce_end_to_end_and_resume(grid, monkeypatch, capsys):
     md = (out / "findings.md").read_text()
     assert "Verdict rule" in md and "| claim | scope | paper | result | verdict |" in md
     assert md.count("\n| ") == len(rows) + 1
-    assert "<table>" in (out / "findings.html").read_text()
+    page = (out / "findings.html").read_text()
+    assert "<table>" in page
+    # every figure of the grid is linked, by a path relative to the page that exists
+    figs = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
+    assert len(figs) == 3 and all((out / f).is_file() for f in figs)
+    assert all(f"<img src='{f}'" in page for f in figs)
 
     # second run: every step is skipped, nothing goes through the model
     import repdisp.core.extract as extract_mod

@@ -984,4 +984,25 @@ def _findings(cfg: dict[str, Any], out: Path, seconds: float | None = None):
         intro.append(f"Wall time of this invocation: {seconds:.0f} s.")
     write_csv(out / "claims.csv", rows) if rows else None
     write_json(out / "claims.json", {"rule": VERDICT_RULE, "claims": rows, "missing": missing})
-    return write_findings(out, "repdisp reproduce: findings", intro, rows, sections)
+    return write_findings(
+        out, "repdisp reproduce: findings", intro, rows, sections, _figures(cfg, out)
+    )
+
+
+_FIGURES = (
+    ("ppl_vs_dispersion.png", "perplexity vs dispersion (Algorithm 1 bins, 50-bin curve)"),
+    ("layers.png", "layer-wise: correlation and slope per block"),
+    ("knn_keys.png", "kNN key profile: h_att vs h_ffn of the last block"),
+)
+
+
+def _figures(cfg: dict[str, Any], out: Path) -> list[tuple[str, str]]:
+    """(caption, path relative to the page) of every finished step's figure, grid order."""
+    found = []
+    for spec in cfg["models"]:
+        for data in cfg["data"]:
+            rel = Path(_label(spec)) / _stem(data)
+            for name, what in _FIGURES:
+                if (out / rel / name).exists():
+                    found.append((f"{_label(spec)} · {_stem(data)}: {what}", f"{rel / name}"))
+    return found

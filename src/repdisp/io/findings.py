@@ -2,7 +2,8 @@
 
 Input is plain data: a title, a list of paragraphs (the setup and the verdict rule), and claim
 rows (dicts with ``claim``, ``paper``, ``scope``, ``result``, ``verdict``, ``command``), plus
-optional extra sections of (heading, Markdown text). The verdicts are decided by the caller; this
+optional extra sections of (heading, Markdown text) and figures of (caption, path relative to the
+page). The verdicts are decided by the caller; this
 module only renders them. Both files are written atomically (temp file + rename), so a page that
 exists is always complete.
 """
@@ -34,6 +35,7 @@ def markdown(
     intro: list[str],
     claims: list[dict[str, Any]],
     sections: list[tuple[str, str]] = (),
+    figures: list[tuple[str, str]] = (),
 ) -> str:
     lines = [f"# {title}", ""]
     for para in intro:
@@ -53,6 +55,10 @@ def markdown(
         lines.append("")
     for head, body in sections:
         lines += [f"## {head}", "", body.rstrip(), ""]
+    if figures:
+        lines += ["## Figures", ""]
+        for caption, path in figures:
+            lines += [f"{caption}", "", f"![{caption}]({path})", ""]
     return "\n".join(lines)
 
 
@@ -67,6 +73,7 @@ def html_page(
     intro: list[str],
     claims: list[dict[str, Any]],
     sections: list[tuple[str, str]] = (),
+    figures: list[tuple[str, str]] = (),
 ) -> str:
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
@@ -96,6 +103,15 @@ def html_page(
     out.append("</table>")
     for head, body in sections:
         out.append(f"<h2>{html.escape(head)}</h2><pre>{html.escape(body)}</pre>")
+    if figures:
+        out.append("<h2>Figures</h2>")
+    for caption, path in figures:
+        src = html.escape(path, quote=True)
+        out.append(
+            f"<figure><a href='{src}'><img src='{src}' style='max-width:100%' "
+            f"alt='{html.escape(caption, quote=True)}'></a>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -106,9 +122,12 @@ def write_findings(
     intro: list[str],
     claims: list[dict[str, Any]],
     sections: list[tuple[str, str]] = (),
+    figures: list[tuple[str, str]] = (),
 ) -> tuple[Path, Path]:
     """Write ``findings.md`` and ``findings.html`` into ``folder``; returns both paths."""
     folder = Path(folder)
-    md = _atomic_write(folder / "findings.md", markdown(title, intro, claims, sections))
-    page = _atomic_write(folder / "findings.html", html_page(title, intro, claims, sections))
+    md = _atomic_write(folder / "findings.md", markdown(title, intro, claims, sections, figures))
+    page = _atomic_write(
+        folder / "findings.html", html_page(title, intro, claims, sections, figures)
+    )
     return md, page
