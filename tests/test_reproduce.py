@@ -111,6 +111,16 @@ def test_reproduce_end_to_end_and_resume(grid, monkeypatch, capsys):
     md = (out / "findings.md").read_text()
     assert "Verdict rule" in md and "| claim | scope | paper | result | verdict |" in md
     assert md.count("\n| ") == len(rows) + 1
+    # each row's command is listed once, with the rows it reproduces
+    listed = re.findall(r"^- rows? ([0-9, -]+): `(.+)`$", md, flags=re.M)
+    covered = {}
+    for nums, cmd in listed:
+        for part in nums.split(", "):
+            a, _, b = part.partition("-")
+            for i in range(int(a), int(b or a) + 1):
+                covered[i] = cmd
+    assert covered == {i: r["command"] for i, r in enumerate(rows, 1)}
+    assert len(listed) == len({r["command"] for r in rows}) < len(rows)
     page = (out / "findings.html").read_text()
     assert "<table>" in page
     # every figure of the grid is linked, by a path relative to the page that exists

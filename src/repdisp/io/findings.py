@@ -30,6 +30,18 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _row_list(rows: list[int]) -> str:
+    """[1, 2, 3, 5] -> 'rows 1-3, 5'; [4] -> 'row 4'."""
+    runs: list[list[int]] = []
+    for r in rows:
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    text = ", ".join(f"{a[0]}-{a[-1]}" if len(a) > 1 else f"{a[0]}" for a in runs)
+    return ("rows " if len(rows) > 1 else "row ") + text
+
+
 def markdown(
     title: str,
     intro: list[str],
@@ -48,10 +60,13 @@ def markdown(
         row[-1] = f"**{row[-1]}**"
         lines.append(f"| {i} | " + " | ".join(row) + " |")
     lines.append("")
-    commands = [(i, c["command"]) for i, c in enumerate(claims, 1) if c.get("command")]
-    if commands:
+    rows_of: dict[str, list[int]] = {}  # command -> the rows it reproduces, first-seen order
+    for i, c in enumerate(claims, 1):
+        if c.get("command"):
+            rows_of.setdefault(c["command"], []).append(i)
+    if rows_of:
         lines += ["## Commands that reproduce each row", ""]
-        lines += [f"{i}. `{cmd}`" for i, cmd in commands]
+        lines += [f"- {_row_list(rows)}: `{cmd}`" for cmd, rows in rows_of.items()]
         lines.append("")
     for head, body in sections:
         lines += [f"## {head}", "", body.rstrip(), ""]
