@@ -111,6 +111,16 @@ def test_reproduce_end_to_end_and_resume(grid, monkeypatch, capsys):
     md = (out / "findings.md").read_text()
     assert "Verdict rule" in md and "| claim | scope | paper | result | verdict |" in md
     assert md.count("\n| ") == len(rows) + 1
+    # Benjamini-Hochberg over the rows with a p-value, against its definition by brute force:
+    # q_(i) = min over j >= i of p_(j) * m / j, with p sorted ascending
+    with_p = [r for r in rows if r.get("p") is not None]
+    p = np.array([r["p"] for r in with_p])
+    m, order = len(p), np.argsort(p)
+    q = np.empty(m)
+    for rank, i in enumerate(order, 1):
+        q[i] = min(1.0, min(p[order[j - 1]] * m / j for j in range(rank, m + 1)))
+    assert m >= 5 and np.allclose([r["q_bh"] for r in with_p], q)
+    assert f"{m} rows carry a p-value" in md and f"{int((q < 0.05).sum())} of them keep" in md
     # each row's command is listed once, with the rows it reproduces
     listed = re.findall(r"^- rows? ([0-9, -]+): `(.+)`$", md, flags=re.M)
     covered = {}

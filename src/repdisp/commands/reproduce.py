@@ -796,6 +796,17 @@ def claims(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], list[s
     return rows, missing
 
 
+def _p_of(e: dict[str, Any]) -> float | None:
+    """The estimate's permutation p-value, else its analytic one, else None."""
+    import math
+
+    for key in ("p_perm", "p_value"):
+        p = e.get(key)
+        if p is not None and math.isfinite(p):
+            return float(p)
+    return None
+
+
 def _n_to_decide(n: int, e: dict[str, Any]) -> int | None:
     """Segments at which this slope's CI would exclude 0 if the estimate held (``core.stats``);
     None when it already does or cannot."""
@@ -830,6 +841,7 @@ def _ppl_claims(cfg, spec, data, scope, ppl) -> list[dict[str, Any]]:
                 "resampled and re-binned)",
                 "verdict": verdict(a["slope"]["ci_low"], a["slope"]["ci_high"], -1),
                 "n_to_decide": _n_to_decide(n, a["slope"]),
+                "p": _p_of(a["slope"]),
                 "command": _cmd(cfg, spec, data, "--no-knn --no-mc"),
             }
         )
@@ -844,6 +856,7 @@ def _ppl_claims(cfg, spec, data, scope, ppl) -> list[dict[str, Any]]:
                     f"{_fmt(w['spearman'], 3)}",
                     "verdict": verdict(w["slope"]["ci_low"], w["slope"]["ci_high"], -1),
                     "n_to_decide": _n_to_decide(n, w["slope"]),
+                    "p": _p_of(w["slope"]),
                     "command": _cmd(cfg, spec, data, "--no-knn --no-mc"),
                 }
             )
@@ -892,8 +905,9 @@ def _knn_claim(cfg, spec, data, scope, knn) -> dict[str, Any]:
     mean = float(diff.mean())
     if len(diff) > 1:
         half = float(sps.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)))
+        p = float(sps.ttest_1samp(diff, 0.0).pvalue) if diff.std() > 0 else None
     else:
-        half = float("nan")
+        half, p = float("nan"), None
     return {
         "claim": "§3.3 Table 1: the last block's attention sub-layer output (h_att) is more "
         "dispersed than its FFN output (h_ffn), so it is the kNN-LM key",
@@ -902,6 +916,7 @@ def _knn_claim(cfg, spec, data, scope, knn) -> dict[str, Any]:
         "result": f"D(h_att)-D(h_ffn) = {mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}] "
         f"(t-interval over seeds); recommended key {knn['recommended']}",
         "verdict": verdict(mean - half, mean + half, 1),
+        "p": p,
         "command": _cmd(cfg, spec, data, "--no-mc"),
     }
 
@@ -977,6 +992,21 @@ def _findings(cfg: dict[str, Any], out: Path, seconds: float | None = None):
         "bins (across) or over segments (within).",
         VERDICT_RULE,
     ]
+    with_p = [r for r in rows if r.get("p") is not None]
+    if with_p:
+        from scipy.stats import false_discovery_control
+
+        q = false_discovery_control([r["p"] for r in with_p], method="bh")
+        for r, qv in zip(with_p, q, strict=True):
+            r["q_bh"] = float(qv)
+        k = sum(qv < 0.05 for qv in q)
+        intro.append(
+            f"Multiple comparisons: {len(with_p)} rows carry a p-value (the slope's permutation "
+            "test; the paired t-test over seeds for the kNN rows); "
+            f"{k} of them keep q < 0.05 after Benjamini-Hochberg over this page "
+            "(`q_bh` in claims.csv/json). The verdicts themselves follow the rule above, "
+            "row by row."
+        )
     sections = []
     if missing:
         sections.append(("Not finished yet", "\n".join(f"- {m}" for m in missing)))
