@@ -144,3 +144,37 @@ def test_n_to_decide_predicts_where_a_bootstrap_ci_reaches_zero():
     assert abs(lo_m) < 0.012 and hi_m == pytest.approx(0.2, abs=0.012)
     assert n_to_decide(100, 0.0, -1, 1) == float("inf")
     assert n_to_decide(100, 0.5, 0.1, 0.9) < 100  # already decided
+
+
+def test_gpu_path_equals_the_cpu_path(monkeypatch):
+    """The dense float64 GEMM path (what a CUDA device runs) gives the scipy sparse path's
+    numbers: here it runs on a CPU tensor by pointing stats_device at the CPU."""
+    import torch
+
+    import repdisp.core.stats as st
+
+    rng = np.random.default_rng(4)
+    n, d = 300, 16
+    ppl = np.exp(rng.normal(3, 0.5, n))
+    mats = [rng.normal(size=(n, d)) + np.log(ppl)[:, None] * 0.1, rng.normal(size=(n, d))]
+    units = unit_vectors(mats[0])
+    groups = [rng.integers(0, n, 40) for _ in range(7)]  # copies included
+    on_cpu = group_dispersion(units, groups)
+    rows = torch.from_numpy(np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)]))
+    cols = torch.from_numpy(np.concatenate(groups))
+    dense = st._weights_dispersion(torch.from_numpy(units), rows, cols, len(groups))
+    np.testing.assert_allclose(dense, on_cpu, rtol=0, atol=1e-12)
+
+    def binner(p):
+        return select_bins(p, 15, 6).members
+
+    ref = [a.to_dict() for a in across_stats(ppl, mats, binner, 20, 40, 30, 0, device="cpu")]
+    monkeypatch.setattr(st, "stats_device", lambda device="auto": torch.device("cpu"))
+    got = [a.to_dict() for a in across_stats(ppl, mats, binner, 20, 40, 30, 0)]
+    for a, b in zip(ref, got, strict=True):
+        for key in ("pearson", "spearman", "curve_spearman", "slope"):
+            for f in ("value", "ci_low", "ci_high", "p_perm"):
+                assert b[key][f] == pytest.approx(a[key][f], abs=1e-10), (key, f)
+        np.testing.assert_allclose(
+            [c["dispersion"] for c in b["curve"]], [c["dispersion"] for c in a["curve"]], atol=1e-12
+        )
