@@ -144,6 +144,8 @@ def test_n_to_decide_predicts_where_a_bootstrap_ci_reaches_zero():
     assert abs(lo_m) < 0.012 and hi_m == pytest.approx(0.2, abs=0.012)
     assert n_to_decide(100, 0.0, -1, 1) == float("inf")
     assert n_to_decide(100, 0.5, 0.1, 0.9) < 100  # already decided
+    # a lopsided percentile CI that just covers 0 needs more segments, never fewer
+    assert n_to_decide(1410, 0.0023, -0.00002, 0.0046) == pytest.approx(1410 * (0.00232 / 0.0023) ** 2)
 
 
 def test_gpu_path_equals_the_cpu_path(monkeypatch):

@@ -36,8 +36,8 @@ VERDICT_RULE = (
     "blocks: supported when more than half of the second-half blocks have a CI on the paper's "
     "side and none on the other side, contradicted in the mirror case, else inconclusive. "
     "For an inconclusive slope the row gives the N at which its CI would exclude 0 if the "
-    "estimate held (CI half-width h shrinks as 1/sqrt(N): N·(h/|slope|)²), a planning figure "
-    "for a larger run."
+    "estimate held (the CI's reach h from the estimate toward 0 shrinks as 1/sqrt(N): "
+    "N·(h/|slope|)²), a planning figure for a larger run."
 )
 
 SCALES: dict[str, dict[str, Any]] = {

@@ -99,6 +99,19 @@ def token_nll(model: Any, hidden: Any, ids: Any) -> Any:
     targets = ids[:, 1:].reshape(-1)
     chunk = max(1, _LOGIT_BYTES // (4 * vocab))
     out = torch.empty(len(h), dtype=torch.float32, device=h.device)
+    kind = h.device.type
+    if torch.is_autocast_enabled(kind) and isinstance(head, torch.nn.Linear):
+        # bf16-mixed: cast the head once per call, not once per chunk (autocast would recast
+        # all vocab x d weights for every chunk: 4x per batch for Gemma's 262k vocabulary)
+        dt = torch.get_autocast_dtype(kind)
+        w = head.weight.to(dt)
+        b = head.bias.to(dt) if head.bias is not None else None
+        h = h.to(dt)
+
+        def head(x: Any, w: Any = w, b: Any = b) -> Any:
+            with torch.autocast(kind, enabled=False):
+                return torch.nn.functional.linear(x, w, b)
+
     for s in range(0, len(h), chunk):
         logits = head(h[s : s + chunk]).float()
         if cap:

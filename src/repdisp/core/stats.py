@@ -65,22 +65,23 @@ def mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
 
 
 def n_to_decide(n: int, value: float, ci_low: float, ci_high: float) -> float:
-    """Segments needed for a 95% CI of this width to exclude 0, if the estimate stayed put.
+    """Segments needed for a 95% CI like this one to exclude 0, if the estimate stayed put.
 
-    A CI over ``n`` resampled segments narrows as 1/sqrt(n), so its half-width h becomes
-    h·sqrt(n/m) at m segments, and excludes 0 once that is below |value|:
-    m = n·(h/|value|)². A planning figure, not a promise: the estimate moves with N too.
-    ``inf`` when the estimate is 0 or the CI is undefined; ``n`` or less when it already excludes 0.
+    A CI over ``n`` resampled segments narrows as 1/sqrt(n). Its reach toward 0, h (estimate
+    to the CI end on 0's side; percentile CIs need not be symmetric), becomes h·sqrt(n/m) at m
+    segments and stops covering 0 once that is below |value|: m = n·(h/|value|)². A planning
+    figure, not a promise: the estimate moves with N too. ``inf`` when the estimate is 0 or the
+    CI is undefined; ``n`` or less when the CI already excludes 0.
 
     Examples
     --------
     >>> n_to_decide(1000, -0.01, -0.03, 0.01)
     4000.0
     """
-    half = (ci_high - ci_low) / 2
-    if not (np.isfinite(half) and np.isfinite(value)) or value == 0:
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high) and np.isfinite(value)) or value == 0:
         return float("inf")
-    return float(n * (half / abs(value)) ** 2)
+    reach = value - ci_low if value > 0 else ci_high - value
+    return float(n * (reach / abs(value)) ** 2)
 
 
 # ------------------------------------------------------------------ segment-level statistics
