@@ -975,15 +975,18 @@ def _findings(cfg: dict[str, Any], out: Path, seconds: float | None = None):
     rows, missing = claims(cfg, out)
     models = ", ".join(_label(m) for m in cfg["models"])
     corpora = ", ".join(_stem(d) for d in cfg["data"])
-    sizes = ", ".join(
-        f"{_segments(cfg, m, d)} ({_label(m)} · {_stem(d)})"
-        for m in cfg["models"]
-        for d in cfg["data"]
-    )
+
+    def size(m: str, d: str) -> str:
+        done = _read(out / _label(m) / _stem(d) / "ppl_vs_dispersion.json")
+        if done and done.get("series"):
+            return f"{done['series'][0]['n_segments']} ({_label(m)} · {_stem(d)})"
+        return f"up to {_segments(cfg, m, d)} ({_label(m)} · {_stem(d)}, not run yet)"
+
+    sizes = ", ".join(size(m, d) for m in cfg["models"] for d in cfg["data"])
     intro = [
         f"Models: {models}. Corpora: {corpora}. Segments of {cfg['seq_len']} tokens per model "
-        f"and corpus: up to {sizes} (every window where a corpus has fewer; N per row in the "
-        f"table), dtype {cfg['dtype']}, seed {cfg['seed']}.",
+        f"and corpus, N = {sizes} (asked for {cfg['segments']}; a corpus with fewer windows "
+        f"gives all of them), dtype {cfg['dtype']}, seed {cfg['seed']}.",
         "Statistics: across-segment CIs resample segments and re-bin with Algorithm 1 in every "
         f"replicate ({cfg['stats_reps']} replicates; {cfg['layer_stats_reps']} for the "
         f"layer-wise rows); p-values are permutation tests ({cfg['permutations']} shuffles of "
