@@ -159,3 +159,7 @@ def test_bf16_mixed_is_its_own_cache_identity(tiny_gpt2_dir):
     b = load_model(str(tiny_gpt2_dir), device="cpu", dtype="bf16-mixed")
     assert a.autocast is None and b.autocast is not None
     assert b.dtype == a.dtype and b.identity != a.identity and b.identity.endswith(":bf16-mixed")
+    assert (a.precision, b.precision) == ("float32", "bf16-mixed")
+    from repdisp.io.results import model_provenance
+
+    assert model_provenance(b)["dtype"] == "bf16-mixed"

@@ -139,6 +139,11 @@ class LoadedModel:
         return stack
 
     @property
+    def precision(self) -> str:
+        """``--dtype`` as run: ``bf16-mixed`` under autocast, else the weights' dtype name."""
+        return MIXED if self.autocast is not None else str(self.dtype).replace("torch.", "")
+
+    @property
     def n_blocks(self) -> int:
         """Number of decoder blocks."""
         return len(blocks_of(self.model))

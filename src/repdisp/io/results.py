@@ -410,7 +410,8 @@ def model_provenance(lm: Any) -> dict[str, Any]:
         "name": getattr(lm, "name", str(lm)),
         "identity": getattr(lm, "identity", None),
         "device": str(getattr(lm, "device", None)),
-        "dtype": str(getattr(lm, "dtype", None)).replace("torch.", ""),
+        "dtype": getattr(lm, "precision", None)
+        or str(getattr(lm, "dtype", None)).replace("torch.", ""),
     }
 
 
