@@ -6,7 +6,7 @@ in a fresh subprocess; end to end is measured without and with the cached token 
 imports. Times exclude imports (both sides import torch/transformers first).
 
     python bench/bench_gap.py [--model smollm2-135m --model gemma3-270m --model FILE.gguf ...]
-                              [--out /work/runs/applications/bench_gap.json]
+                              [--out bench-out/bench_gap.json]
 """
 
 from __future__ import annotations

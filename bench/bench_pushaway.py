@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (CUDA)")
     p.add_argument("--skip-naive", action="store_true")
-    p.add_argument("--out", default="/work/runs/training/bench_pushaway.json")
+    p.add_argument("--out", default="bench-out/bench_pushaway.json")
     a = p.parse_args()
 
     torch.manual_seed(0)

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--segments", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--out", default="/work/runs/scale/throughput.jsonl")
+    ap.add_argument("--out", default="bench-out/scale_throughput.jsonl")
     args = ap.parse_args()
 
     dist, created = distributed.setup(resolve_device("auto"))
