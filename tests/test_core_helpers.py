@@ -82,3 +82,27 @@ def test_new_figure_switches_no_backend():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["Figure", "2", "False"]
+
+
+def test_atomic_files_and_folders_get_umask_modes_not_owner_only(tmp_path: Path):
+    """mkstemp/mkdtemp make 0600/0700; results written through them must be as readable as a
+    plain open()/mkdir() would make them under the same umask."""
+    import os
+    import stat
+
+    from repdisp.core import shards
+    from repdisp.core.shards import atomic_folder, atomic_write
+
+    old = os.umask(shards._UMASK)  # the process umask, as read when repdisp was imported
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        atomic_write(tmp_path / "a.txt", lambda f: f.write(b"x"))
+        with atomic_folder(tmp_path / "folder") as tmp:
+            (tmp / "f").write_text("x")
+        (tmp_path / "plain_dir").mkdir()
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.txt") == mode(plain) == 0o666 & ~shards._UMASK
+    assert mode(tmp_path / "folder") == mode(tmp_path / "plain_dir") == 0o777 & ~shards._UMASK

@@ -81,6 +81,25 @@ def test_reproduce_end_to_end_and_resume(grid, monkeypatch, capsys):
     assert [(s["perplexity"], s["seq_len"]) for s in ppl["series"]] == [
         ("sequence", 16), ("last-token", 16), ("last-token", 8)
     ]  # fmt: skip
+    # every step writes a result like any command: kind, provenance (model, data, seed), run block
+    for name, kind in (("ppl_vs_dispersion", "ppl-vs-dispersion"), ("layers", "layers"),
+                       ("knn_keys", "knn-keys")):  # fmt: skip
+        doc = json.loads((cell / f"{name}.json").read_text())
+        assert doc["kind"] == kind and "date" in doc["run"]
+        prov = doc["provenance"]
+        assert prov["models"][0]["identity"] and prov["data"][0]["fingerprint"]
+        assert prov["seed"] == 0
+    mc_cell = next(out.glob("*/arc-challenge"))
+    for name in ("probe", "hard_slices"):
+        assert "provenance" in json.loads((mc_cell / f"{name}.json").read_text())
+    # the figure tells the series apart: the sequence series and the last-token series of the
+    # same data and length get different colours
+    from repdisp import load_result
+
+    fig = load_result(cell / "ppl_vs_dispersion.json").figure()
+    points = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "None"]
+    assert len(points) == 3 and len({ln.get_color() for ln in points}) == 3
+    assert "last token's for the 'ctx' series" in fig.axes[0].get_xlabel()
     layers = json.loads((cell / "layers.json").read_text())
     assert [x["site"] for x in layers["layers"]] == ["0.ffn", "1.ffn", "final"]
     # the sequence series and the layer-wise final site come from the same extraction

@@ -362,17 +362,19 @@ def plot(result: PplDispersionResult) -> Any:
     """The paper's figure: per (model, data, length) one point per selected bin (bin mean
     perplexity on a log x axis, the bin's dispersion on y), the least-squares line in log
     perplexity and its 95% bootstrap band; one panel per dispersion mode, Pearson r in the legend.
-    Colour by data and length, marker by model."""
+    Colour by data, length and perplexity kind (sequence or last-token), marker by model."""
     from matplotlib.ticker import FuncFormatter
 
     fig, axes = new_figure(1, 2, figsize=(12, 5.2))
     models = list(dict.fromkeys(s.model for s in result.series))  # marker per model
-    keys = list(dict.fromkeys((s.data, s.seq_len) for s in result.series))  # colour per data
-    xlabel = (
-        "bin mean "
-        + ("last-token " if result.series[0].perplexity == "last-token" else "")
-        + "perplexity (log scale; exp of mean NLL in nats per token)"
-    )
+    # colour per (data, length, perplexity kind): a sequence series and a last-token one of the
+    # same data and length must not look alike
+    keys = list(dict.fromkeys((s.data, s.seq_len, s.perplexity) for s in result.series))
+    kinds = {s.perplexity for s in result.series}
+    kind = "last-token " if kinds == {"last-token"} else ""
+    xlabel = f"bin mean {kind}perplexity (log scale; exp of mean NLL in nats per token)"
+    if len(kinds) > 1:
+        xlabel += "\nsequence perplexity, or the last token's for the 'ctx' series"
     titles = {
         "across": f"across segments: Eq. 1 over {result.pooling}-token vectors",
         "within": "within segments: mean token-level dispersion",
@@ -383,7 +385,7 @@ def plot(result: PplDispersionResult) -> Any:
             y = np.array([getattr(p, mode) for p in s.bins])
             c = s.correlations[mode]["pearson"]
             k = models.index(s.model)
-            colour = f"C{keys.index((s.data, s.seq_len)) % 10}"
+            colour = f"C{keys.index((s.data, s.seq_len, s.perplexity)) % 10}"
             ax.plot(
                 x, y, "os^vD"[k % 5], color=colour, ms=5, ls="none",
                 label=f"{s.label}: r={c.r:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]",

@@ -298,15 +298,22 @@ def _n_available(lm: Any, data: str, docs: list[str], seq_len: int) -> int:
     return len(token_stream(lm.tokenizer, docs)) // seq_len
 
 
-def _write_result(folder: Path, name: str, result: Any, tables: dict[str, list], fig: Any) -> None:
-    from ..io.results import save_figure, write_csv, write_json
+def _write_result(
+    folder: Path,
+    name: str,
+    result: Any,
+    lm: Any = None,
+    segs: Any = None,
+    seed: int | None = None,
+    **kw: Any,
+) -> None:
+    """A step's result as every command writes one (``io.results.write_result``: JSON with kind,
+    provenance and run blocks, CSV tables, figure), with the model, data and seed recorded."""
+    from ..io.results import record, write_result
 
-    write_json(folder / f"{name}.json", result)
-    for suffix, rows in tables.items():
-        if rows:
-            write_csv(folder / f"{name}{suffix}.csv", rows)
-    if fig is not None:
-        save_figure(fig, folder / f"{name}.png")
+    models = [lm] if lm is not None else []
+    record(result, models=models, data=[segs] if segs is not None else [], seed=seed)
+    write_result(folder, name, result, **kw)
 
 
 # ------------------------------------------------------------------------------ the grid
@@ -487,18 +494,7 @@ def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
                 )  # fmt: skip
             )
         result.seconds = time.perf_counter() - t
-        _write_result(
-            folder,
-            "ppl_vs_dispersion",
-            result,
-            {
-                "": result.bin_rows(),
-                "_correlations": result.correlation_rows(),
-                "_stats": result.stats_rows(),
-                "_curve": result.curve_rows(),
-            },
-            ppl_mod.plot(result),
-        )
+        _write_result(folder, "ppl_vs_dispersion", result, lm, segs, cfg["seed"])
         steps.finish(folder, "ppl_vs_dispersion", p_ppl)
         steps.say(f"  ppl-vs-dispersion {result.seconds:.0f} s")
     if not steps.done(folder, "layers", p_layers):
@@ -509,24 +505,13 @@ def _grid_cell(cfg, out, steps, spec, data, model, docs, progress) -> None:
             stats_reps=cfg["layer_stats_reps"], permutations=cfg["layer_stats_reps"], **common,
         )  # fmt: skip
         lres.seconds = time.perf_counter() - t
-        _write_result(
-            folder,
-            "layers",
-            lres,
-            {
-                "": lres.bin_rows(),
-                "_correlations": lres.correlation_rows(),
-                "_stats": lres.stats_rows(),
-            },
-            layers_mod.plot(lres),
-        )
+        _write_result(folder, "layers", lres, lm, segs, cfg["seed"])
         steps.finish(folder, "layers", p_layers)
         steps.say(f"  layers {lres.seconds:.0f} s")
 
 
 def _gap_step(cfg, out, steps, spec) -> None:
     from ..applications.gap import rank_by_gap
-    from ..io.results import write_json
 
     folder = out / _label(spec)
     params = {"model": spec} | cfg["gap"]
@@ -535,7 +520,7 @@ def _gap_step(cfg, out, steps, spec) -> None:
     res = rank_by_gap(
         [spec], cfg["gap"]["domain"], reference=cfg["gap"].get("reference", "everyday")
     )
-    write_json(folder / "gap.json", res)
+    _write_result(folder, "gap", res, figure=False)
     steps.finish(folder, "gap", params)
     steps.say(f"[{_label(spec)}] dispersion gap ({cfg['gap']['domain']}): done")
 
@@ -544,10 +529,9 @@ def _knn_step(cfg, out, steps, spec, data, model, docs, progress) -> None:
     """Table 1 from the main extraction's last-token vectors at the last block's sub-layers."""
     import numpy as np
 
-    from ..applications.knnlm import plot_profile
+    from ..applications.knnlm import KeyProfile, KeyRow
     from ..core.geometry import dispersion
     from ..core.sites import blocks_of
-    from ..io.results import save_figure, write_csv, write_json
 
     folder = out / _label(spec) / _stem(data)
     params = {"model": spec, "data": data, "dtype": cfg["dtype"]} | _cell_params(cfg, spec, data)
@@ -578,30 +562,20 @@ def _knn_step(cfg, out, steps, spec, data, model, docs, progress) -> None:
             )
     best = max(names, key=lambda s: next(r["mean"] for r in rows if r["site"] == s and
                                           r["n_chunks"] == chunks[-1]))  # fmt: skip
-    prof = {
-        "model": lm.name,
-        "data": data,
-        "chunk_len": cfg["seq_len"],
-        "n_windows": n_avail,
-        "seeds": seeds,
-        "chunks": chunks,
-        "sites": names,
-        "n_extracted": len(segs),
-        "recommended": best,
-        "rows": rows,
-        "seconds": time.perf_counter() - t,
-    }
-    write_json(folder / "knn_keys.json", prof)
-    write_csv(
-        folder / "knn_keys.csv", [{k: v for k, v in r.items() if k != "values"} for r in rows]
+    prof = KeyProfile(
+        model=lm.name,
+        data=data,
+        chunk_len=cfg["seq_len"],
+        n_windows=n_avail,
+        seeds=seeds,
+        chunks=chunks,
+        sites=names,
+        n_extracted=len(segs),
+        recommended=best,
+        rows=[KeyRow(**r) for r in rows],
+        seconds=time.perf_counter() - t,
     )
-    try:
-        from ..applications.knnlm import KeyProfile, KeyRow
-
-        kp = KeyProfile(**(prof | {"rows": [KeyRow(**r) for r in rows]}))
-        save_figure(plot_profile(kp), folder / "knn_keys.png")
-    except (TypeError, ImportError):  # the figure is optional; the numbers are in the JSON
-        pass
+    _write_result(folder, "knn_keys", prof, lm, segs, cfg["seed"])
     steps.finish(folder, "knn_keys", params)
     steps.say(f"[{_label(spec)} x {_stem(data)}] kNN key profile: {best} is more dispersed")
 
@@ -610,7 +584,7 @@ def _mc_step(cfg, out, steps, spec, mc, model, progress) -> None:
     from ..applications.accuracy_probe import accuracy_probe, plot_probe
     from ..applications.hard_slices import hard_slices
     from ..applications.mcqa import MCResult, evaluate_task
-    from ..io.results import save_figure, write_csv, write_json
+    from ..io.results import GenericResult
 
     folder = out / _label(spec) / mc["task"]
     params = {"model": spec, "dtype": cfg["dtype"], "seed": cfg["seed"]} | mc
@@ -635,26 +609,30 @@ def _mc_step(cfg, out, steps, spec, mc, model, progress) -> None:
         sample=cfg["probe"]["sample"],
         seeds=cfg["probe"]["seeds"],
     )
-    write_json(folder / "probe.json", probe)
-    write_csv(folder / "probe.csv", probe.rows())
-    save_figure(plot_probe([probe]), folder / "probe.png")
+    _write_result(folder, "probe", probe, seed=cfg["seed"], figure=plot_probe([probe]))
     hs = hard_slices(result, fraction=cfg["hard_slices"]["fraction"], correct_by="acc")
     wrong = ~result.correct
     lo, hi = _auroc_ci(hs.scores, wrong, seed=cfg["seed"])
-    write_json(
-        folder / "hard_slices.json",
-        {
-            "model": spec,
-            "task": mc["task"],
-            "n_queries": len(result.items),
-            "acc": result.acc,
-            "n_slice": hs.n_slice,
-            "fraction": hs.fraction,
-            "auroc_wrong": hs.auroc,
-            "auroc_ci": [lo, hi],
-            "error_rate_slice": hs.error_rate_slice,
-            "error_rate_all": hs.error_rate_all,
-        },
+    _write_result(
+        folder,
+        "hard_slices",
+        GenericResult(
+            {
+                "model": spec,
+                "task": mc["task"],
+                "n_queries": len(result.items),
+                "acc": result.acc,
+                "n_slice": hs.n_slice,
+                "fraction": hs.fraction,
+                "auroc_wrong": hs.auroc,
+                "auroc_ci": [lo, hi],
+                "error_rate_slice": hs.error_rate_slice,
+                "error_rate_all": hs.error_rate_all,
+            }
+        ),
+        seed=cfg["seed"],
+        tables=False,
+        figure=False,
     )
     steps.finish(folder, "mc", p_all)
     steps.say(

@@ -5,6 +5,8 @@ reader sees the old file or the new one, never a partial one; every cache and re
 repdisp is written through it (``atomic_folder`` does the same for a folder). ``ShardStore`` is a folder of ``shard_XXXXX.npz`` files, each with a
 ``shard_XXXXX.json`` record of its sha256, cache key and row range: a shard whose record is missing,
 names another key or range, or whose checksum does not match is treated as absent (recomputed).
+Files and folders get the modes a plain ``open``/``mkdir`` would give (0666/0777 less the umask),
+not the owner-only modes of ``tempfile``, so a shared results folder stays readable.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 def sha256_file(path: Path) -> str:
@@ -39,6 +50,7 @@ def atomic_write(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -53,6 +65,7 @@ def atomic_folder(target: Path, replace: bool = True) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700
         yield tmp
         if replace and target.exists():
             shutil.rmtree(target)
