@@ -352,9 +352,15 @@ def _plan(ppl: np.ndarray, ids: np.ndarray, binner: Any, curve_bins: int) -> _Pl
     """``ppl[i]`` is the perplexity of the i-th drawn segment, ``ids[i]`` the row it reads."""
     sel = [np.asarray(m) for m in binner(ppl)]
     groups = sel + equal_bins(ppl, curve_bins)
-    rows = np.concatenate([np.full(len(g), j) for j, g in enumerate(groups)])
-    cols = np.concatenate([ids[g] for g in groups]).astype(np.int64)
-    means = np.array([ppl[g].mean() for g in groups])
+    sizes = np.array([len(g) for g in groups])
+    members = np.concatenate(groups)
+    rows = np.repeat(np.arange(len(groups)), sizes)
+    cols = ids[members].astype(np.int64)
+    if sizes.all():  # group means from one pass of sums
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        means = np.add.reduceat(ppl[members], starts) / sizes
+    else:  # an empty group (a custom binner) has no mean
+        means = np.array([ppl[g].mean() if len(g) else np.nan for g in groups])
     return _Plan(rows, cols, len(groups), len(sel), means)
 
 
