@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import time
@@ -40,67 +41,53 @@ VERDICT_RULE = (
     "N·(h/|slope|)²), a planning figure for a larger run."
 )
 
+_SHARED = "${REPDISP_SHARED_DATA}"
+_COMMON: dict[str, Any] = {  # what both scales share; load_config deep-copies a scale
+    "data": [
+        f"{_SHARED}/wikitext-2-raw/wiki.test.raw",
+        f"{_SHARED}/cnn_dailymail/frank_cnndm_test_250.jsonl",
+        f"{_SHARED}/pubmed/pubmedqa_abstracts_1000.jsonl",
+    ],
+    "segments_for": {},
+    "bin_size": 50,
+    "bins": 10,
+    "curve_bins": 50,
+    "stats_reps": 1000,
+    "permutations": 1000,
+    "layer_stats_reps": 200,
+    "bootstrap": 2000,
+    "seed": 0,
+    "knn": {"chunks": [10, 50, 100], "seeds": 10},
+    "gap": {"domain": "python", "reference": "everyday"},
+    "hard_slices": {"fraction": 0.2},
+}
 SCALES: dict[str, dict[str, Any]] = {
-    "cpu": {
+    "cpu": _COMMON
+    | {
         "models": ["smollm2-135m", "gemma3-270m"],
-        "data": [
-            "${REPDISP_SHARED_DATA}/wikitext-2-raw/wiki.test.raw",
-            "${REPDISP_SHARED_DATA}/cnn_dailymail/frank_cnndm_test_250.jsonl",
-            "${REPDISP_SHARED_DATA}/pubmed/pubmedqa_abstracts_1000.jsonl",
-        ],
         "segments": 2000,
-        "segments_for": {},
         "seq_len": 128,
         "dtype": "auto",
         "device": "auto",
         "batch_size": 8,
-        "bin_size": 50,
-        "bins": 10,
-        "curve_bins": 50,
-        "stats_reps": 1000,
-        "permutations": 1000,
-        "layer_stats_reps": 200,
-        "bootstrap": 2000,
         "contexts": [128],
-        "seed": 0,
-        "knn": {"chunks": [10, 50, 100], "seeds": 10},
-        "gap": {"domain": "python", "reference": "everyday"},
-        "mc": [
-            {"task": "arc-challenge", "data": "${REPDISP_SHARED_DATA}/arc", "limit": 200},
-        ],
+        "mc": [{"task": "arc-challenge", "data": f"{_SHARED}/arc", "limit": 200}],
         "probe": {"sample": 50, "seeds": 10},
-        "hard_slices": {"fraction": 0.2},
     },
-    "gpu": {
+    "gpu": _COMMON
+    | {
         "models": ["meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-7B", "mistralai/Mistral-7B-v0.3"],
-        "data": [
-            "${REPDISP_SHARED_DATA}/wikitext-2-raw/wiki.test.raw",
-            "${REPDISP_SHARED_DATA}/cnn_dailymail/frank_cnndm_test_250.jsonl",
-            "${REPDISP_SHARED_DATA}/pubmed/pubmedqa_abstracts_1000.jsonl",
-        ],
         "segments": 100000,
-        "segments_for": {},
         "seq_len": 512,
         "dtype": "bfloat16",
         "device": "cuda",
         "batch_size": 32,
-        "bin_size": 50,
-        "bins": 10,
-        "curve_bins": 50,
-        "stats_reps": 1000,
-        "permutations": 1000,
-        "layer_stats_reps": 200,
-        "bootstrap": 2000,
         "contexts": [16, 64, 128, 256],
-        "seed": 0,
-        "knn": {"chunks": [10, 50, 100], "seeds": 10},
-        "gap": {"domain": "python", "reference": "everyday"},
         "mc": [
-            {"task": "arc-challenge", "data": "${REPDISP_SHARED_DATA}/arc", "limit": None},
-            {"task": "mmlu", "data": "${REPDISP_SHARED_DATA}/mmlu/val", "limit": None},
+            {"task": "arc-challenge", "data": f"{_SHARED}/arc", "limit": None},
+            {"task": "mmlu", "data": f"{_SHARED}/mmlu/val", "limit": None},
         ],
         "probe": {"sample": 100, "seeds": 10},
-        "hard_slices": {"fraction": 0.2},
     },
 }
 _KEYS = set(SCALES["cpu"])
@@ -395,7 +382,6 @@ _EXTRACTIONS: dict[tuple[str, str], Any] = {}
 def _main_extraction(cfg, steps, spec, data, lm, docs, progress):
     """The one extraction of a cell (memoised in this process; the shard cache across runs)."""
     from ..core.sampling import Sampling
-    from ..core.sites import blocks_of
 
     key = (spec, data)
     if key not in _EXTRACTIONS:
@@ -415,8 +401,7 @@ def _main_extraction(cfg, steps, spec, data, lm, docs, progress):
             f"[{_label(spec)} x {_stem(data)}] extraction: {n} of {n_avail} segments x "
             f"{cfg['seq_len']} tokens, every block + final ({cfg['dtype']})"
         )
-        last = len(blocks_of(lm.model)) - 1
-        segs, ex = sampling.run(lm, data, f"all,{last}.attn,final", ["last", "within"], docs(data))
+        segs, ex = sampling.run(lm, data, "all,-1.attn,final", ["last", "within"], docs(data))
         steps.say(f"  extraction {time.perf_counter() - t:.0f} s")
         _EXTRACTIONS.clear()  # keep one cell's vectors in memory
         _EXTRACTIONS[key] = (segs, ex, n_avail)
@@ -529,9 +514,7 @@ def _knn_step(cfg, out, steps, spec, data, model, docs, progress) -> None:
     """Table 1 from the main extraction's last-token vectors at the last block's sub-layers."""
     import numpy as np
 
-    from ..applications.knnlm import KeyProfile, KeyRow
-    from ..core.geometry import dispersion
-    from ..core.sites import blocks_of
+    from ..applications.knnlm import KeyProfile, key_rows
 
     folder = out / _label(spec) / _stem(data)
     params = {"model": spec, "data": data, "dtype": cfg["dtype"]} | _cell_params(cfg, spec, data)
@@ -541,27 +524,12 @@ def _knn_step(cfg, out, steps, spec, data, model, docs, progress) -> None:
     t = time.perf_counter()
     lm = model(spec)
     segs, ex, n_avail = _main_extraction(cfg, steps, spec, data, lm, docs, progress)
-    last = len(blocks_of(lm.model)) - 1
+    last = lm.n_blocks - 1
     names = [f"{last}.attn", f"{last}.ffn"]
     chunks = sorted({min(c, len(segs)) for c in cfg["knn"]["chunks"]})
     seeds = cfg["knn"]["seeds"]
     draws = [np.random.default_rng(s).permutation(len(segs)) for s in range(seeds)]
-    rows = []
-    for site in names:
-        x = ex.get(site, "last")
-        for n in chunks:
-            vals = [dispersion(x[d[:n]]) for d in draws]
-            rows.append(
-                {
-                    "site": site,
-                    "n_chunks": n,
-                    "mean": float(np.mean(vals)),
-                    "std": float(np.std(vals)),
-                    "values": vals,
-                }
-            )
-    best = max(names, key=lambda s: next(r["mean"] for r in rows if r["site"] == s and
-                                          r["n_chunks"] == chunks[-1]))  # fmt: skip
+    rows, best = key_rows({site: ex.get(site, "last") for site in names}, draws, chunks)
     prof = KeyProfile(
         model=lm.name,
         data=data,
@@ -572,7 +540,7 @@ def _knn_step(cfg, out, steps, spec, data, model, docs, progress) -> None:
         sites=names,
         n_extracted=len(segs),
         recommended=best,
-        rows=[KeyRow(**r) for r in rows],
+        rows=rows,
         seconds=time.perf_counter() - t,
     )
     _write_result(folder, "knn_keys", prof, lm, segs, cfg["seed"])
@@ -776,8 +744,6 @@ def claims(cfg: dict[str, Any], out: Path) -> tuple[list[dict[str, Any]], list[s
 
 def _p_of(e: dict[str, Any]) -> float | None:
     """The estimate's permutation p-value, else its analytic one, else None."""
-    import math
-
     for key in ("p_perm", "p_value"):
         p = e.get(key)
         if p is not None and math.isfinite(p):
@@ -788,8 +754,6 @@ def _p_of(e: dict[str, Any]) -> float | None:
 def _n_to_decide(n: int, e: dict[str, Any]) -> int | None:
     """Segments at which this slope's CI would exclude 0 if the estimate held (``core.stats``);
     None when it already does or cannot."""
-    import math
-
     from ..core.stats import n_to_decide
 
     if e["ci_low"] > 0 or e["ci_high"] < 0:

@@ -601,13 +601,12 @@ def load_model(
     model.eval()
     # The identity is the content (or hub commit), not the spelling: the same folder given by
     # two paths, or a bundled name and its converted folder, share cached shards.
-    if dtype == MIXED:
-        import torch
+    import torch
 
-        return LoadedModel(
-            model, tok, spec, f"{identity}:{MIXED}", dev, torch_dtype, torch.bfloat16
-        )
-    return LoadedModel(model, tok, spec, f"{identity}:{str(torch_dtype)}", dev, torch_dtype)
+    mixed = dtype == MIXED
+    tag = MIXED if mixed else str(torch_dtype)
+    autocast = torch.bfloat16 if mixed else None
+    return LoadedModel(model, tok, spec, f"{identity}:{tag}", dev, torch_dtype, autocast)
 
 
 def _apply_model_args(

@@ -280,9 +280,14 @@ def group_dispersion(units: Any, groups: list[np.ndarray]) -> np.ndarray:
     ``units`` is a float64 numpy array (one sparse groups x N product on the CPU: O(N·d), no
     N×N matrix) or a float64 torch tensor on a GPU (a dense groups x N weight matrix, one
     deterministic GEMM)."""
-    rows = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
-    cols = np.concatenate(groups).astype(np.int64)
-    return _weights_dispersion(units, rows, cols, len(groups))
+    rows, members = _flatten(groups)
+    return _weights_dispersion(units, rows, members.astype(np.int64), len(groups))
+
+
+def _flatten(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(group of each member, the members) of a list of index arrays, concatenated."""
+    rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+    return rows, np.concatenate(groups)
 
 
 def _weights_dispersion(units: Any, rows: Any, cols: Any, n_groups: int) -> np.ndarray:
@@ -353,8 +358,7 @@ def _plan(ppl: np.ndarray, ids: np.ndarray, binner: Any, curve_bins: int) -> _Pl
     sel = [np.asarray(m) for m in binner(ppl)]
     groups = sel + equal_bins(ppl, curve_bins)
     sizes = np.array([len(g) for g in groups])
-    members = np.concatenate(groups)
-    rows = np.repeat(np.arange(len(groups)), sizes)
+    rows, members = _flatten(groups)
     cols = ids[members].astype(np.int64)
     if sizes.all():  # group means from one pass of sums
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])

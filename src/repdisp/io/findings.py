@@ -14,16 +14,10 @@ import html
 from pathlib import Path
 from typing import Any
 
-from ..core.shards import atomic_write
+from .results import _atomic_bytes
 
 COLUMNS = ("claim", "scope", "paper", "result", "verdict")
 _BADGE = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700"}
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(text.encode()))
-    return path
 
 
 def _cell(text: Any) -> str:
@@ -141,8 +135,10 @@ def write_findings(
 ) -> tuple[Path, Path]:
     """Write ``findings.md`` and ``findings.html`` into ``folder``; returns both paths."""
     folder = Path(folder)
-    md = _atomic_write(folder / "findings.md", markdown(title, intro, claims, sections, figures))
-    page = _atomic_write(
-        folder / "findings.html", html_page(title, intro, claims, sections, figures)
+    md = _atomic_bytes(
+        folder / "findings.md", markdown(title, intro, claims, sections, figures).encode()
+    )
+    page = _atomic_bytes(
+        folder / "findings.html", html_page(title, intro, claims, sections, figures).encode()
     )
     return md, page

@@ -15,7 +15,7 @@ highest-dispersion key win?).
 from .datastore import BuildReport, Datastore, build_datastore
 from .evaluation import KnnEval, SiteEval, evaluate_knnlm, plot_eval
 from .index import FLAT_MAX_KEYS, build_index
-from .keys import SITE_SETS, KeyProfile, KeyRow, plot_profile, profile_keys
+from .keys import SITE_SETS, KeyProfile, KeyRow, key_rows, plot_profile, profile_keys
 from .mixture import interpolate, knn_log_prob, perplexity
 from .select import SelectReport, select_key
 from .windows import chunk_windows, load_tokens, plan_windows
@@ -35,6 +35,7 @@ __all__ = [
     "chunk_windows",
     "evaluate_knnlm",
     "interpolate",
+    "key_rows",
     "knn_log_prob",
     "load_tokens",
     "perplexity",

@@ -100,6 +100,28 @@ class KeyProfile(Result):
         return head + "\n".join(lines)
 
 
+def key_rows(
+    vectors: dict[str, np.ndarray], draws: Any, chunks: list[int]
+) -> tuple[list[KeyRow], str]:
+    """One ``KeyRow`` per (site, N): the dispersion of rows ``draw[:N]`` of the site's vectors for
+    each seed's draw; and the recommended site (highest mean at the largest N)."""
+    rows = []
+    for site, x in vectors.items():
+        for n in chunks:
+            vals = [dispersion(x[d[:n]]) for d in draws]
+            rows.append(
+                KeyRow(
+                    site=site,
+                    n_chunks=n,
+                    mean=float(np.mean(vals)),
+                    std=float(np.std(vals)),
+                    values=vals,
+                )
+            )
+    top = {r.site: r.mean for r in rows if r.n_chunks == chunks[-1]}
+    return rows, max(vectors, key=top.__getitem__)
+
+
 @recorded
 def profile_keys(
     lm: LoadedModel,
@@ -140,23 +162,7 @@ def profile_keys(
         progress=progress,
     )
     row_of = np.searchsorted(union, np.stack(draws))  # (seeds, max N) rows into the extraction
-    rows = []
-    for site in names:
-        x = ex.get(site, "last")
-        for n in chunks:
-            vals = [dispersion(x[r[:n]]) for r in row_of]
-            rows.append(
-                KeyRow(
-                    site=site,
-                    n_chunks=n,
-                    mean=float(np.mean(vals)),
-                    std=float(np.std(vals)),
-                    values=vals,
-                )
-            )
-    best = max(
-        names, key=lambda s: next(r.mean for r in rows if r.site == s and r.n_chunks == chunks[-1])
-    )
+    rows, best = key_rows({site: ex.get(site, "last") for site in names}, row_of, chunks)
     profile = KeyProfile(
         model=lm.name,
         data=windows.source,
