@@ -1,9 +1,10 @@
 """The package's layers: every import inside src/repdisp points down (or within its own folder).
 
-    core  <  io  <  analyses | applications | training  <  commands  <  cli
+    core  <  io  <  analyses | applications | training  <  reproduce  <  commands  <  cli
 
 ``analyses``, ``applications`` and ``training`` never import one another; shared needs live in
-``core`` or ``io``. Imports are read from the source with ``ast`` (deferred imports inside
+``core`` or ``io``. ``reproduce`` (the paper's grid) may use all of them; nothing below it may
+import it. Imports are read from the source with ``ast`` (deferred imports inside
 functions included), so a lazy upward import fails here too.
 """
 
@@ -15,8 +16,16 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "repdisp"
-RANK = {"core": 0, "io": 1, "analyses": 2, "applications": 2, "training": 2, "commands": 3}
-TOP = 4  # cli.py, __init__.py, __main__.py
+RANK = {
+    "core": 0,
+    "io": 1,
+    "analyses": 2,
+    "applications": 2,
+    "training": 2,
+    "reproduce": 3,
+    "commands": 4,
+}
+TOP = 5  # cli.py, __init__.py, __main__.py
 
 
 def _layer(parts: tuple[str, ...]) -> tuple[str, int]:

@@ -1,11 +1,15 @@
-"""The findings page of ``repdisp reproduce``: a claims table as Markdown and HTML.
+"""The findings page of ``repdisp reproduce``: the claims table as Markdown and HTML.
 
-Input is plain data: a title, a list of paragraphs (the setup and the verdict rule), and claim
-rows (dicts with ``claim``, ``paper``, ``scope``, ``result``, ``verdict``, ``command``), plus
-optional extra sections of (heading, Markdown text) and figures of (caption, path relative to the
-page). The verdicts are decided by the caller; this
-module only renders them. Both files are written atomically (temp file + rename), so a page that
-exists is always complete.
+``findings(cfg, out)`` collects the claim rows of a run folder (``claims.claims``), adds
+``q_bh`` (Benjamini-Hochberg over the rows that carry a p-value, over this page) to each such
+row, and writes ``claims.json`` (rule, rows, missing steps), ``claims.csv`` (when there are rows),
+``findings.md`` and ``findings.html``. The page states the setup, the statistics and the verdict
+rule (``verdict.VERDICT_RULE``), lists the command that reproduces each row (rows grouped by
+command), the steps not finished yet, and every finished step's figure (paths relative to the
+page). Verdicts are decided by the claim builders; the renderers (``markdown``, ``html_page``)
+take plain data (title, paragraphs, rows, sections of (heading, Markdown), figures of (caption,
+path)) and only render them. Files are written atomically (temp file + rename), so a page that
+exists is always complete; the page is rewritten after every step.
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ import html
 from pathlib import Path
 from typing import Any
 
-from .results import _atomic_bytes
+from ..io.results import _atomic_bytes
+from .claims import CLAIMS, read
+from .claims import claims as claim_rows
+from .config import label, segments, stem
+from .verdict import VERDICT_RULE
 
 COLUMNS = ("claim", "scope", "paper", "result", "verdict")
 _BADGE = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700"}
@@ -142,3 +150,72 @@ def write_findings(
         folder / "findings.html", html_page(title, intro, claims, sections, figures).encode()
     )
     return md, page
+
+
+def findings(cfg: dict[str, Any], out: Path, seconds: float | None = None) -> tuple[Path, Path]:
+    """Rewrite the run folder's claims files and findings page; returns (md, html) paths."""
+    from ..io.results import write_csv, write_json
+
+    rows, missing = claim_rows(cfg, out)
+    models = ", ".join(label(m) for m in cfg["models"])
+    corpora = ", ".join(stem(d) for d in cfg["data"])
+
+    def size(m: str, d: str) -> str:
+        done = read(out / label(m) / stem(d) / "ppl_vs_dispersion.json")
+        if done and done.get("series"):
+            return f"{done['series'][0]['n_segments']} ({label(m)} · {stem(d)})"
+        return f"up to {segments(cfg, m, d)} ({label(m)} · {stem(d)}, not run yet)"
+
+    sizes = ", ".join(size(m, d) for m in cfg["models"] for d in cfg["data"])
+    intro = [
+        f"Models: {models}. Corpora: {corpora}. Segments of {cfg['seq_len']} tokens per model "
+        f"and corpus, N = {sizes} (asked for {cfg['segments']}; a corpus with fewer windows "
+        f"gives all of them), dtype {cfg['dtype']}, seed {cfg['seed']}.",
+        "Statistics: across-segment CIs resample segments and re-bin with Algorithm 1 in every "
+        f"replicate ({cfg['stats_reps']} replicates; {cfg['layer_stats_reps']} for the "
+        f"layer-wise rows); p-values are permutation tests ({cfg['permutations']} shuffles of "
+        "perplexity over segments). The effect size is the change in dispersion per doubling "
+        f"of perplexity, the OLS slope on log2 perplexity over {cfg['curve_bins']} equal-count "
+        "bins (across) or over segments (within).",
+        VERDICT_RULE,
+    ]
+    with_p = [r for r in rows if r.get("p") is not None]
+    if with_p:
+        from scipy.stats import false_discovery_control
+
+        q = false_discovery_control([r["p"] for r in with_p], method="bh")
+        for r, qv in zip(with_p, q, strict=True):
+            r["q_bh"] = float(qv)
+        k = sum(qv < 0.05 for qv in q)
+        intro.append(
+            f"Multiple comparisons: {len(with_p)} rows carry a p-value (the slope's permutation "
+            "test; the paired t-test over seeds for the kNN rows); "
+            f"{k} of them keep q < 0.05 after Benjamini-Hochberg over this page "
+            "(`q_bh` in claims.csv/json). The verdicts themselves follow the rule above, "
+            "row by row."
+        )
+    sections = []
+    if missing:
+        sections.append(("Not finished yet", "\n".join(f"- {m}" for m in missing)))
+    if seconds is not None:
+        intro.append(f"Wall time of this invocation: {seconds:.0f} s.")
+    if rows:
+        write_csv(out / "claims.csv", rows)
+    write_json(out / "claims.json", {"rule": VERDICT_RULE, "claims": rows, "missing": missing})
+    return write_findings(
+        out, "repdisp reproduce: findings", intro, rows, sections, figures(cfg, out)
+    )
+
+
+def figures(cfg: dict[str, Any], out: Path) -> list[tuple[str, str]]:
+    """(caption, path relative to the page) of every finished step's figure, grid order (the
+    ``figure`` of each cell claim, in registration order)."""
+    found = []
+    shown = [c.figure for c in CLAIMS if c.over == "cell" and c.figure]
+    for spec in cfg["models"]:
+        for data in cfg["data"]:
+            rel = Path(label(spec)) / stem(data)
+            for name, what in shown:
+                if (out / rel / name).exists():
+                    found.append((f"{label(spec)} · {stem(data)}: {what}", f"{rel / name}"))
+    return found

@@ -1,0 +1,162 @@
+"""Claim rows of the findings page: the registry of builders, and the rows of a run folder.
+
+A claim row is a dict with ``claim`` (the paper's statement, section and figure), ``scope``,
+``paper`` (the expected direction), ``result`` (this run's numbers), ``verdict`` (from
+``verdict.py``; never written by hand) and ``command`` (the command line that reproduces it),
+and optionally ``p`` (a p-value, which the page adjusts with Benjamini-Hochberg into ``q_bh``)
+and ``n_to_decide``.
+
+Adding a row (a new figure or table of the paper) is one builder function in the family module
+that computes its result (``ppl``, ``layers``, ``knn``, ``mc``, ``gap``, or a new module imported
+by the package's ``__init__``), decorated with ``@claim``, plus its config key (``config.py``):
+
+    @claim(over="cell", reads=("ppl_vs_dispersion.json",), missing="ppl-vs-dispersion")
+    def fig3_rows(cfg, at, ppl) -> list[dict]: ...
+
+``over`` is what the builder runs for, and its arguments after ``cfg``:
+
+    "cell"   at = Where(spec, data, folder out/LABEL/STEM, scope "LABEL · STEM")
+    "task"   at = Where(spec, mc,   folder out/LABEL/TASK, scope "LABEL · TASK")
+    "grid"   at = the run folder (the builder reads what it needs; runs once, last)
+
+then one parsed JSON document per file in ``reads`` (relative to ``at.folder``). When one of
+them is absent the builder is not called and "SCOPE: MISSING" goes to the page's "Not finished
+yet" list. ``when``: a config key that must be truthy (None: always). ``figure``: (file, caption)
+of a cell's figure, linked on the page when the file exists. Rows come out in grid
+order: per model, its cells (per corpus, the cell builders in registration order), then its
+tasks; the grid builders after all models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import label, segments, stem
+
+OVERS = ("cell", "task", "grid")
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a builder's results are: the model, the corpus (cells) or task (tasks)."""
+
+    spec: str
+    folder: Path
+    scope: str
+    data: str | None = None
+    mc: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    over: str
+    build: Callable[..., list[Row]]
+    reads: tuple[str, ...] = ()
+    missing: str = ""
+    when: str | None = None
+    figure: tuple[str, str] | None = None  # (file in the folder, caption) shown on the page
+
+    def enabled(self, cfg: dict[str, Any]) -> bool:
+        return self.when is None or bool(cfg.get(self.when))
+
+
+CLAIMS: list[Claim] = []
+
+
+def claim(
+    over: str,
+    reads: tuple[str, ...] = (),
+    missing: str = "",
+    when: str | None = None,
+    figure: tuple[str, str] | None = None,
+) -> Callable[[Callable[..., list[Row]]], Callable[..., list[Row]]]:
+    """Register a claim builder (see the module docstring)."""
+    if over not in OVERS:
+        raise ValueError(f"over must be one of {OVERS}, got {over!r}")
+
+    def add(fn: Callable[..., list[Row]]) -> Callable[..., list[Row]]:
+        CLAIMS.append(Claim(fn.__name__, over, fn, tuple(reads), missing, when, figure))
+        return fn
+
+    return add
+
+
+def claims(cfg: dict[str, Any], out: Path) -> tuple[list[Row], list[str]]:
+    """Claim rows from the step results on disk (finished steps only) and the missing steps."""
+    rows: list[Row] = []
+    missing: list[str] = []
+    active = [c for c in CLAIMS if c.enabled(cfg)]
+
+    def take(c: Claim, at: Where) -> None:
+        docs = [read(at.folder / f) for f in c.reads]
+        if any(d is None for d in docs):
+            missing.append(f"{at.scope}: {c.missing}")
+        else:
+            rows.extend(c.build(cfg, at, *docs))
+
+    for spec in cfg["models"]:
+        for data in cfg["data"]:
+            folder = out / label(spec) / stem(data)
+            at = Where(spec, folder, f"{label(spec)} · {stem(data)}", data=data)
+            for c in (c for c in active if c.over == "cell"):
+                take(c, at)
+        for mc in cfg.get("mc") or []:
+            at = Where(spec, out / label(spec) / mc["task"], f"{label(spec)} · {mc['task']}", mc=mc)
+            for c in (c for c in active if c.over == "task"):
+                take(c, at)
+    for c in (c for c in active if c.over == "grid"):
+        rows.extend(c.build(cfg, out))
+    return rows, missing
+
+
+# ------------------------------------------------------------------------------ row helpers
+
+
+def read(path: Path) -> Any:
+    """A result's JSON, or None when it is absent or unreadable (a step not finished)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fmt(e: dict[str, Any], digits: int = 4) -> str:
+    """An estimate as ``+v [+lo, +hi], p=..`` (permutation p, else analytic, when finite)."""
+    p = e.get("p_perm")
+    p = p if p is not None and math.isfinite(p) else e.get("p_value")
+    ptxt = f", p={p:.2g}" if p is not None and math.isfinite(p) else ""
+    return f"{e['value']:+.{digits}f} [{e['ci_low']:+.{digits}f}, {e['ci_high']:+.{digits}f}]{ptxt}"
+
+
+def command(cfg: dict[str, Any], spec: str, data: str | None = None, extra: str = "") -> str:
+    """The ``repdisp reproduce`` line that recomputes one cell (``extra``: more flags)."""
+    parts = ["repdisp reproduce", f"--model {spec}"]
+    if data:
+        parts.append(f"--data {quote(public(data))}")
+    parts += [f"--segments {segments(cfg, spec, data)}", f"--seq-len {cfg['seq_len']}"]
+    parts += [f"--dtype {cfg['dtype']}", "--out DIR"]
+    return " ".join(parts) + (f" {extra}" if extra else "")
+
+
+def quote(text: str) -> str:
+    """Shell-quote, but keep $REPDISP_SHARED_DATA expandable (double quotes)."""
+    if text.startswith("$REPDISP_SHARED_DATA/"):
+        return f'"{text}"' if any(c in text for c in " '\"`") else text
+    return shlex.quote(text)
+
+
+def public(path: str) -> str:
+    """A data path as the page shows it: under $REPDISP_SHARED_DATA when it is there."""
+    shared = os.environ.get("REPDISP_SHARED_DATA")
+    if shared and path.startswith(shared.rstrip("/") + "/"):
+        return "$REPDISP_SHARED_DATA/" + path[len(shared.rstrip("/")) + 1 :]
+    return path

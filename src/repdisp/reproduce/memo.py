@@ -1,0 +1,80 @@
+"""The one extraction of a grid cell, kept in memory for the cell's steps.
+
+Every cell step (ppl-vs-dispersion, layer-wise, kNN keys, ...) reads the same pass: every block
+output, the last block's attention sub-layer and the final site, with last-token vectors,
+within-segment dispersion and perplexities, over ``min(segments(cfg, spec, data), windows)``
+segments of ``seq_len`` tokens (seed ``cfg["seed"]``, the first token skipped). Within a process
+the pass is memoised (``_EXTRACTIONS``, one cell at a time, so a grid holds one cell's vectors);
+across processes the shard cache makes a rerun read it back instead of running the model.
+
+Contract: ``main_extraction(run, spec, data, lm)`` returns ``(segments, extraction, n_windows)``
+where ``n_windows`` is how many non-overlapping windows of ``seq_len`` the corpus holds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .config import label, segments, stem
+from .steps import Run
+
+SITES = "all,-1.attn,final"
+POOLS = ["last", "within"]
+
+_EXTRACTIONS: dict[tuple[str, str], Any] = {}
+
+
+def n_available(lm: Any, docs: list[str], seq_len: int) -> int:
+    """Non-overlapping windows of ``seq_len`` tokens in the corpus's token stream."""
+    from ..core.corpus import token_stream
+
+    return len(token_stream(lm.tokenizer, docs)) // seq_len
+
+
+def sampling(run: Run, n: int, seq_len: int) -> Any:
+    """The grid's ``Sampling`` for ``n`` segments of ``seq_len`` tokens."""
+    from ..core.sampling import Sampling
+
+    cfg = run.cfg
+    return Sampling(
+        segments=n,
+        seq_len=seq_len,
+        seed=cfg["seed"],
+        batch_size=cfg["batch_size"],
+        skip_first=1,
+        cache=True,
+        progress=run.progress,
+    )
+
+
+def main_extraction(run: Run, spec: str, data: str, lm: Any) -> tuple[Any, Any, int]:
+    """The one extraction of a cell (memoised in this process; the shard cache across runs)."""
+    cfg = run.cfg
+    key = (spec, data)
+    if key not in _EXTRACTIONS:
+        docs = run.docs(data)
+        n_avail = n_available(lm, docs, cfg["seq_len"])
+        n = min(segments(cfg, spec, data), n_avail)
+        t = time.perf_counter()
+        run.say(
+            f"[{label(spec)} x {stem(data)}] extraction: {n} of {n_avail} segments x "
+            f"{cfg['seq_len']} tokens, every block + final ({cfg['dtype']})"
+        )
+        segs, ex = sampling(run, n, cfg["seq_len"]).run(lm, data, SITES, POOLS, docs)
+        run.say(f"  extraction {time.perf_counter() - t:.0f} s")
+        _EXTRACTIONS.clear()  # keep one cell's vectors in memory
+        _EXTRACTIONS[key] = (segs, ex, n_avail)
+    return _EXTRACTIONS[key]
+
+
+def bin_settings(cfg: dict[str, Any], n_segments: int) -> dict[str, Any]:
+    """Algorithm 1 settings shared by the cell's binned analyses: K bins of B, where B shrinks
+    to N // K when there are fewer than K*B segments (at least 2)."""
+    return {
+        "bin_size": max(2, min(cfg["bin_size"], n_segments // cfg["bins"])),
+        "n_bins": cfg["bins"],
+        "bootstrap": cfg["bootstrap"],
+        "seed": cfg["seed"],
+        "curve_bins": cfg["curve_bins"],
+    }
