@@ -96,6 +96,12 @@ def test_checker_catches_an_upward_import(tmp_path: Path) -> None:
     assert [_layer(t)[1] > RANK["core"] for t in targets] == [True, True]
 
 
+def test_reproduce_sits_between_the_libraries_and_the_commands() -> None:
+    # nothing below reproduce may import it; reproduce may import every library floor
+    assert all(_layer((x,))[1] < _layer(("reproduce",))[1] for x in ("core", "io", "analyses"))
+    assert _layer(("reproduce",))[1] < _layer(("commands",))[1] < TOP
+
+
 def _exists(target: tuple[str, ...]) -> bool:
     """A module, a package, or a name inside one (``from .x import name`` records x.name)."""
     for n in (len(target), len(target) - 1):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from repdisp.cli import main
-from repdisp.commands.reproduce import auroc, verdict
+from repdisp.reproduce.mc import auroc
+from repdisp.reproduce.verdict import verdict
 
 ARC = [
     {
@@ -175,15 +176,17 @@ def test_reproduce_end_to_end_and_resume(grid, monkeypatch, capsys):
         f.unlink()
     (cell / "ppl_vs_dispersion.json").unlink()
     assert main(["reproduce", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
-    assert json.loads((cell / "layers.json").read_text())["layers"][0]["stats"] == (
-        layers["layers"][0]["stats"]
+    assert (
+        json.loads((cell / "layers.json").read_text())["layers"][0]["stats"]
+        == (layers["layers"][0]["stats"])
     )
     assert json.loads((out / "claims.json").read_text())["claims"] == rows
 
 
 def test_config_flags_override_the_file(tmp_path, monkeypatch):
     from repdisp.cli import build_parser
-    from repdisp.commands.reproduce import _segments, load_config
+    from repdisp.commands.reproduce import config_from_args as load_config
+    from repdisp.reproduce.config import segments as _segments
 
     monkeypatch.setenv("REPDISP_SHARED_DATA", str(tmp_path / "shared"))
     args = build_parser().parse_args(
@@ -207,3 +210,47 @@ def test_reproduce_bad_input_is_one_line(tmp_path, capsys):
     assert main(["reproduce", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown key" in err[0] and "Traceback" not in err[0]
+
+
+def test_a_registered_claim_gives_its_row_or_its_missing_entry(tmp_path, monkeypatch):
+    # the extension point: one builder with @claim, reading one result file per cell
+    from repdisp.reproduce import claims as registry
+    from repdisp.reproduce.config import load_config
+
+    monkeypatch.setattr(registry, "CLAIMS", [])  # only this test's builder
+
+    @registry.claim(over="cell", reads=("toy.json",), missing="toy step", when="toy")
+    def toy_rows(cfg, at, doc):
+        return [{"claim": "toy", "scope": at.scope, "verdict": verdict(doc["lo"], doc["hi"], -1)}]
+
+    cfg = load_config("cpu", overrides={"models": ["org/m"], "data": ["python-docs", "a/wiki.raw"]})
+    cfg["toy"] = True
+    (tmp_path / "m" / "python-docs").mkdir(parents=True)
+    (tmp_path / "m" / "python-docs" / "toy.json").write_text('{"lo": -0.2, "hi": -0.1}')
+    rows, missing = registry.claims(cfg, tmp_path)
+    assert rows == [{"claim": "toy", "scope": "m · python-docs", "verdict": "supported"}]
+    assert missing == ["m · wiki: toy step"]
+    cfg["toy"] = None  # its config key off: neither a row nor a missing entry
+    assert registry.claims(cfg, tmp_path) == ([], [])
+
+
+def test_registries_keep_the_page_order():
+    # rows and steps come out in registration order, which the package fixes by its imports
+    from repdisp.reproduce.claims import CLAIMS
+    from repdisp.reproduce.steps import STEPS
+
+    assert [c.name for c in CLAIMS] == ["ppl_rows", "layer_rows", "knn_rows", "mc_rows", "gap_rows"]
+    assert [(s.name, s.over) for s in STEPS] == [
+        ("ppl_step", "cell"), ("layers_step", "cell"), ("knn_step", "cell"),
+        ("mc_step", "task"), ("gap_step", "model"),
+    ]  # fmt: skip
+
+
+def test_load_config_refuses_a_key_it_cannot_override():
+    from repdisp.core.errors import RepdispError
+    from repdisp.reproduce.config import load_config
+
+    with pytest.raises(RepdispError, match="cannot override 'knn'"):
+        load_config("cpu", overrides={"knn": None})
+    with pytest.raises(RepdispError, match="scale must be one of"):
+        load_config("tpu")

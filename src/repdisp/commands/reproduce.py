@@ -9,13 +9,16 @@ grid computes, how it resumes and how verdicts are decided is documented in the 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
-from ..reproduce import VERDICT_RULE, auroc, claims, verdict  # noqa: F401  (older imports)
+from ..reproduce.claims import claims  # noqa: F401  (older imports)
 from ..reproduce.config import OVERRIDABLE, SCALES
 from ..reproduce.config import load_config as _load_config
 from ..reproduce.config import segments as _segments  # noqa: F401  (older import)
+from ..reproduce.mc import auroc  # noqa: F401
+from ..reproduce.verdict import VERDICT_RULE, verdict  # noqa: F401
 from . import checks
 
 _FLAGS = {"models": "model"}  # config key -> argparse dest where they differ
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from ..reproduce import grid
 
     cfg = config_from_args(args)
+    t0 = time.perf_counter()
     md, page = grid.run(
         cfg,
         args.out,
@@ -117,5 +121,5 @@ def run(args: argparse.Namespace) -> int:
         allow_pickle=getattr(args, "allow_pickle", False),
     )
     print(Path(md).read_text().split("## Commands")[0])
-    print(f"wrote {md}, {page}")
+    print(f"wrote {md}, {page} ({time.perf_counter() - t0:.0f} s)")
     return 0

@@ -17,6 +17,9 @@ Resume: extractions go through the shard cache (a killed run restarts from its f
 a second model adds only its own work); each step writes its files and then a ``.done.json``
 marker with the step's parameters, and a step whose marker matches is skipped on rerun.
 
+The package re-exports its entry points (``load_config``, ``run``, ``findings``); ``claims`` and
+``verdict`` are modules here (their functions: ``claims.claims``, ``verdict.verdict``).
+
 Usage: ``grid.run(config.load_config("cpu", "configs/reproduce_cpu.yaml"), "grid")``.
 """
 
@@ -32,23 +35,20 @@ from . import mc  # noqa: F401
 from . import gap  # noqa: F401
 
 # isort: on
-from .claims import claims
 from .config import SCALES, load_config, segments
 from .grid import run
 from .mc import auroc
 from .page import findings
 from .steps import Steps
-from .verdict import VERDICT_RULE, verdict
+from .verdict import VERDICT_RULE
 
 __all__ = [
     "SCALES",
     "VERDICT_RULE",
     "Steps",
     "auroc",
-    "claims",
     "findings",
     "load_config",
     "run",
     "segments",
-    "verdict",
 ]

@@ -18,7 +18,6 @@ import html
 from pathlib import Path
 from typing import Any
 
-from ..io.results import _atomic_bytes
 from .claims import CLAIMS, read
 from .claims import claims as claim_rows
 from .config import label, segments, stem
@@ -142,6 +141,8 @@ def write_findings(
     figures: list[tuple[str, str]] = (),
 ) -> tuple[Path, Path]:
     """Write ``findings.md`` and ``findings.html`` into ``folder``; returns both paths."""
+    from ..io.results import _atomic_bytes
+
     folder = Path(folder)
     md = _atomic_bytes(
         folder / "findings.md", markdown(title, intro, claims, sections, figures).encode()
