@@ -14,7 +14,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from .results import _atomic_bytes
+from .files import _atomic_bytes
 
 COLUMNS = ("claim", "scope", "paper", "result", "verdict")
 _BADGE = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700"}
