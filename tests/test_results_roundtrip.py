@@ -73,9 +73,9 @@ def test_segments_after_loading_and_long_format(tiny_gpt2, tmp_path):
         assert back.segments() == r.segments() and len(r.segments()) == {"m": 6, "p": 24}[name]
         assert back.to_dict() == r.to_dict() and "per_segment_rows" not in r.to_dict()
         meta = _parquet_meta(tmp_path / f"{name}_segments.parquet")
-        assert meta["provenance"] == json.loads((tmp_path / f"{name}.json").read_text())[
-            "provenance"
-        ]
+        assert (
+            meta["provenance"] == json.loads((tmp_path / f"{name}.json").read_text())["provenance"]
+        )
         assert {"model", "data"} <= set(back.segments()[0])
         # the Parquet alone: its rows, and the provenance from its schema
         alone = load_result(tmp_path / f"{name}_segments.parquet")
@@ -160,3 +160,21 @@ def test_recorded_call_runs_as_written(tiny_gpt2_dir):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["ppl_vs_dispersion", "3"]
+
+
+def test_merge_ppl_takes_a_folder_of_one_ppl_result(tiny_gpt2, tmp_path, capsys):
+    from repdisp.analyses.ppl_dispersion import ppl_vs_dispersion
+
+    samp = Sampling(segments=24, seq_len=12, cache=False, progress=False)
+    p = ppl_vs_dispersion([tiny_gpt2], ["python-docs"], sampling=samp, bin_size=4, n_bins=3,
+                          bootstrap=10, stats_reps=0, permutations=0, per_segment=True)  # fmt: skip
+    write_result(tmp_path / "a", "ppl_vs_dispersion", p, figure=False)
+    write_result(tmp_path / "a", "other", repdisp.measure(tiny_gpt2, segments=4, seq_len=8,
+                 bootstrap=5, cache=False, progress=False), figure=False)  # fmt: skip
+    assert main(["merge-ppl", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 0
+    merged = load_result(tmp_path / "m" / "ppl_vs_dispersion_merged.json")
+    assert merged.to_dict()["series"] == p.to_dict()["series"]
+    write_result(tmp_path / "a", "second", p, figure=False)  # two of them: which one is meant?
+    assert main(["merge-ppl", str(tmp_path / "a"), "--out", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give one ppl-vs-dispersion JSON file" in err[0]

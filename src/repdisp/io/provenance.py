@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import inspect
+import math
 import platform
 import subprocess
 import sys
@@ -208,6 +209,8 @@ def _call_text(fn: Any, args: tuple, kwargs: dict) -> str:
             return "{" + ", ".join(f"{show(k)}: {show(x)}" for k, x in v.items()) + "}"
         if isinstance(v, Path):
             return repr(str(v))
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"float('{v}')"
         if isinstance(v, (list, tuple)):
             inner = ", ".join(show(x) for x in v)
             return f"[{inner}]" if isinstance(v, list) else f"({inner}{',' if len(v) == 1 else ''})"
