@@ -19,7 +19,7 @@ from repdisp.core.sampling import Sampling
 from repdisp.io.results import load_result, write_result
 
 
-def _measure_args(folder):
+def _measure_args():
     return dict(segments=6, seq_len=16, bootstrap=50, sites=["final", "0.attn"], cache=False,
                 progress=False, per_segment=True)  # fmt: skip
 
@@ -34,7 +34,7 @@ def test_write_result_writes_what_the_command_writes(tiny_gpt2_dir, tmp_path):
             "--no-cache", "--quiet", "--bootstrap", "50", "--site", "final,0.attn",
             "--out", str(cmd)]  # fmt: skip
     assert main(argv) == 0
-    r = repdisp.measure(str(tiny_gpt2_dir), **_measure_args(tiny_gpt2_dir))
+    r = repdisp.measure(str(tiny_gpt2_dir), **_measure_args())
     api = tmp_path / "api"
     paths = write_result(api, "measure", r)
     names = sorted(p.name for p in cmd.iterdir())
@@ -63,7 +63,7 @@ def test_write_result_writes_what_the_command_writes(tiny_gpt2_dir, tmp_path):
 def test_segments_after_loading_and_long_format(tiny_gpt2, tmp_path):
     from repdisp.analyses.ppl_dispersion import ppl_vs_dispersion
 
-    m = repdisp.measure(tiny_gpt2, **_measure_args(None))
+    m = repdisp.measure(tiny_gpt2, **_measure_args())
     samp = Sampling(segments=24, seq_len=12, cache=False, progress=False)
     p = ppl_vs_dispersion([tiny_gpt2], ["python-docs"], sampling=samp, bin_size=4, n_bins=3,
                           bootstrap=10, stats_reps=0, permutations=0, per_segment=True)  # fmt: skip

@@ -139,7 +139,8 @@ def write_result(
     fig = result.figure() if figure is True and isinstance(result, Result) else figure
     if fig is not None and fig is not False:
         paths.append(save_figure(fig, out / f"{name}.png"))
-    rows = result.segments() if segments and isinstance(result, Result) else None
+    # through Result itself: a subclass field named ``segments`` cannot hide the method
+    rows = Result.segments(result) if segments and isinstance(result, Result) else None
     if rows:
         paths.append(_write_parquet(out, name, rows, result, doc["provenance"]))
     return paths
