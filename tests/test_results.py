@@ -196,9 +196,10 @@ def _kinds(tiny_gpt2):
           "aux_dispersion": 0.4, "n_seeds": 2, "base_values": [4.9, 5.1]}  # fmt: skip
     return {
         "measure": repdisp.measure(tiny_gpt2, segments=6, seq_len=12, bootstrap=20, cache=False,
-                                   progress=False, sites=["final", "0.attn"]),  # fmt: skip
+                                   progress=False, sites=["final", "0.attn"],
+                                   per_segment=True),  # fmt: skip
         "ppl": ppl_vs_dispersion([tiny_gpt2], ["python-docs"], sampling=samp, bin_size=4, n_bins=3,
-                                 bootstrap=30),  # fmt: skip
+                                 bootstrap=30, per_segment=True),  # fmt: skip
         "layers": layers(tiny_gpt2, "python-docs", sites="embed,0,final", sampling=samp,
                          bin_size=4, n_bins=3, bootstrap=30),
         "compare": compare_models([tiny_gpt2, other], "python-docs", sampling=samp, bootstrap=30),
@@ -288,6 +289,9 @@ def test_load_result_reads_every_kind_back(tiny_gpt2, tmp_path):
         back = load_result(paths[0])
         assert type(back) is type(result), name
         assert back.to_dict() == result.to_dict(), name
+        assert back.segments() == result.segments(), name  # from NAME_segments.parquet
+        assert back.segments(long=True) == result.segments(long=True), name
+        assert (result.segments() is not None) == (name in ("measure", "ppl")), name
         tables = result.tables()
         assert tables and all(isinstance(rows, list) for rows in tables.values()), name
         for tname in tables:
@@ -301,6 +305,12 @@ def test_load_result_reads_every_kind_back(tiny_gpt2, tmp_path):
         doc = json.loads(paths[0].read_text())
         assert doc["kind"] == result.kind and "provenance" in doc and "run" in doc
         assert back.provenance["python"] == doc["provenance"]["python"]
+    # the whole folder at once: every result by its name, equal to the one written
+    folder = load_result(tmp_path)
+    assert sorted(folder) == sorted(kinds)
+    for name, result in kinds.items():
+        assert type(folder[name]) is type(result) and folder[name].to_dict() == result.to_dict()
+        assert folder[name].segments() == result.segments(), name
     # the CSV written beside it holds the main table
     main = pd.read_csv(tmp_path / "ppl.csv")
     pd.testing.assert_frame_equal(main, kinds["ppl"].to_frame(), check_dtype=False)
@@ -320,10 +330,11 @@ def test_load_result_generic_and_parquet(tmp_path, tiny_gpt2):
     assert isinstance(r, GenericResult) and list(r.to_frame("rows")["a"]) == [1, 2]
     m = repdisp.measure(tiny_gpt2, segments=4, seq_len=8, bootstrap=5, cache=False,
                         progress=False, per_segment=True)  # fmt: skip
-    path = write_segments(tmp_path, "m", m.segments())
+    path = write_segments(tmp_path, "m", m.segments(), result=m)
     frame = load_result(path).to_frame()
-    assert list(frame.columns[:6]) == ["segment", "source", "token_offset", "ppl", "mean_nll",
-                                       "last_token_nll"]  # fmt: skip
+    assert list(frame.columns[:8]) == ["model", "data", "segment", "source", "token_offset",
+                                       "ppl", "mean_nll", "last_token_nll"]  # fmt: skip
+    assert load_result(path).provenance["models"][0]["identity"] == "tiny-gpt2:seed0"
     assert frame["ppl"].tolist() == [row["ppl"] for row in m.segments()]
     with pytest.raises(repdisp.RepdispError, match="no such result"):
         load_result(tmp_path / "missing.json")

@@ -45,6 +45,9 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+# subpackages reachable as attributes after a bare ``import repdisp``, so that a recorded call
+# such as ``repdisp.analyses.layers.layers(...)`` runs as written
+_PACKAGES = ("core", "io", "analyses", "applications", "training", "commands")
 
 
 def __getattr__(name: str) -> Any:
@@ -52,6 +55,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
+    if name in _PACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'repdisp' has no attribute {name!r}")
 
 

@@ -26,7 +26,7 @@ from ..core.geometry import CosineStats, bootstrap_ci
 from ..core.models import DEFAULT_MODEL, LoadedModel, as_loaded, load_model, resolve_device
 from ..core.segment_table import segment_rows
 from ..core.stats import mean_ci
-from ..io.results import Result, new_figure, record, recorded
+from ..io.results import Result, new_figure, record, recorded, segment_field
 
 
 @dataclass
@@ -81,6 +81,8 @@ class MeasureResult(Result):
     median_last_token_ppl: float  # median over segments of exp(last-token NLL)
     sites: list[SiteDispersion] = field(default_factory=list)
     seconds: float = 0.0
+    # one row per segment (``per_segment=True``; ``segments()``), written as NAME_segments.parquet
+    per_segment_rows: list[dict[str, Any]] | None = segment_field()
 
     def table(self) -> str:
         """A plain-text table for the terminal."""
@@ -115,10 +117,6 @@ class MeasureResult(Result):
             },
         ]
         return {"sites": [common | asdict(s) for s in self.sites], "perplexity": perplexity}
-
-    def segments(self) -> list[dict[str, Any]] | None:
-        """Per-segment rows (``measure(..., per_segment=True)``), else None."""
-        return self.__dict__.get("_segments")
 
     def figure(self) -> Any:
         """Dispersion per site with its 95% CI (points along the site order)."""
@@ -302,7 +300,10 @@ def measure(
             record(result, models=lm, data=segs, seed=seed)
             if per_segment:
                 across = pooling if pooling != "within" else "last"
-                result.__dict__["_segments"] = segment_rows(ex, segs, across)
+                result.per_segment_rows = [
+                    {"model": lm.name, "data": data} | row
+                    for row in segment_rows(ex, segs, across)
+                ]
         return dist.broadcast(result, lm.device)
     finally:
         if created:

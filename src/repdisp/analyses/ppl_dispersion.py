@@ -33,7 +33,7 @@ from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.segment_table import segment_rows
 from ..core.stats import Correlation
-from ..io.results import Result, new_figure, record, recorded
+from ..io.results import Result, new_figure, record, recorded, segment_field
 from .binning import (
     MODES,
     BinPoint,
@@ -99,6 +99,8 @@ class PplDispersionResult(Result):
     seed: int
     series: list[Series] = field(default_factory=list)
     seconds: float = 0.0
+    # one row per segment and series (``per_segment=True``; ``segments()``): NAME_segments.parquet
+    per_segment_rows: list[dict[str, Any]] | None = segment_field()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PplDispersionResult:
@@ -124,10 +126,6 @@ class PplDispersionResult(Result):
             "stats": self.stats_rows(),
             "curve": self.curve_rows(),
         }
-
-    def segments(self) -> list[dict[str, Any]] | None:
-        """Per-segment rows of every series (``per_segment=True``), else None."""
-        return self.__dict__.get("_segments")
 
     def figure(self) -> Any:
         return plot(self)
@@ -259,7 +257,7 @@ def ppl_vs_dispersion(
                 )
     result.seconds = time.perf_counter() - start
     if per_segment:
-        result.__dict__["_segments"] = rows
+        result.per_segment_rows = rows
     return result
 
 

@@ -152,14 +152,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _write(args: argparse.Namespace, result) -> None:
-    """JSON (with provenance), CSV tables and PNG figure into --out, plus per-segment rows."""
-    from ..io.results import write_result, write_segments
+    """JSON (with provenance), CSV tables, PNG figure and per-segment Parquet into --out."""
+    from ..io.results import write_result
 
-    out = out_dir(args)
-    paths = write_result(out, args.name, result)
-    segments = result.segments() if hasattr(result, "segments") else None
-    if segments:
-        paths.append(write_segments(out, args.name, segments))
+    paths = write_result(out_dir(args), args.name, result)
     print(result.table())
     print("wrote " + ", ".join(str(p) for p in paths))
 
@@ -201,6 +197,11 @@ def run_merge(args: argparse.Namespace) -> int:
             r = load_result(path)
         except RepdispError as e:
             raise RepdispError(f"{path}: not a ppl-vs-dispersion result ({e})") from None
+        if isinstance(r, dict):  # a folder: its one ppl-vs-dispersion result
+            found = [x for x in r.values() if isinstance(x, ppl_mod.PplDispersionResult)]
+            if len(found) != 1:
+                raise RepdispError(f"{path}: give one ppl-vs-dispersion JSON file")
+            r = found[0]
         if not isinstance(r, ppl_mod.PplDispersionResult):  # a file from before `kind`
             try:
                 r = ppl_mod.PplDispersionResult.from_dict(r.to_dict())

@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_measure(args: argparse.Namespace) -> int:
     from ..analyses.measure import measure
     from ..core.distributed import from_env
-    from ..io.results import write_result, write_segments
+    from ..io.results import write_result
 
     check_out(args, "measure.json")
     result = measure(
@@ -101,9 +101,7 @@ def run_measure(args: argparse.Namespace) -> int:
         return 0
     print(result.table())
     out = out_dir(args)
-    paths = write_result(out, "measure", result)
-    if result.segments() is not None:
-        paths.append(write_segments(out, "measure", result.segments()))
+    paths = write_result(out, "measure", result)  # measure_segments.parquet with per_segment
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
