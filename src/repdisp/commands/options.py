@@ -48,6 +48,7 @@ from .option_groups.data import (
     one_site,
     sampling_from_args,
     site_list,
+    source_type,
 )
 from .option_groups.grammar import AppendAction, HelpFormatter, ListAction, Parser
 from .option_groups.model import (
@@ -117,8 +118,11 @@ __all__ = [
     "report_to",
     "sampling_from_args",
     "site_list",
+    "source_type",
     "statistics_from_args",
 ]
+
+_source = source_type  # the older private name (commands.reproduce imports it)
 
 
 def check_data(args: argparse.Namespace) -> None:

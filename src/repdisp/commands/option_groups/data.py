@@ -24,7 +24,7 @@ SITE_NAMES = (
 )
 SITE_HELP = "site(s) to read: " + SITE_NAMES
 
-_source = checks.nonempty("a file, a folder, a built-in or hf:NAME")
+source_type = checks.nonempty("a file, a folder, a built-in or hf:NAME")
 
 
 def add_data_options(
@@ -44,13 +44,18 @@ def add_data_options(
             action=AppendAction,
             default=None if default is None else [default],
             required=required,
-            type=_source,
+            type=source_type,
             metavar="SOURCE",
             help=text + "; repeat to join several",
         )
     else:
         g.add_argument(
-            "--data", default=default, required=required, type=_source, metavar="SOURCE", help=text
+            "--data",
+            default=default,
+            required=required,
+            type=source_type,
+            metavar="SOURCE",
+            help=text,
         )
     if text_options:
         add_text_options(g)
