@@ -36,7 +36,6 @@ ALLOWED = {
     "applications/knnlm/evaluation.py::evaluate_knnlm": (15, "public API; not yet on settings"),
     "applications/knnlm/select.py::select_key": (14, "public API; not yet on settings"),
     "applications/knnlm/datastore.py::build_datastore": (11, "public API; not yet on settings"),
-    "applications/knnlm/datastore.py::_fill_shard": (10, "inner loop of build_datastore"),
     "applications/mcqa/scoring.py::evaluate_task": (11, "public API; not yet on settings"),
     "training/run.py::train_run": (9, "public API (tests, sweep workers); not yet on settings"),
 }
