@@ -575,7 +575,7 @@ def result_document(
     doc, notes = strict_json(doc, explain)
     # a result with notes of its own (strings) keeps them first; the writer's notes are dicts
     doc["notes"] = list(doc.get("notes") or []) + notes
-    doc["provenance"], _ = strict_json(provenance(result, command))
+    doc["provenance"], pnotes = strict_json(provenance(result, command))
     doc["run"], _ = strict_json(
         {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
