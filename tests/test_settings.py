@@ -1,4 +1,4 @@
-"""Settings objects: ``core.sampling.Statistics`` and ``training.finetune_config.FinetuneConfig``
+"""Settings objects: ``core.settings.Statistics`` and ``training.finetune_config.FinetuneConfig``
 are validated once when built, the public entry points accept their fields as keywords (same
 numbers as passing the object), and the CLI builds them before any model loads."""
 
@@ -10,7 +10,8 @@ import pytest
 
 from repdisp.cli import main
 from repdisp.core.errors import RepdispError
-from repdisp.core.sampling import Sampling, Statistics
+from repdisp.core.sampling import Sampling
+from repdisp.core.settings import Statistics
 from repdisp.training.finetune_config import FinetuneConfig
 
 

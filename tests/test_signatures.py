@@ -3,8 +3,9 @@
 Every function and method in the folders the commands run through (``analyses``,
 ``applications``, ``training``, ``commands``, ``reproduce``) is read with ``ast``; its
 parameters are counted (positional and keyword, ``self``/``cls``, ``*args`` and ``**kwargs``
-not counted). Settings travel as objects instead (``core.sampling.Sampling`` and
-``Statistics``, ``training.finetune_config.FinetuneConfig``), built once from the flags.
+not counted). Settings travel as objects instead (``core.sampling.Sampling``,
+``core.settings.Statistics``, ``training.finetune_config.FinetuneConfig``), built once from
+the flags.
 
 ``ALLOWED`` names the few public entry points that keep a longer keyword API, each with the
 count it has today: an entry fails when its function grows, shrinks to 8 or less (then delete

@@ -19,16 +19,14 @@ bin's segment vectors (``across``) and the mean within-segment dispersion (``wit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..core.errors import RepdispError
 from ..core.geometry import dispersion
+from ..core.settings import Statistics
 from ..core.stats import Correlation, across_stats, correlation, within_stats
-
-if TYPE_CHECKING:
-    from ..core.sampling import Statistics
 
 MODES = ("across", "within")
 METHODS = ("pearson", "spearman")

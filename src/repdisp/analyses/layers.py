@@ -19,7 +19,8 @@ import numpy as np
 from ..core.corpus import Segments
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
-from ..core.sampling import ModelLike, Sampling, Statistics, loaded
+from ..core.sampling import ModelLike, Sampling, loaded
+from ..core.settings import Statistics
 from ..core.stats import Correlation
 from ..io.results import Result, new_figure, record, recorded
 from .binning import (
@@ -163,7 +164,7 @@ def layers(
     """Dispersion per perplexity bin at each site, from one extraction pass; segment-level
     statistics with ``stats_reps`` bootstrap replicates and ``permutations`` (0, 0: none).
 
-    ``stats``: the bins and resampling (``core.sampling.Statistics``); its fields may also be
+    ``stats``: the bins and resampling (``core.settings.Statistics``); its fields may also be
     given here as keywords (``bin_size=20, n_bins=5, bootstrap=...``), which replace those of
     ``stats``; without ``stats`` the seed is ``sampling.seed``."""
     if pooling not in ("last", "mean"):

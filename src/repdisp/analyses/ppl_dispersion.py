@@ -30,8 +30,9 @@ import numpy as np
 from ..core.corpus import Segments, load_texts
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
-from ..core.sampling import ModelLike, Sampling, Statistics, loaded
+from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.segment_table import segment_rows
+from ..core.settings import Statistics
 from ..core.stats import Correlation
 from ..io.results import Result, new_figure, record, recorded
 from .binning import (
@@ -205,7 +206,7 @@ def ppl_vs_dispersion(
 ) -> PplDispersionResult:
     """Bin each (model, data) by perplexity and correlate bin perplexity with dispersion.
 
-    ``stats``: the bins and resampling (``core.sampling.Statistics``: ``bin_size``, ``n_bins``,
+    ``stats``: the bins and resampling (``core.settings.Statistics``: ``bin_size``, ``n_bins``,
     ``bootstrap``, ``stats_reps``, ``permutations``, ``curve_bins``, ``seed``, ``level``); its
     fields may also be given here as keywords (``bin_size=20, n_bins=5``), which replace those of
     ``stats``; without ``stats`` the seed is ``sampling.seed``. ``stats_reps`` bootstrap

@@ -2,7 +2,7 @@
 ``--bin-size`` B and ``--bins`` K, ``--bootstrap`` resamples of the bins for the correlation
 CIs, ``--stats-reps`` segment bootstraps and ``--permutations`` for the segment-level
 statistics, ``--curve-bins`` of the many-bins curve. ``statistics_from_args`` parses them once
-into a ``core.sampling.Statistics`` (seeded by ``--seed``), which is passed down whole."""
+into a ``core.settings.Statistics`` (seeded by ``--seed``), which is passed down whole."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def add_binning_options(g: Any) -> None:
 
 
 def statistics_from_args(args: argparse.Namespace) -> Any:
-    """The ``core.sampling.Statistics`` of a binned command, built (and validated) once."""
-    from ...core.sampling import Statistics
+    """The ``core.settings.Statistics`` of a binned command, built (and validated) once."""
+    from ...core.settings import Statistics
 
     return Statistics(
         bin_size=args.bin_size,
