@@ -20,6 +20,8 @@ import warnings
 from .core.errors import RepdispError
 
 SITE_OPTIONS = ("--site", "--sites")
+# modules of repdisp.commands that hold shared options, not a command group
+_NOT_COMMANDS = ("checks", "option_groups", "options")
 
 # `repdisp --help` lists commands in these groups, in this order; a command not named here is
 # listed under "tools".
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS, prog="repdisp"
     )
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name != "options":
+        if info.name not in _NOT_COMMANDS:
             importlib.import_module(f"repdisp.commands.{info.name}").register(sub)
     helps = {a.dest: a.help or "" for a in sub._choices_actions}
     rank = {c: i for i, c in enumerate(c for cs in COMMAND_GROUPS.values() for c in cs)}

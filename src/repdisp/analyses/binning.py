@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core.errors import RepdispError
 from ..core.geometry import dispersion
+from ..core.settings import Statistics
 from ..core.stats import Correlation, across_stats, correlation, within_stats
 
 MODES = ("across", "within")
@@ -107,13 +108,15 @@ def bin_points(
 
 
 def correlate(
-    points: list[BinPoint], reps: int = 2000, seed: int = 0
+    points: list[BinPoint], reps: int = 2000, seed: int = 0, level: float = 0.95
 ) -> dict[str, dict[str, Correlation]]:
-    """Pearson and Spearman of bin mean perplexity vs each dispersion mode."""
+    """Pearson and Spearman of bin mean perplexity vs each dispersion mode (``reps`` bootstrap
+    resamples of the bins for the CIs at ``level``)."""
     x = [p.mean_ppl for p in points]
     return {
         mode: {
-            m: correlation(x, [getattr(p, mode) for p in points], m, reps, seed) for m in METHODS
+            m: correlation(x, [getattr(p, mode) for p in points], m, reps, seed, level)
+            for m in METHODS
         }
         for mode in MODES
     }
@@ -147,29 +150,26 @@ def stats_lines(stats: dict[str, Any], indent: str = "  ") -> list[str]:
 
 
 def segment_stats(
-    ppl: np.ndarray,
-    within: np.ndarray,
-    vectors: list[np.ndarray],
-    bin_size: int,
-    n_bins: int,
-    reps: int,
-    perms: int,
-    curve_bins: int,
-    seed: int,
+    ppl: np.ndarray, within: np.ndarray, vectors: list[np.ndarray], stats: Statistics
 ) -> list[dict[str, Any]]:
-    """Segment-level statistics (``repdisp.core.stats``) of each (within, vectors) pair; the
-    across statistics re-bin with Algorithm 1 in every replicate. ``within`` is (sites, N)."""
+    """Segment-level statistics (``repdisp.core.stats``) of each (within, vectors) pair, with
+    ``stats``' replicates, permutations, curve bins, seed and CI level; the across statistics
+    re-bin with Algorithm 1 (``stats.bin_size``, ``stats.n_bins``) in every replicate.
+    ``within`` is (sites, N)."""
     acc = across_stats(
         ppl,
         vectors,
-        lambda p: select_bins(p, bin_size, n_bins).members,
-        curve_bins,
-        reps,
-        perms,
-        seed,
+        lambda p: select_bins(p, stats.bin_size, stats.n_bins).members,
+        stats.curve_bins,
+        stats.stats_reps,
+        stats.permutations,
+        stats.seed,
+        level=stats.level,
     )
     out = []
     for w, a in zip(within, acc, strict=True):
-        ws = within_stats(ppl, w, reps, perms, seed).to_dict()
+        ws = within_stats(
+            ppl, w, stats.stats_reps, stats.permutations, stats.seed, level=stats.level
+        ).to_dict()
         out.append({"within": ws, "across": a.to_dict()})
     return out

@@ -16,9 +16,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..core.corpus import Segments
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
+from ..core.settings import Statistics
 from ..core.stats import Correlation
 from ..io.results import Result, new_figure, record, recorded
 from .binning import (
@@ -154,38 +156,26 @@ def layers(
     *,
     sites: str | list[str] = "all",
     sampling: Sampling | None = None,
-    bin_size: int = 50,
-    n_bins: int = 10,
+    stats: Statistics | None = None,
     pooling: str = "last",
-    bootstrap: int = 2000,
     load: Callable[[str], LoadedModel] = load_model,
-    stats_reps: int = 1000,
-    permutations: int = 1000,
-    curve_bins: int = 50,
+    **binning: Any,
 ) -> LayersResult:
     """Dispersion per perplexity bin at each site, from one extraction pass; segment-level
-    statistics with ``stats_reps`` bootstrap replicates and ``permutations`` (0, 0: none)."""
+    statistics with ``stats_reps`` bootstrap replicates and ``permutations`` (0, 0: none).
+
+    ``stats``: the bins and resampling (``core.settings.Statistics``); its fields may also be
+    given here as keywords (``bin_size=20, n_bins=5, bootstrap=...``), which replace those of
+    ``stats``; without ``stats`` the seed is ``sampling.seed``."""
     if pooling not in ("last", "mean"):
         raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
     sampling = sampling or Sampling()
+    stats = Statistics.build(stats, sampling.seed, **binning)
     start = time.perf_counter()
     lm = loaded(model, load)
     segs, ex = sampling.run(lm, data, sites, [pooling, "within"])
     result = layers_from_extraction(
-        lm.name,
-        data,
-        len(segs),
-        ex,
-        seq_len=sampling.seq_len,
-        bin_size=bin_size,
-        n_bins=n_bins,
-        pooling=pooling,
-        skip_first=sampling.skip_first,
-        seed=sampling.seed,
-        bootstrap=bootstrap,
-        stats_reps=stats_reps,
-        permutations=permutations,
-        curve_bins=curve_bins,
+        lm.name, data, segs, ex, stats, pooling=pooling, skip_first=sampling.skip_first
     )
     record(result, models=lm, data=segs, seed=sampling.seed)
     result.seconds = time.perf_counter() - start
@@ -195,45 +185,36 @@ def layers(
 def layers_from_extraction(
     model: str,
     data: str,
-    n_segments: int,
+    segs: Segments,
     ex: Any,
+    stats: Statistics,
     *,
-    seq_len: int,
-    bin_size: int,
-    n_bins: int,
-    pooling: str,
-    skip_first: int,
-    seed: int,
-    bootstrap: int,
-    stats_reps: int,
-    permutations: int,
-    curve_bins: int,
+    pooling: str = "last",
+    skip_first: int = 1,
     sites: list[str] | None = None,
 ) -> LayersResult:
-    """The layer-wise result from a finished extraction (every site in ``sites``, default all
-    the extraction has): one Algorithm 1 binning by sequence perplexity for every site."""
+    """The layer-wise result from a finished extraction over ``segs`` (every site in ``sites``,
+    default all the extraction has): one Algorithm 1 binning by sequence perplexity for every
+    site, bins and resampling as ``stats`` says."""
     sites = sites or ex.sites
     ppl = ex.seq_ppl
-    sel = select_bins(ppl, bin_size, n_bins)
+    sel = select_bins(ppl, stats.bin_size, stats.n_bins)
+    seq_len = int(segs.ids.shape[1]) - int(segs.has_bos)
     result = LayersResult(
-        model, data, n_segments, seq_len, bin_size, n_bins, pooling, skip_first, seed
-    )
-    stats: list[dict[str, Any]] = [{} for _ in sites]
-    if stats_reps or permutations:
-        stats = segment_stats(
+        model, data, len(segs), seq_len, stats.bin_size, stats.n_bins, pooling, skip_first,
+        stats.seed,
+    )  # fmt: skip
+    per_site: list[dict[str, Any]] = [{} for _ in sites]
+    if stats.stats_reps or stats.permutations:
+        per_site = segment_stats(
             ppl,
             np.stack([ex.get(site, "within") for site in sites]),
             [ex.get(site, pooling) for site in sites],
-            bin_size,
-            n_bins,
-            stats_reps,
-            permutations,
-            curve_bins,
-            seed,
+            stats,
         )
-    for site, st in zip(sites, stats, strict=True):
+    for site, st in zip(sites, per_site, strict=True):
         points = bin_points(ppl, ex.get(site, pooling), ex.get(site, "within"), sel)
-        corr = correlate(points, bootstrap, seed)
+        corr = correlate(points, stats.bootstrap, stats.seed, stats.level)
         result.layers.append(LayerBins(site, points, corr, st))
     return result
 

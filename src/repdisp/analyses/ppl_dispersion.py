@@ -27,11 +27,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..core.corpus import load_texts
+from ..core.corpus import Segments, load_texts
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.segment_table import segment_rows
+from ..core.settings import Statistics
 from ..core.stats import Correlation
 from ..io.results import Result, new_figure, record, recorded, segment_field
 from .binning import (
@@ -192,28 +193,29 @@ def ppl_vs_dispersion(
     datas: Sequence[str],
     *,
     sampling: Sampling | None = None,
-    bin_size: int = 50,
-    n_bins: int = 10,
+    stats: Statistics | None = None,
     pooling: str = "last",
     site: str = "final",
     last_token: bool = False,
     contexts: Sequence[int] = (16, 64, 128, 256),
-    bootstrap: int = 2000,
     load: Callable[[str], LoadedModel] = load_model,
     per_segment: bool = False,
-    stats_reps: int = 1000,
-    permutations: int = 1000,
-    curve_bins: int = 50,
+    **binning: Any,
 ) -> PplDispersionResult:
     """Bin each (model, data) by perplexity and correlate bin perplexity with dispersion.
 
+    ``stats``: the bins and resampling (``core.settings.Statistics``: ``bin_size``, ``n_bins``,
+    ``bootstrap``, ``stats_reps``, ``permutations``, ``curve_bins``, ``seed``, ``level``); its
+    fields may also be given here as keywords (``bin_size=20, n_bins=5``), which replace those of
+    ``stats``; without ``stats`` the seed is ``sampling.seed``. ``stats_reps`` bootstrap
+    replicates and ``permutations`` for the segment-level statistics (0 and 0: none).
     ``last_token``: bin by the last token's perplexity, once per length in ``contexts``
-    (otherwise by sequence perplexity at ``sampling.seq_len``). ``stats_reps`` bootstrap
-    replicates and ``permutations`` for the segment-level statistics (0 and 0: none). ``per_segment``: keep one row
+    (otherwise by sequence perplexity at ``sampling.seq_len``). ``per_segment``: keep one row
     per segment and series (``result.segments()``), with the bin it was selected into."""
     if pooling not in ("last", "mean"):
         raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
     sampling = sampling or Sampling()
+    stats = Statistics.build(stats, sampling.seed, **binning)
     start = time.perf_counter()
     result = PplDispersionResult(pooling, site, sampling.skip_first, sampling.seed)
     docs = {
@@ -229,36 +231,42 @@ def ppl_vs_dispersion(
                 segs, ex = sampling.run(lm, data, site, [pooling, "within"], docs[data], length)
                 record(result, data=segs)
                 if per_segment:
-                    ppl = ex.last_ppl if last_token else ex.seq_ppl
-                    chosen = _bin_of(select_bins(ppl, bin_size, n_bins))
-                    for row in segment_rows(ex, segs, pooling):
-                        row = {"model": lm.name, "data": data, "seq_len": length} | row
-                        row["bin"] = chosen.get(row["segment"])
-                        rows.append(row)
+                    rows += _segment_rows(lm.name, data, segs, ex, stats, pooling, last_token)
                 result.series.append(
                     series_from_extraction(
-                        lm.name,
-                        data,
-                        len(segs),
-                        segs.has_bos,
-                        ex,
-                        site=ex.sites[0],
-                        pooling=pooling,
-                        last_token=last_token,
-                        seq_len=length,
-                        bin_size=bin_size,
-                        n_bins=n_bins,
-                        bootstrap=bootstrap,
-                        seed=sampling.seed,
-                        stats_reps=stats_reps,
-                        permutations=permutations,
-                        curve_bins=curve_bins,
-                    )
+                        lm.name, data, segs, ex, stats,
+                        site=ex.sites[0], pooling=pooling, last_token=last_token,
+                    )  # fmt: skip
                 )
     result.seconds = time.perf_counter() - start
     if per_segment:
         result.per_segment_rows = rows
     return result
+
+
+def _segment_rows(
+    model: str,
+    data: str,
+    segs: Segments,
+    ex: Any,
+    stats: Statistics,
+    pooling: str,
+    last_token: bool,
+) -> list[dict[str, Any]]:
+    """One row per segment of one series, with the selected bin it fell in (None: no bin)."""
+    ppl = ex.last_ppl if last_token else ex.seq_ppl
+    chosen = _bin_of(select_bins(ppl, stats.bin_size, stats.n_bins))
+    rows = []
+    for row in segment_rows(ex, segs, pooling):
+        row = {"model": model, "data": data, "seq_len": _seq_len(segs)} | row
+        row["bin"] = chosen.get(row["segment"])
+        rows.append(row)
+    return rows
+
+
+def _seq_len(segs: Segments) -> int:
+    """Tokens per segment, BOS not counted."""
+    return int(segs.ids.shape[1]) - int(segs.has_bos)
 
 
 def _bin_of(sel: BinSelection) -> dict[int, int]:
@@ -269,45 +277,36 @@ def _bin_of(sel: BinSelection) -> dict[int, int]:
 def series_from_extraction(
     model: str,
     data: str,
-    n_segments: int,
-    bos: bool,
+    segs: Segments,
     ex: Any,
+    stats: Statistics,
     *,
-    site: str,
-    pooling: str,
-    last_token: bool,
-    seq_len: int,
-    bin_size: int,
-    n_bins: int,
-    bootstrap: int,
-    seed: int,
-    stats_reps: int,
-    permutations: int,
-    curve_bins: int,
+    site: str = "final",
+    pooling: str = "last",
+    last_token: bool = False,
 ) -> Series:
-    """One series from a finished extraction (perplexities, ``site/pooling`` vectors and
-    ``site/within``): Algorithm 1 bins, binned correlations, segment-level statistics."""
+    """One series from a finished extraction over ``segs`` (perplexities, ``site/pooling``
+    vectors and ``site/within``): Algorithm 1 bins, binned correlations, segment-level
+    statistics, all as ``stats`` says. The series' length and BOS flag are those of ``segs``."""
     ppl = ex.last_ppl if last_token else ex.seq_ppl
-    sel = select_bins(ppl, bin_size, n_bins)
+    sel = select_bins(ppl, stats.bin_size, stats.n_bins)
     vec, within = ex.get(site, pooling), ex.get(site, "within")
     points = bin_points(ppl, vec, within, sel)
-    stats = {}
-    if stats_reps or permutations:
-        stats = segment_stats(
-            ppl, within[None], [vec], bin_size, n_bins, stats_reps, permutations, curve_bins, seed
-        )[0]
+    seg_stats = {}
+    if stats.stats_reps or stats.permutations:
+        seg_stats = segment_stats(ppl, within[None], [vec], stats)[0]
     return Series(
         model,
         data,
         "last-token" if last_token else "sequence",
-        seq_len,
-        n_segments,
-        bin_size,
-        n_bins,
-        bos,
+        _seq_len(segs),
+        len(segs),
+        stats.bin_size,
+        stats.n_bins,
+        segs.has_bos,
         points,
-        correlate(points, bootstrap, seed),
-        stats,
+        correlate(points, stats.bootstrap, stats.seed, stats.level),
+        seg_stats,
     )
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from ..core.errors import RepdispError
 from . import checks
 from .options import (
+    add_binning_options,
+    add_bootstrap_option,
     add_data_options,
     add_model_options,
     add_output_options,
@@ -18,7 +20,9 @@ from .options import (
     model_from_args,
     one_site,
     out_dir,
+    sampling_from_args,
     site_list,
+    statistics_from_args,
 )
 
 
@@ -31,9 +35,7 @@ def _common(p: argparse.ArgumentParser, command: str, name: str, multiple_data: 
         choices=("last", "mean"),
         help="vector per segment for the 'across' mode: last token (paper default) or mean",
     )
-    g.add_argument(
-        "--bootstrap", type=checks.nonneg_int, default=2000, help="bootstrap resamples for the CIs"
-    )
+    add_bootstrap_option(g)
     _output(p, command, name)
     return g
 
@@ -43,49 +45,6 @@ def _output(
 ) -> None:
     o = add_output_options(p, command, "NAME.json, NAME.csv, NAME.png", cache=cache, quiet=quiet)
     o.add_argument("--name", default=name, help="file name stem in --out")
-
-
-def _binning(g) -> None:
-    g.add_argument(
-        "--bin-size", type=checks.int_at_least(2), default=50, help="segments per bin, B"
-    )
-    g.add_argument(
-        "--bins", type=checks.positive_int, default=10, help="bins chosen by Algorithm 1, K"
-    )
-    g.add_argument(
-        "--stats-reps",
-        type=checks.nonneg_int,
-        default=1000,
-        help="bootstrap replicates over segments for the segment-level statistics (0: off)",
-    )
-    g.add_argument(
-        "--permutations",
-        type=checks.nonneg_int,
-        default=1000,
-        help="permutations for the permutation p-value (0: off)",
-    )
-    g.add_argument(
-        "--curve-bins",
-        type=checks.int_at_least(2),
-        default=50,
-        help="equal-count bins of the many-bins curve",
-    )
-
-
-def _sampling(args: argparse.Namespace):
-    from ..analyses import ppl_dispersion as ppl_mod
-
-    return ppl_mod.Sampling(
-        args.segments,
-        args.seq_len,
-        args.seed,
-        args.batch_size,
-        args.skip_first,
-        not args.no_cache,
-        not args.quiet,
-        args.text_field,
-        args.encoding_errors,
-    )
 
 
 def _loader(args: argparse.Namespace):
@@ -99,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_options(p, multiple=True)
     g = _common(p, "ppl-vs-dispersion", "ppl_vs_dispersion", multiple_data=True)
-    _binning(g)
+    add_binning_options(g)
     add_site_option(g, what="the one site to read")
     g.add_argument(
         "--save-segments",
@@ -123,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("layers", help="perplexity vs dispersion at every chosen layer, one pass")
     add_model_options(q)
     g = _common(q, "layers", "layers")
-    _binning(g)
+    add_binning_options(g)
     add_site_option(g, default="all")
     q.set_defaults(func=run_layers)
 
@@ -168,19 +127,14 @@ def run_ppl(args: argparse.Namespace) -> int:
     result = ppl_mod.ppl_vs_dispersion(
         args.model,
         args.data,
-        sampling=_sampling(args),
-        bin_size=args.bin_size,
-        n_bins=args.bins,
+        sampling=sampling_from_args(args),
+        stats=statistics_from_args(args),
         pooling=args.pooling,
         site=site,
         last_token=args.last_token,
         contexts=args.contexts,
-        bootstrap=args.bootstrap,
         load=_loader(args),
         per_segment=args.save_segments,
-        stats_reps=args.stats_reps,
-        permutations=args.permutations,
-        curve_bins=args.curve_bins,
     )
     _write(args, result)
     return 0
@@ -221,15 +175,10 @@ def run_layers(args: argparse.Namespace) -> int:
         args.model,
         args.data,
         sites=site_list(args.sites),
-        sampling=_sampling(args),
-        bin_size=args.bin_size,
-        n_bins=args.bins,
+        sampling=sampling_from_args(args),
+        stats=statistics_from_args(args),
         pooling=args.pooling,
-        bootstrap=args.bootstrap,
         load=_loader(args),
-        stats_reps=args.stats_reps,
-        permutations=args.permutations,
-        curve_bins=args.curve_bins,
     )
     _write(args, result)
     return 0
@@ -243,7 +192,7 @@ def run_compare(args: argparse.Namespace) -> int:
     result = compare_mod.compare_models(
         args.model,
         args.data,
-        sampling=_sampling(args),
+        sampling=sampling_from_args(args),
         pooling=args.pooling,
         site=site,
         bootstrap=args.bootstrap,

@@ -134,7 +134,3 @@ def nonempty(what: str) -> Callable[[str], str]:
 
     parse.__name__ = "text"
     return parse
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """No command lives here (the CLI registers every module of this package)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import RepdispError
 from ..core.validate import Rule, check, check_keys, read_yaml_mapping
@@ -155,26 +156,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         args.model,
         args.data,
         args.out,
-        method=o["method"],
-        steps=o["steps"],
-        learning_rate=o["lr"],
-        batch_size=o["batch_size"],
-        seq_len=o["seq_len"],
-        seed=o["seed"],
-        lora_r=o["lora_r"],
-        lora_alpha=o["lora_alpha"],
-        lora_dropout=o["lora_dropout"],
-        train_fraction=o["train_fraction"],
-        warmup_steps=o["warmup_steps"],
-        weight_decay=o["weight_decay"],
-        grad_accum=o["grad_accum"],
+        config=_config(args, o),
         device=args.device,
-        text_field=args.text_field,
-        encoding_errors=args.encoding_errors,
         progress=not args.quiet,
-        report_to=report_to(args),
-        dispersion_every=args.dispersion_every,
-        save_every=o["save_every"],
     )
     first, last = r.loss[0]["loss"], r.loss[-1]["loss"]
     print(
@@ -184,6 +168,26 @@ def run_finetune(args: argparse.Namespace) -> int:
     )
     print(f"checkpoint: {r.checkpoint}" + (f"  held-out text: {r.heldout}" if r.heldout else ""))
     return _evaluate(args, o, r.heldout) if o["eval_segments"] else 0
+
+
+def _config(args: argparse.Namespace, o: dict) -> Any:
+    """The ``FinetuneConfig`` of the run: the checked options ``o`` and the tracking and data
+    flags, built once."""
+    from ..training.finetune_config import FinetuneConfig
+
+    keys = (
+        "method", "steps", "batch_size", "seq_len", "seed", "lora_r", "lora_alpha",
+        "lora_dropout", "train_fraction", "warmup_steps", "weight_decay", "grad_accum",
+        "save_every",
+    )  # fmt: skip
+    return FinetuneConfig(
+        learning_rate=o["lr"],
+        report_to=report_to(args),
+        dispersion_every=args.dispersion_every,
+        text_field=args.text_field,
+        encoding_errors=args.encoding_errors,
+        **{k: o[k] for k in keys},
+    )
 
 
 def _heldout_of(out: Path) -> str:

@@ -22,9 +22,9 @@ from .options import (
     model_from_args,
     out_dir,
     site_list,
+    source_type,
 )
 
-_source = checks.nonempty("a file, a folder, a built-in or hf:NAME")
 RANGE_HELP = DATA_HELP + "; SOURCE@START:END takes a token range"
 
 
@@ -116,14 +116,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--data",
         action=AppendAction,
-        type=_source,
+        type=source_type,
         metavar="SOURCE",
         help="datastore (training) text, required: " + RANGE_HELP + "; repeat to join several",
     )
     d.add_argument(
         "--eval-data",
         action=AppendAction,
-        type=_source,
+        type=source_type,
         metavar="SOURCE",
         help="held-out text to score, required; same forms as --data; repeat to join several",
     )

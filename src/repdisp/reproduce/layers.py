@@ -35,6 +35,7 @@ def params(cfg: dict[str, Any], spec: str, data: str) -> dict[str, Any]:
 @step(over="cell")
 def layers_step(run: Run, spec: str, data: str) -> None:
     from ..analyses.layers import layers_from_extraction
+    from ..core.settings import Statistics
 
     cfg, folder, p = run.cfg, run.cell(spec, data), params(run.cfg, spec, data)
     if run.steps.done(folder, NAME, p):
@@ -43,11 +44,14 @@ def layers_step(run: Run, spec: str, data: str) -> None:
     lm = run.model(spec)
     segs, ex, _ = main_extraction(run, spec, data, lm)
     t = time.perf_counter()
-    lres = layers_from_extraction(
-        lm.name, data, len(segs), ex, seq_len=cfg["seq_len"], pooling="last", skip_first=1,
-        sites=[x for x in ex.sites if not x.endswith(".attn")],
-        stats_reps=cfg["layer_stats_reps"], permutations=cfg["layer_stats_reps"],
+    stats = Statistics(
         **bin_settings(cfg, len(segs)),
+        stats_reps=cfg["layer_stats_reps"],
+        permutations=cfg["layer_stats_reps"],
+    )
+    lres = layers_from_extraction(
+        lm.name, data, segs, ex, stats, pooling="last", skip_first=1,
+        sites=[x for x in ex.sites if not x.endswith(".attn")],
     )  # fmt: skip
     lres.seconds = time.perf_counter() - t
     write_result(folder, NAME, lres, lm, segs, cfg["seed"])

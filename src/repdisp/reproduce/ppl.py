@@ -43,6 +43,7 @@ def params(cfg: dict[str, Any], spec: str, data: str) -> dict[str, Any]:
 @step(over="cell")
 def ppl_step(run: Run, spec: str, data: str) -> None:
     from ..analyses.ppl_dispersion import PplDispersionResult, series_from_extraction
+    from ..core.settings import Statistics
 
     cfg, folder, p = run.cfg, run.cell(spec, data), params(run.cfg, spec, data)
     if run.steps.done(folder, NAME, p):
@@ -61,23 +62,17 @@ def ppl_step(run: Run, spec: str, data: str) -> None:
                 lm, data, "final", ["last", "within"], run.docs(data)
             )
             parts.append((c_segs, c_ex, True, ctx))
-    kw = bin_settings(cfg, len(segs))
-    kw |= {"stats_reps": cfg["stats_reps"], "permutations": cfg["permutations"]}
+    stats = Statistics(
+        **bin_settings(cfg, len(segs)),
+        stats_reps=cfg["stats_reps"],
+        permutations=cfg["permutations"],
+    )
     result = PplDispersionResult("last", "final", 1, cfg["seed"])
-    for s, e, last_token, length in parts:
+    for s, e, last_token, _length in parts:
         result.series.append(
             series_from_extraction(
-                lm.name,
-                data,
-                len(s),
-                s.has_bos,
-                e,
-                site="final",
-                pooling="last",
-                last_token=last_token,
-                seq_len=length,
-                **kw,
-            )  # fmt: skip
+                lm.name, data, s, e, stats, site="final", pooling="last", last_token=last_token
+            )
         )
     result.seconds = time.perf_counter() - t
     write_result(folder, NAME, result, lm, segs, cfg["seed"])

@@ -34,10 +34,9 @@ from ..core.sampling import Sampling
 from ..core.shards import atomic_write
 from ..io.results import Result, new_figure, record, recorded, save_figure, write_csv, write_result
 from .callback import DispersionCallback, check_report_to, tensorboard_dir
-from .checkpoints import check_save_every, open_work
+from .checkpoints import open_work
 from .data import split_docs
-
-METHODS = ("lora", "full")
+from .finetune_config import METHODS, FinetuneConfig  # noqa: F401 - METHODS: its older home
 
 
 @dataclass
@@ -128,31 +127,16 @@ def finetune(
     data: str,
     out: str | Path,
     *,
-    method: str = "lora",
-    steps: int = 50,
-    learning_rate: float = 2e-4,
-    batch_size: int = 4,
-    seq_len: int = 128,
-    seed: int = 0,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    train_fraction: float = 1.0,
-    warmup_steps: int = 0,
-    weight_decay: float = 0.0,
-    grad_accum: int = 1,
+    config: FinetuneConfig | None = None,
     device: str = "auto",
-    text_field: str = "text",
-    encoding_errors: str = "strict",
     progress: bool = True,
-    save_every: int = 0,
     callbacks: list[Any] | None = None,
-    report_to: str | list[str] = "none",
-    dispersion_every: int = 0,
-    dispersion_segments: int = 32,
+    **settings: Any,
 ) -> FinetuneResult:
-    """Fine-tune ``model`` on ``data`` for ``steps`` optimiser steps and save it to ``out``.
+    """Fine-tune ``model`` on ``data`` for ``config.steps`` optimiser steps and save it to ``out``.
 
+    ``config``: the recipe (``training.finetune_config.FinetuneConfig``); its fields may also be
+    given here as keywords (``steps=3, method="full"``), which replace those of ``config``.
     ``out`` appears only when the job is done (it is written beside it and renamed). Meanwhile
     ``.OUT.partial`` beside it holds a checkpoint every ``save_every`` steps (0: none); the same
     call after a crash resumes from the last one (``training.checkpoints``). A tokenizer without
@@ -166,30 +150,19 @@ def finetune(
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    if method not in METHODS:
-        raise RepdispError(f"unknown --method {method!r}; choose lora or full")
-    if steps < 1 or batch_size < 1 or grad_accum < 1:
-        raise RepdispError("--steps, --batch-size and --grad-accum must be at least 1")
-    check_save_every(save_every)
-    tb = check_report_to(report_to)
+    c = FinetuneConfig.build(config, **settings)
+    tb = check_report_to(c.report_to)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RepdispError(f"--out {out} exists and is not empty; choose a new folder")
     start = time.perf_counter()
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, "float32")
-    docs = load_texts(data, text_field=text_field, encoding_errors=encoding_errors)
-    train_docs, heldout_docs = split_text(docs, train_fraction)
+    docs = load_texts(data, text_field=c.text_field, encoding_errors=c.encoding_errors)
+    train_docs, heldout_docs = split_text(docs, c.train_fraction)
     segs = make_segments(
-        lm.tokenizer, data, None, seq_len, seed, docs=train_docs, max_len=lm.max_len
+        lm.tokenizer, data, None, c.seq_len, c.seed, docs=train_docs, max_len=lm.max_len
     )
-
-    settings = dict(
-        method=method, steps=steps, learning_rate=learning_rate, batch_size=batch_size,
-        seq_len=seq_len, seed=seed, lora_r=lora_r, lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout, warmup_steps=warmup_steps, weight_decay=weight_decay,
-        grad_accum=grad_accum, save_every=save_every,
-    )  # fmt: skip
-    spec = {"model": lm.identity, "segments": segs.fingerprint, **settings}
+    spec = {"model": lm.identity, "segments": segs.fingerprint, **c.recipe()}
     work = out.with_name(f".{out.name}.partial")
     resume = open_work(work, spec, quiet=not progress)
     if resume is not None and progress:
@@ -197,28 +170,28 @@ def finetune(
 
     net = lm.model
     net.train()
-    if method == "lora":
-        net = _wrap_lora(net, lora_r, lora_alpha, lora_dropout)
+    if c.method == "lora":
+        net = _wrap_lora(net, c.lora_r, c.lora_alpha, c.lora_dropout)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total = sum(p.numel() for p in net.parameters())
     on_cpu = lm.device.type == "cpu"
     args = TrainingArguments(
         output_dir=str(work),
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
+        max_steps=c.steps,
+        per_device_train_batch_size=c.batch_size,
+        gradient_accumulation_steps=c.grad_accum,
+        learning_rate=c.learning_rate,
+        warmup_steps=c.warmup_steps,
+        weight_decay=c.weight_decay,
         lr_scheduler_type="linear",
         logging_steps=1,
-        save_strategy="steps" if save_every else "no",
-        save_steps=save_every or None,
-        save_total_limit=1 if save_every else None,
+        save_strategy="steps" if c.save_every else "no",
+        save_steps=c.save_every or None,
+        save_total_limit=1 if c.save_every else None,
         eval_strategy="no",
-        report_to=report_to,
-        seed=seed,
-        data_seed=seed,
+        report_to=c.report_to,
+        seed=c.seed,
+        data_seed=c.seed,
         use_cpu=on_cpu,
         bf16=not on_cpu and torch.cuda.is_bf16_supported(),
         fp16=False,
@@ -235,15 +208,16 @@ def finetune(
             data_collator=default_data_collator,  # fixed-length segments: no padding or pad token
             callbacks=callbacks,
         )
-    if dispersion_every > 0:
+    if c.dispersion_every > 0:
         probe = segs
         if heldout_docs:
             probe = make_segments(
-                lm.tokenizer, data, None, seq_len, seed, docs=heldout_docs, max_len=lm.max_len
+                lm.tokenizer, data, None, c.seq_len, c.seed, docs=heldout_docs, max_len=lm.max_len
             )
-        pick = np.sort(np.random.default_rng(seed).permutation(len(probe))[:dispersion_segments])
+        order = np.random.default_rng(c.seed).permutation(len(probe))
+        pick = np.sort(order[: c.dispersion_segments])
         probe = Segments(probe.ids[pick], probe.index[pick], probe.has_bos, data)
-        DispersionCallback(probe, every_n_steps=dispersion_every).attach(trainer)
+        DispersionCallback(probe, every_n_steps=c.dispersion_every).attach(trainer)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     loss = [
         {
@@ -254,7 +228,7 @@ def finetune(
         for r in trainer.state.log_history
         if "loss" in r
     ]
-    if method == "lora":
+    if c.method == "lora":
         net = net.merge_and_unload()
     net.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -269,17 +243,17 @@ def finetune(
         result = FinetuneResult(
             base_model=lm.name,
             data=data,
-            method=method,
-            steps=steps,
-            learning_rate=learning_rate,
-            batch_size=batch_size * grad_accum,
-            seq_len=seq_len,
-            seed=seed,
-            lora_r=lora_r if method == "lora" else None,
-            lora_alpha=lora_alpha if method == "lora" else None,
-            train_fraction=train_fraction,
+            method=c.method,
+            steps=c.steps,
+            learning_rate=c.learning_rate,
+            batch_size=c.batch_size * c.grad_accum,
+            seq_len=c.seq_len,
+            seed=c.seed,
+            lora_r=c.lora_r if c.method == "lora" else None,
+            lora_alpha=c.lora_alpha if c.method == "lora" else None,
+            train_fraction=c.train_fraction,
             train_segments=len(segs),
-            train_tokens_seen=steps * batch_size * grad_accum * segs.ids.shape[1],
+            train_tokens_seen=c.steps * c.batch_size * c.grad_accum * segs.ids.shape[1],
             trainable_params=trainable,
             total_params=total,
             checkpoint=str(out),
@@ -287,7 +261,7 @@ def finetune(
             seconds=time.perf_counter() - start,
             loss=loss,
         )
-        record(result, models=lm, data=segs, seed=seed)
+        record(result, models=lm, data=segs, seed=c.seed)
         write_outputs(result, tmp)
         if tb and logs.is_dir():
             os.replace(logs, tmp / "logs")

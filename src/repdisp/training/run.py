@@ -72,12 +72,6 @@ class RunResult(Result):
     evals: list[dict[str, Any]]  # step, domain, split, ppl, nll, dispersion
     wall_s: float
 
-    def eval_value(self, step: int, domain: str, split: str, key: str = "ppl") -> float:
-        for e in self.evals:
-            if (e["step"], e["domain"], e["split"]) == (step, domain, split):
-                return e[key]
-        raise KeyError((step, domain, split))
-
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         return {"history": self.history, "evals": self.evals}
 

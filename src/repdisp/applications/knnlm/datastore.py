@@ -347,8 +347,9 @@ def build_datastore(
                 bar.update(hi - lo)
                 continue
             fs, ws = _fill_shard(
-                lm, tokens, windows, shard, offsets, site_list, bos, batch_size, values, keys
-            )
+                lm, tokens, [windows[w] for w in shard], offsets[shard], site_list, batch_size,
+                values, keys,
+            )  # fmt: skip
             fwd_s, write_s = fwd_s + fs, write_s + ws
             t0 = time.perf_counter()
             for arr in (values, *keys.values()):
@@ -391,27 +392,25 @@ def _fill_shard(
     lm: LoadedModel,
     tokens: np.ndarray,
     windows: list[tuple[int, int, int]],
-    shard: list[int],
-    offsets: np.ndarray,
+    rows: np.ndarray,
     sites: list[Site],
-    bos: int | None,
     batch_size: int,
     values: np.ndarray,
     keys: dict[str, np.ndarray],
 ) -> tuple[float, float]:
-    """Run the shard's windows and write their keys and values; returns (forward s, write s)."""
+    """Run one shard's ``windows`` (BOS ``lm.bos_id`` in front) and write their keys and values
+    from row ``rows[j]`` on for window j; returns (forward s, write s)."""
     import torch
 
     fwd = write = 0.0
-    for batch in _batches([windows[i] for i in shard], batch_size):
-        wins = [windows[shard[j]] for j in batch]
-        ids, spans = _window_batch(tokens, wins, bos)
+    for batch in _batches(windows, batch_size):
+        ids, spans = _window_batch(tokens, [windows[j] for j in batch], lm.bos_id)
         t0 = time.perf_counter()
         states, _ = forward_sites(lm, ids, sites, perplexity=False)
         t1 = time.perf_counter()
         for j, (lo, hi) in zip(batch, spans, strict=True):
-            row = int(offsets[shard[j]])
-            _, e, n = windows[shard[j]]
+            row = int(rows[j])
+            _, e, n = windows[j]
             values[row : row + hi - lo] = tokens[n:e]
             for s in sites:
                 keys[s.name][row : row + hi - lo] = (
