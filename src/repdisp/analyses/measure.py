@@ -213,6 +213,7 @@ def measure(
     progress: bool = True,
     text_field: str = "text",
     encoding_errors: str = "strict",
+    split: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     shard_segments: int = 256,
@@ -264,6 +265,8 @@ def measure(
             max_len=lm.max_len,
             text_field=text_field,
             encoding_errors=encoding_errors,
+            split=split,
+            trust_remote_code=trust_remote_code,
             cache=bool(cache),  # --no-cache: no token cache either
         )
         pools = [pooling]

@@ -85,6 +85,8 @@ def _sampling(args: argparse.Namespace):
         not args.quiet,
         args.text_field,
         args.encoding_errors,
+        args.split,
+        args.trust_remote_code,
     )
 
 

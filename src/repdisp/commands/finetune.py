@@ -171,6 +171,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         device=args.device,
         text_field=args.text_field,
         encoding_errors=args.encoding_errors,
+        split=args.split,
         progress=not args.quiet,
         report_to=report_to(args),
         dispersion_every=args.dispersion_every,

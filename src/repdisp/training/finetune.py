@@ -144,6 +144,7 @@ def finetune(
     device: str = "auto",
     text_field: str = "text",
     encoding_errors: str = "strict",
+    split: str | None = None,
     progress: bool = True,
     save_every: int = 0,
     callbacks: list[Any] | None = None,
@@ -177,7 +178,7 @@ def finetune(
         raise RepdispError(f"--out {out} exists and is not empty; choose a new folder")
     start = time.perf_counter()
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, "float32")
-    docs = load_texts(data, text_field=text_field, encoding_errors=encoding_errors)
+    docs = load_texts(data, text_field, split, encoding_errors)
     train_docs, heldout_docs = split_text(docs, train_fraction)
     segs = make_segments(
         lm.tokenizer, data, None, seq_len, seed, docs=train_docs, max_len=lm.max_len
