@@ -132,6 +132,10 @@ def parse_model_args(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(
                 f"unknown --model-args key {key!r}; valid: {', '.join(MODEL_ARG_KEYS)}"
             )
+        if key in out and out[key] != value.strip():
+            raise argparse.ArgumentTypeError(
+                f"--model-args {key}={out[key]} and {key}={value.strip()} disagree: give one"
+            )
         if key == "dtype" and value.strip() not in DTYPES:
             raise argparse.ArgumentTypeError(
                 f"--model-args dtype={value.strip()}: choose one of {', '.join(DTYPES)}"
@@ -280,11 +284,12 @@ def model_from_args(args: argparse.Namespace, spec: str | None = None) -> Any:
     """Load ``spec`` (default ``args.model``) with the model options of ``args``, after
     ``check_data``."""
     from ..core.models import load_model
+    from ..core.precision import agree_dtype
 
     check_data(args)
 
     kwargs = dict(getattr(args, "model_args", None) or {})
-    dtype = kwargs.pop("dtype", args.dtype)
+    dtype = agree_dtype(args.dtype, kwargs.pop("dtype", None))
     return load_model(
         spec or args.model,
         args.device,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RepdispError, first_line
+from .hub import offline
 from .identity import folder_identity
 from .registry import BUNDLED
 
@@ -144,12 +145,21 @@ def _from_folder(
 
 
 def _from_hub(
-    repo: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool, extra: Any = None
+    repo: str,
+    dtype: Any,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+    extra: Any = None,
+    access: Any = None,
 ) -> Any:
+    """``access``: extra options of both reads (``local_files_only`` when the hub is down but
+    the repo is cached, ``core.hub.hub_access``); the tokenizer is read at the same revision."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    extra = {**(extra or {}), **(access or {})}
+    both = {k: v for k, v in extra.items() if k in ("revision", "local_files_only")}
     try:
-        tok = AutoTokenizer.from_pretrained(repo, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(repo, trust_remote_code=trust_remote_code, **both)
         with _quiet_transformers():
             model, info = AutoModelForCausalLM.from_pretrained(
                 repo,
@@ -158,13 +168,18 @@ def _from_hub(
                 use_safetensors=None if allow_pickle else True,
                 weights_only=True,
                 output_loading_info=True,
-                **(extra or {}),
+                **extra,
                 ignore_mismatched_sizes=True,
             )
     except Exception as e:  # network, auth and missing-file errors all arrive here
+        if offline() or extra.get("local_files_only"):
+            raise RepdispError(
+                f"{repo!r} is not in the local hub cache and the hub is not used (HF_HUB_OFFLINE "
+                "or no connection): download it once online, or pass a local model folder"
+            ) from e
         raise RepdispError(
-            f"cannot load {repo!r} from the Hugging Face hub ({type(e).__name__}); no internet, no "
-            f"such repo, or no safetensors weights. Bundled models: {', '.join(BUNDLED)}"
+            f"cannot load {repo!r} from the Hugging Face hub ({first_line(e)}): no such repo, "
+            f"no access, or no safetensors weights. Bundled models: {', '.join(BUNDLED)}"
         ) from e
     _check_loading(repo, model, info, [])
     return model, tok, f"hub:{repo}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"

@@ -18,6 +18,7 @@ from typing import Any
 from .checkpoint import _TOKENIZER_FILES, _from_folder, _from_hub
 from .convert import prepare, prepare_gguf
 from .errors import RepdispError, first_line
+from .hub import hub_access, is_hub_id
 from .identity import file_fingerprint
 from .loaded import LoadedModel
 from .precision import MIXED, resolve_device, resolve_dtype
@@ -63,6 +64,9 @@ def load_model(
     >>> lm.n_blocks, lm.d_model  # doctest: +SKIP
     (30, 576)
     """
+    kind = _kind(spec, revision, adapter, device, device_map)
+    # the hub is probed before torch is imported: an unreachable one fails in seconds
+    access = hub_access(spec, revision) if kind == "hub" else {}
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path = Path(spec).expanduser()
@@ -75,13 +79,13 @@ def load_model(
         )
         if v
     }
-    if spec in BUNDLED:
+    if kind == "bundled":
         folder = prepare(spec)
         model, tok, identity = _from_folder(folder, torch_dtype, False, False, extra)
-    elif path.is_file() and path.suffix == ".gguf":
+    elif kind == "gguf":
         folder = prepare_gguf(path)
         model, tok, identity = _from_folder(folder, torch_dtype, False, False, extra)
-    elif path.is_dir():
+    elif kind == "folder":
         weights = any(any(path.glob(g)) for g in ("*.safetensors", "*.bin", "*.pt"))
         has_tok = any((path / f).exists() for f in _TOKENIZER_FILES)
         if not tokenizer and (path / "config.json").exists() and weights and not has_tok:
@@ -92,14 +96,9 @@ def load_model(
         model, tok, identity = _from_folder(
             path, torch_dtype, trust_remote_code, allow_pickle, extra
         )
-    elif path.exists():
-        raise RepdispError(f"{spec} is a file but not a .gguf; pass a model folder or a .gguf file")
-    elif "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
-        model, tok, identity = _from_hub(spec, torch_dtype, trust_remote_code, allow_pickle, extra)
     else:
-        raise RepdispError(
-            f"unknown model {spec!r}: not a bundled name ({', '.join(BUNDLED)}), an existing folder "
-            "or .gguf file, or a hub id like org/name"
+        model, tok, identity = _from_hub(
+            spec, torch_dtype, trust_remote_code, allow_pickle, extra, access
         )
     if tokenizer or adapter:
         model, tok, identity = _apply_model_args(model, tok, identity, tokenizer, adapter, extra)
@@ -119,6 +118,44 @@ def load_model(
     return LoadedModel(model, tok, spec, f"{identity}:{tag}", dev, torch_dtype, autocast)
 
 
+def _kind(
+    spec: str, revision: str | None, adapter: str | None, device: str, device_map: str | None
+) -> str:
+    """``bundled``, ``gguf``, ``folder`` or ``hub``; a spec that is none of them, and options
+    that contradict it or each other, are refused here, before anything loads."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise RepdispError(f"model: expected a name, a path or a hub id, got {spec!r}")
+    path = Path(spec).expanduser()
+    if spec in BUNDLED:
+        kind = "bundled"
+    elif path.is_file() and path.suffix == ".gguf":
+        kind = "gguf"
+    elif path.is_dir():
+        kind = "folder"
+    elif path.exists():
+        raise RepdispError(f"{spec} is a file but not a .gguf; pass a model folder or a .gguf file")
+    elif is_hub_id(spec):
+        kind = "hub"
+    else:
+        raise RepdispError(
+            f"unknown model {spec!r}: not a bundled name ({', '.join(BUNDLED)}), an existing folder "
+            "or .gguf file, or a hub id (name or org/name)"
+        )
+    if revision and kind != "hub":
+        what = {"bundled": "a bundled model", "gguf": "a local .gguf file"}.get(kind, "a folder")
+        raise RepdispError(
+            f"--model-args revision={revision} applies only to hub ids; {spec} is {what}"
+        )
+    if device_map and device not in ("auto", None):
+        raise RepdispError(
+            f"--model-args device_map={device_map} and --device {device} disagree: device_map "
+            "places the model itself; give one of them"
+        )
+    if adapter and not (Path(adapter).expanduser() / "adapter_config.json").exists():
+        raise RepdispError(f"adapter {adapter}: no adapter_config.json (not a PEFT adapter folder)")
+    return kind
+
+
 def _apply_model_args(
     model: Any, tok: Any, identity: str, tokenizer: str | None, adapter: str | None, extra: Any
 ) -> tuple[Any, Any, str]:
@@ -126,17 +163,15 @@ def _apply_model_args(
     if tokenizer:
         from transformers import AutoTokenizer
 
+        local = Path(tokenizer).expanduser().exists()
+        access = hub_access(tokenizer) if not local and is_hub_id(tokenizer) else {}
         try:
-            tok = AutoTokenizer.from_pretrained(tokenizer)
+            tok = AutoTokenizer.from_pretrained(tokenizer, **access)
         except Exception as e:  # missing folder, no internet, no such repo
             raise RepdispError(f"cannot load tokenizer {tokenizer!r}: {first_line(e)}") from e
         identity += f":tokenizer={tokenizer}"
     if adapter:
-        folder = Path(adapter).expanduser()
-        if not (folder / "adapter_config.json").exists():
-            raise RepdispError(
-                f"adapter {adapter}: no adapter_config.json (not a PEFT adapter folder)"
-            )
+        folder = Path(adapter).expanduser()  # holds adapter_config.json (checked by _kind)
         try:
             from peft import PeftModel
         except ImportError:

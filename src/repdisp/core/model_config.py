@@ -16,6 +16,7 @@ from typing import Any
 from .errors import RepdispError, first_line
 from .gguf import check_magic
 from .home import converted_dir
+from .hub import hub_access, is_hub_id
 from .registry import BUNDLED
 
 
@@ -56,11 +57,19 @@ def model_config(spec: str, trust_remote_code: bool = False) -> dict[str, Any]:
             raise RepdispError(f"cannot read the GGUF header of {path}: {first_line(e)}") from e
     elif path.exists():
         raise RepdispError(f"{spec} is a file but not a .gguf; pass a model folder or a .gguf file")
+    elif not is_hub_id(spec):
+        raise RepdispError(
+            f"unknown model {spec!r}: not a bundled name ({', '.join(BUNDLED)}), an existing folder "
+            "or .gguf file, or a hub id (name or org/name)"
+        )
     else:
+        access = hub_access(spec)  # fails in seconds when the hub is unreachable
         from transformers import AutoConfig
 
         try:
-            cfg = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code).to_dict()
+            cfg = AutoConfig.from_pretrained(
+                spec, trust_remote_code=trust_remote_code, **access
+            ).to_dict()
         except Exception as e:  # network, auth, no such repo
             raise RepdispError(f"cannot read the config of {spec!r}: {first_line(e)}") from e
     cfg = cfg.get("text_config") or cfg

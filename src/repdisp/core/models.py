@@ -17,7 +17,7 @@ from .identity import file_fingerprint, file_hashes, folder_identity
 from .loaded import LoadedModel, check_window
 from .loading import as_loaded, load_model
 from .model_config import model_config
-from .precision import DEVICES, DTYPES, MIXED, resolve_device, resolve_dtype
+from .precision import DEVICES, DTYPES, MIXED, agree_dtype, resolve_device, resolve_dtype
 from .registry import BUNDLED, DEFAULT_MODEL, BundledModel, list_bundled
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "RepdispError",
     "as_loaded",
     "cache_root",
+    "agree_dtype",
     "check_window",
     "converted_dir",
     "file_fingerprint",

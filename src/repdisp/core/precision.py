@@ -54,3 +54,16 @@ def resolve_dtype(dtype: str, device: Any) -> Any:
     if dtype == MIXED:
         return torch.float32
     return getattr(torch, dtype)
+
+
+def agree_dtype(flag: str | None, model_arg: str | None) -> str:
+    """The dtype when ``--dtype`` (``flag``, ``auto`` = not chosen) and ``--model-args dtype=``
+    both may give one: either alone, or both the same; two different ones are an error."""
+    flag = flag or "auto"
+    if model_arg is None or model_arg == flag:
+        return flag
+    if flag != "auto":
+        raise RepdispError(
+            f"--model-args dtype={model_arg} and --dtype {flag} disagree: give one of them"
+        )
+    return model_arg

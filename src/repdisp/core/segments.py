@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import RepdispError
 from .loaded import check_window
-from .texts import load_texts
+from .texts import data_name, load_texts
 from .tokcache import cached_stream
 from .tokenizer import bos_id, prepend_bos, token_stream
 
@@ -65,7 +65,7 @@ class Segments:
 
 def make_segments(
     tokenizer: Any,
-    source: str,
+    source: Any,
     n_segments: int | None,
     seq_len: int,
     seed: int = 0,
@@ -85,8 +85,8 @@ def make_segments(
     Parameters
     ----------
     tokenizer : transformers tokenizer
-    source : str
-        Data source (see ``load_texts``); read unless ``docs`` is given.
+    source : str or sequence of str
+        Data source or texts in memory (see ``load_texts``); read unless ``docs`` is given.
     n_segments : int or None
     seq_len : int
     seed : int
@@ -115,19 +115,20 @@ def make_segments(
         raise RepdispError(f"--segments must be at least 2 to measure dispersion, got {n_segments}")
 
     docs = docs if docs is not None else load_texts(source, **load_kwargs)
+    name = data_name(source)
     stream = cached_stream(tokenizer, docs, token_stream, cache=cache)
     n_windows = len(stream) // seq_len
     if n_windows == 0:
         raise RepdispError(
-            f"data {source!r} has {len(stream)} tokens, fewer than one segment of {seq_len}"
+            f"data {name!r} has {len(stream)} tokens, fewer than one segment of {seq_len}"
         )
     if n_segments is not None and n_segments > n_windows:
         raise RepdispError(
-            f"data {source!r} has only {n_windows} segments of {seq_len} tokens; ask for at most "
+            f"data {name!r} has only {n_windows} segments of {seq_len} tokens; ask for at most "
             f"--segments {n_windows} or a shorter --seq-len"
         )
     windows = stream[: n_windows * seq_len].reshape(n_windows, seq_len)
     index = np.arange(n_windows)
     if n_segments is not None:
         index = np.sort(np.random.default_rng(seed).choice(n_windows, n_segments, replace=False))
-    return Segments(prepend_bos(windows[index], bos), index, bos is not None, source)
+    return Segments(prepend_bos(windows[index], bos), index, bos is not None, name)

@@ -5,6 +5,8 @@ Sources: built-ins that need no download (``python-docs``: CPython's ``pydoc_dat
 ``.txt``/``.raw``/``.md``/``.jsonl``/``.jsonl.gz``/``.csv``/``.parquet`` files (or a folder of
 them, read in name order), and ``hf:NAME[:CONFIG]`` for the ``datasets`` library (needs
 internet; ``split`` and ``trust_remote_code`` are passed explicitly, default ``test`` and False).
+Texts already in memory (a list, a pandas Series, a ``datasets`` column: any ordered sequence of
+``str``) are taken as they are, each item checked to be a string.
 
 Contract: a text value that is not a string, a malformed line, a truncated or corrupt file is an
 error naming the file and the line or record; a UTF-8 byte-order mark is dropped and ``\\r\\n`` /
@@ -19,9 +21,11 @@ import csv
 import gzip
 import io
 import json
+import os
 import sys
 import sysconfig
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,8 +236,42 @@ def _signature(source: str) -> tuple:
         return ()
 
 
+def is_source(data: Any) -> bool:
+    """Whether ``data`` names a source (a string or a path) rather than holding texts."""
+    return isinstance(data, (str, os.PathLike))
+
+
+def data_name(data: Any) -> str:
+    """How results and messages name ``data``: the source itself, or ``N texts in memory``."""
+    if is_source(data):
+        return os.fspath(data)
+    n = len(data) if hasattr(data, "__len__") else "?"
+    return f"{n} texts in memory"
+
+
+def texts_in_memory(data: Any) -> list[str]:
+    """The non-blank strings of an in-memory sequence - a list or tuple, a pandas Series, a
+    ``datasets`` column, a numpy array of str, anything ordered with ``len`` whose items are
+    ``str`` - in order. Any other value, or an item that is not a string, is one error line."""
+    ordered = hasattr(data, "__len__") and hasattr(data, "__iter__")
+    if not ordered or isinstance(data, (bytes, bytearray, dict, set, frozenset)):
+        raise RepdispError(
+            "data: expected a source (a file, a folder, a built-in or hf:NAME) or a sequence of "
+            f"strings (list, pandas Series, datasets column), got {type(data).__name__}"
+        )
+    docs = []
+    for i, value in enumerate(data):
+        if not isinstance(value, str):
+            raise RepdispError(f"data[{i}] is {_kind(value)}, not a string")
+        docs.append(value)
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise RepdispError(f"data ({len(data)} texts in memory) holds no text")
+    return docs
+
+
 def load_texts(
-    source: str,
+    source: str | Sequence[str],
     text_field: str = "text",
     split: str | None = None,
     encoding_errors: str = "strict",
@@ -250,9 +288,10 @@ def load_texts(
 
     Parameters
     ----------
-    source : str
+    source : str, path, or sequence of str
         A built-in name (``python-docs``, ...), a .txt/.jsonl/.csv(.gz) file, a folder of them,
-        or ``hf:NAME[:CONFIG]`` (needs the ``datasets`` package).
+        ``hf:NAME[:CONFIG]`` (needs the ``datasets`` package), or texts in memory (a list, a
+        pandas Series, a datasets column: ``texts_in_memory``).
     text_field : str
         Field holding the text in jsonl/csv records and datasets.
     split : str, optional
@@ -274,6 +313,9 @@ def load_texts(
     >>> len(docs) > 10 and all(d.strip() for d in docs)
     True
     """
+    if not is_source(source):
+        return texts_in_memory(source)
+    source = os.fspath(source)
     split = split or DEFAULT_SPLIT
     trust = bool(trust_remote_code)
     key = (source, text_field, split, encoding_errors, trust, _signature(source))
