@@ -44,7 +44,7 @@ def load_model(
     ----------
     spec : str
         A bundled name (``smollm2-135m``, ``gemma3-270m``), a model folder, a ``.gguf`` file or
-        a hub id ``org/name``.
+        a hub id (``name`` or ``org/name``, ``core.hub.is_hub_id``).
     device : str
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     dtype : str
