@@ -48,9 +48,13 @@ def test_dtype_given_twice(tiny_gpt2_dir, capsys):
     with pytest.raises(SystemExit) as e:  # refused while parsing
         main([*base, "--model-args", "dtype=float32,dtype=float16"])
     assert e.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(
-        "error: argument --model-args: --model-args dtype=float32 and dtype=float16 disagree: "
-        "give one"
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(
+            "error: argument --model-args: --model-args dtype=float32 and dtype=float16 disagree: "
+            "give one"
+        )
     )
 
 
@@ -106,8 +110,11 @@ def no_hub(monkeypatch, tmp_path):
     """A hub endpoint that cannot resolve, an empty hub cache, and no offline switch."""
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.repdisp.invalid")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(k, raising=False)
+    import os
+
+    for k in list(os.environ):
+        if k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") or k.lower().endswith("_proxy"):
+            monkeypatch.delenv(k)
     return tmp_path / "hf-cache"
 
 
@@ -147,6 +154,13 @@ def test_refused_connection_is_unreachable_too(no_hub, monkeypatch):
         "the Hugging Face hub is unreachable (127.0.0.1:9: Connection refused), so "
         "'openai-community/gpt2' cannot be downloaded; set HF_HUB_OFFLINE=1"
     )
+
+
+def test_the_probe_goes_through_a_proxy(no_hub, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert hub.endpoint() == ("proxy.example", 3128)
+    monkeypatch.setenv("NO_PROXY", "hub.repdisp.invalid")
+    assert hub.endpoint() == ("hub.repdisp.invalid", 443)
 
 
 def test_offline_and_cached(no_hub, monkeypatch):

@@ -9,7 +9,7 @@ well as ``openai-community/gpt2``).
 ``hub_access(repo)``, called before transformers (or torch) is imported: with
 ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set, nothing is probed and the local hub cache
 is used (a repo not in it is refused at once, see ``cached``). Otherwise one
-TCP connection to the endpoint (``HF_ENDPOINT``, or the HTTPS proxy when one is set) is tried
+TCP connection to the endpoint (``HF_ENDPOINT``, or the proxy when one is set) is tried
 with a ``PROBE_SECONDS`` timeout. When it fails, a repo already in the local hub cache loads
 from there (``local_files_only``); any other is one ``RepdispError`` saying the hub is
 unreachable and naming ``HF_HUB_OFFLINE=1`` and the local-folder alternative - in seconds,
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,14 +54,15 @@ def offline() -> bool:
 
 
 def endpoint() -> tuple[str, int]:
-    """(host, port) a hub request connects to first: the HTTPS proxy when one is set, else
+    """(host, port) a hub request connects to first: the proxy for the endpoint's scheme when
+    one is set and ``no_proxy`` does not exempt the host (``urllib.request.getproxies``), else
     the endpoint (``HF_ENDPOINT``, default huggingface.co)."""
     hub = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    proxy = next(
-        (os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY") if os.environ.get(k)),
-        None,
-    )
-    target = urlsplit(proxy if "://" in str(proxy) else f"http://{proxy}") if proxy else hub
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(hub.scheme) or proxies.get("all")
+    if proxy and urllib.request.proxy_bypass(hub.hostname or ""):
+        proxy = None
+    target = urlsplit(proxy if "://" in proxy else f"http://{proxy}") if proxy else hub
     default = 443 if target.scheme == "https" else 80
     return target.hostname or "huggingface.co", target.port or default
 
