@@ -73,7 +73,7 @@ def default_data() -> str:
 def segments(lm, data: str, docs: list[str], args):
     """The same segments every side uses (seed 0), tokenised cold."""
     tokcache.clear_memory()
-    max_len = getattr(lm.model.config, "max_position_embeddings", None)
+    max_len = lm.max_len
     return make_segments(
         lm.tokenizer, data, args.segments, args.seq_len, 0, docs, max_len, cache=False
     )

@@ -78,7 +78,7 @@ def bad_files(tmp_path_factory, tiny_gpt2_dir):
         (["--data", "{d}/latin1.txt"], ["not valid UTF-8", "--encoding-errors replace"]),
         (["--data", "{d}/nofield.jsonl"], ["line 2", "no field 'text'"]),
         (["--data", "{d}/missing.txt"], ["not found"]),
-        (["--model", "no-such-model"], ["unknown model 'no-such-model'"]),
+        (["--model", "no such model"], ["unknown model 'no such model'"]),
         (["--model", "{d}/noweights"], ["no model weights"]),
         (["--model", "{d}/empty_folder"], ["no config.json"]),
         (["--model", "{d}/truncated"], ["cannot load model", "SafetensorError"]),

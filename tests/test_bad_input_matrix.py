@@ -159,7 +159,7 @@ CASES: list[Case] = [
     M("model-no-weights", ["--model", "{d}/noweights"], "no model weights"),
     M("model-no-config", ["--model", "{d}/empty_folder"], "config.json"),
     M("model-bad-config-json", ["--model", "{d}/badconfig"], "config.json"),
-    M("model-unknown", ["--model", "no-such-model"], "unknown model"),
+    M("model-unknown", ["--model", "no such model"], "unknown model"),
     M("model-empty-string", ["--model", ""], "--model"),
     M("model-txt-file", ["--model", "{d}/words.txt"], "not a .gguf"),
     M("model-not-gguf", ["--model", "{d}/notgguf.gguf"], "not a GGUF"),

@@ -229,7 +229,7 @@ def test_datastore_of_an_edited_model_is_refused(tiny_gpt2_dir, tmp_path, capsys
         ({"lmbda": 1.5}, r"--lmbda and --lmbda-grid values must be in \[0, 1\]"),
         ({"lmbda_grid": [0.0, -0.1]}, r"must be in \[0, 1\]"),
         ({"temperature": 0.0}, "--temperature must be positive"),
-        ({"context": 300}, "longer than the model's context of 256"),
+        ({"context": 300}, "exceeds the model's context of 256"),
     ],
 )
 def test_library_checks_its_arguments(built_lm, built, kwargs, match):

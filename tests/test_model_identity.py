@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from repdisp.cli import main
+from repdisp.core import convert, identity
 from repdisp.core import models as M
 from repdisp.core.corpus import make_segments
 from repdisp.core.extract import cache_key
@@ -55,13 +56,13 @@ def model_dir(wide_gpt2_dir, tmp_path):
 def hash_calls(monkeypatch):
     """Names of the files read by the full-file hash, in order."""
     calls: list[str] = []
-    real = M._sha256_file
+    real = identity._sha256_file
 
     def counting(path):
         calls.append(path.name)
         return real(path)
 
-    monkeypatch.setattr(M, "_sha256_file", counting)
+    monkeypatch.setattr(identity, "_sha256_file", counting)
     return calls
 
 
@@ -197,13 +198,13 @@ def test_gguf_by_path_is_converted_once(smollm2, tmp_path, monkeypatch):
     gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "home"))
     conversions: list[str] = []
-    real = M._convert_gguf
+    real = convert._convert_gguf
 
     def counting(src, target, progress):
         conversions.append(target.name)
         return real(src, target, progress)
 
-    monkeypatch.setattr(M, "_convert_gguf", counting)
+    monkeypatch.setattr(convert, "_convert_gguf", counting)
     first = M.load_model(str(gguf), device="cpu", dtype="float32")
     second = M.load_model(str(gguf), device="cpu", dtype="float32")
     assert len(conversions) == 1 and conversions[0].startswith("gguf-SmolLM2-135M-Instruct")
@@ -224,7 +225,7 @@ def test_gguf_cache_is_keyed_by_content(home, tmp_path, monkeypatch):
         target.mkdir(parents=True)
         (target / "config.json").write_text("{}")
 
-    monkeypatch.setattr(M, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(convert, "_convert_gguf", fake_convert)
     f = tmp_path / "tiny.gguf"
     f.write_bytes(b"GGUF" + np.random.default_rng(0).bytes(6 << 20))
     a = M.prepare_gguf(f, progress=False)
@@ -251,7 +252,7 @@ def test_models_prepare_takes_a_gguf_path(home, tmp_path, monkeypatch, capsys):
     from repdisp.cli import main
 
     monkeypatch.setattr(
-        M,
+        convert,
         "_convert_gguf",
         lambda src, target, progress: (
             (target / "x").mkdir(parents=True) or (target / "config.json").write_text("{}")

@@ -111,8 +111,9 @@ def test_folder_without_weights_or_config(tiny_gpt2, tmp_path):
         load_model(str(empty), device="cpu")
 
 
-@pytest.mark.parametrize("spec", ["no-such-model", "./missing/folder", "smollm3-9b"])
+@pytest.mark.parametrize("spec", ["no such model", "./missing/folder", "org/too/deep"])
 def test_unknown_model_name(spec):
+    # a bare name like ``smollm3-9b`` is a valid hub id (tests/test_loader_edges.py)
     with pytest.raises(RepdispError, match="unknown model") as e:
         load_model(spec, device="cpu")
     assert "smollm2-135m" in str(e.value)  # says what is bundled

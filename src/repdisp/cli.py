@@ -141,13 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         warnings.filterwarnings("ignore", module="transformers")
-        from .core import corpus
         from .io.results import command_line
 
-        corpus.HF_DEFAULTS.update(
-            split=getattr(args, "split", None) or corpus.DEFAULT_SPLIT,
-            trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
-        )
         with command_line(["repdisp", *argv]):  # named in every result file's provenance
             return int(args.func(args) or 0)
     except KeyboardInterrupt:

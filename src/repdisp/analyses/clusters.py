@@ -207,11 +207,12 @@ def clusters(
     progress: bool = True,
     text_field: str = "text",
     encoding_errors: str = "strict",
+    split: str | None = None,
     bootstrap: int = 1000,
 ) -> ClustersResult:
     """Mine n-grams of ``data`` with the first model's tokenizer, embed the sampled contexts with
     every model (they must tokenise the text identically), and measure the cluster distances."""
-    docs = load_texts(data, text_field=text_field, encoding_errors=encoding_errors)
+    docs = load_texts(data, text_field, split, encoding_errors)
     stream = ctx = mined = None
     results, tokenizer, used = [], None, []
     for spec in models:

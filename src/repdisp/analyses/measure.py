@@ -24,8 +24,10 @@ from ..core.errors import RepdispError
 from ..core.extract import Extraction, extract
 from ..core.geometry import CosineStats, bootstrap_ci
 from ..core.models import DEFAULT_MODEL, LoadedModel, as_loaded, load_model, resolve_device
+from ..core.precision import DTYPES
 from ..core.segment_table import segment_rows
 from ..core.stats import mean_ci
+from ..core.texts import data_name, load_texts
 from ..io.results import Result, new_figure, record, recorded, segment_field
 
 
@@ -192,10 +194,45 @@ def _site_values(total: np.ndarray, sites: list[str], pooling: str, dim: int) ->
     return values
 
 
+def _check_arguments(
+    model: Any,
+    sites: Any,
+    pooling: str,
+    bootstrap: int,
+    segments: int,
+    seq_len: int,
+    batch_size: int,
+    skip_first: int,
+    shard_segments: int,
+) -> None:
+    """Every argument of ``measure`` that can be judged without the model, judged before it
+    loads; each fault is one ``RepdispError`` line naming the option."""
+    if not isinstance(model, (str, LoadedModel, tuple)):
+        raise RepdispError(
+            "model: expected a name/path, a LoadedModel or (hf_model, tokenizer), got "
+            f"{type(model).__name__}"
+        )
+    names = [sites] if isinstance(sites, str) else sites
+    if not isinstance(names, (list, tuple)) or not all(isinstance(s, str) for s in names):
+        raise RepdispError(f"sites: expected a string or a list of strings, got {sites!r}")
+    if pooling not in ("last", "mean", "within"):
+        raise RepdispError(f"unknown pooling {pooling!r}; choose last, mean or within")
+    for flag, value, least in (
+        ("--bootstrap", bootstrap, 1),
+        ("--segments", segments, 2),
+        ("--seq-len", seq_len, 2),
+        ("--batch-size", batch_size, 1),
+        ("--skip-first", skip_first, 0),
+        ("--shard-segments", shard_segments, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise RepdispError(f"{flag} must be an integer of at least {least}, got {value!r}")
+
+
 @recorded
 def measure(
     model: str | LoadedModel | tuple = DEFAULT_MODEL,
-    data: str = "python-docs",
+    data: Any = "python-docs",
     *,
     sites: str | list[str] = "final",
     segments: int = 200,
@@ -211,6 +248,7 @@ def measure(
     progress: bool = True,
     text_field: str = "text",
     encoding_errors: str = "strict",
+    split: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     shard_segments: int = 256,
@@ -234,10 +272,12 @@ def measure(
     >>> r = repdisp.measure("smollm2-135m", "python-docs", segments=200, seq_len=256)  # doctest: +SKIP
     >>> print(r.table())  # doctest: +SKIP
     """
-    if pooling not in ("last", "mean", "within"):
-        raise RepdispError(f"unknown pooling {pooling!r}; choose last, mean or within")
-    if bootstrap < 1:
-        raise RepdispError("--bootstrap must be at least 1")
+    _check_arguments(
+        model, sites, pooling, bootstrap, segments, seq_len, batch_size, skip_first, shard_segments
+    )
+    if dtype not in DTYPES:
+        raise RepdispError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    docs = load_texts(data, text_field, split, encoding_errors, trust_remote_code)
     start = time.perf_counter()
     if distributed.from_env().world_size > 1 and not cache:
         raise RepdispError("a multi-process run needs the shard cache; drop --no-cache")
@@ -259,9 +299,8 @@ def measure(
             segments,
             seq_len,
             seed,
-            max_len=lm.max_len,
-            text_field=text_field,
-            encoding_errors=encoding_errors,
+            docs,
+            lm.max_len,
             cache=bool(cache),  # --no-cache: no token cache either
         )
         pools = [pooling]
@@ -288,7 +327,7 @@ def measure(
             site_results, ppl = _summaries(ex, total, pooling, dim, bootstrap, seed)
             result = MeasureResult(
                 model=lm.name,
-                data=data,
+                data=data_name(data),
                 n_segments=len(segs),
                 seq_len=seq_len,
                 seed=seed,

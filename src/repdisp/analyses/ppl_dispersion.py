@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..core.corpus import Segments, load_texts
+from ..core.corpus import Segments
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
@@ -218,10 +218,7 @@ def ppl_vs_dispersion(
     stats = Statistics.build(stats, sampling.seed, **binning)
     start = time.perf_counter()
     result = PplDispersionResult(pooling, site, sampling.skip_first, sampling.seed)
-    docs = {
-        d: load_texts(d, sampling.text_field, encoding_errors=sampling.encoding_errors)
-        for d in datas
-    }
+    docs = {d: sampling.texts(d) for d in datas}
     rows: list[dict[str, Any]] = []
     for spec in models:
         lm = loaded(spec, load)

@@ -85,6 +85,7 @@ def run_clusters(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         text_field=args.text_field,
         encoding_errors=args.encoding_errors,
+        split=args.split,
         bootstrap=args.bootstrap,
     )
     print(result.summary())

@@ -186,6 +186,7 @@ def _config(args: argparse.Namespace, o: dict) -> Any:
         dispersion_every=args.dispersion_every,
         text_field=args.text_field,
         encoding_errors=args.encoding_errors,
+        split=args.split,
         **{k: o[k] for k in keys},
     )
 

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         args.chunk_len,
         text_field=args.text_field,
         encoding_errors=args.encoding_errors,
+        split=args.split,
+        trust_remote_code=args.trust_remote_code,
     )
     profile = profile_keys(
         lm,

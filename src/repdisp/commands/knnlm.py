@@ -145,7 +145,12 @@ def _tokens(lm, sources: list[str], args: argparse.Namespace):
     from ..applications.knnlm import load_tokens
 
     return load_tokens(
-        lm, sources, text_field=args.text_field, encoding_errors=args.encoding_errors
+        lm,
+        sources,
+        text_field=args.text_field,
+        encoding_errors=args.encoding_errors,
+        split=args.split,
+        trust_remote_code=args.trust_remote_code,
     )
 
 

@@ -94,6 +94,8 @@ def run_measure(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         text_field=args.text_field,
         encoding_errors=args.encoding_errors,
+        split=args.split,
+        trust_remote_code=args.trust_remote_code,
         shard_segments=args.shard_segments,
         per_segment=args.save_segments,
     )

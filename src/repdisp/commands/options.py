@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..core.errors import RepdispError
 from .option_groups.data import (
     DATA_HELP,
     SITE_HELP,
@@ -142,25 +141,30 @@ def check_data(args: argparse.Namespace) -> None:
         head, sep, rng = spec.rpartition("@")  # knnlm's SOURCE@START:END token range
         if sep and ":" in rng and all(p.isdigit() or not p for p in rng.split(":", 1)):
             spec = head
-        load_texts(spec, args.text_field, encoding_errors=args.encoding_errors)
+        load_texts(
+            spec,
+            args.text_field,
+            args.split,
+            args.encoding_errors,
+            getattr(args, "trust_remote_code", False),
+        )
 
 
 def check_context(lm: Any, flag: str, tokens: int) -> None:
-    """Refuse a window longer than the model's context (position embeddings would run out)."""
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if isinstance(limit, int) and tokens > limit:
-        raise RepdispError(f"{flag} {tokens} exceeds the model's context of {limit} tokens")
+    """Refuse a window longer than the model's context (``LoadedModel.check_window``)."""
+    lm.check_window(tokens, flag)
 
 
 def model_from_args(args: argparse.Namespace, spec: str | None = None) -> Any:
     """Load ``spec`` (default ``args.model``) with the model options of ``args``, after
     ``check_data``."""
     from ..core.models import load_model
+    from ..core.precision import agree_dtype
 
     check_data(args)
 
     kwargs = dict(getattr(args, "model_args", None) or {})
-    dtype = kwargs.pop("dtype", args.dtype)
+    dtype = agree_dtype(args.dtype, kwargs.pop("dtype", None))
     return load_model(
         spec or args.model,
         args.device,

@@ -20,3 +20,9 @@ def warn(message: str) -> None:
     import sys
 
     print(f"repdisp: warning: {message}", file=sys.stderr)
+
+
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of an exception from a library, for one-line errors."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else 'no details'}"

@@ -1,6 +1,6 @@
 """How segments are drawn and extracted (``Sampling``), shared by the §2 analyses and training.
 
-``Sampling.run`` draws the same segments for every model (same seed: ``core.corpus.make_segments``)
+``Sampling.run`` draws the same segments for every model (same seed: ``core.segments.make_segments``)
 and makes one extraction pass (``core.extract.extract``) over them; ``loaded`` accepts a model
 object or a spec string.
 """
@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .corpus import Segments, load_texts, make_segments
 from .extract import Extraction, extract
-from .models import LoadedModel, as_loaded, load_model
+from .loaded import LoadedModel
+from .loading import as_loaded, load_model
+from .segments import Segments, make_segments
+from .texts import load_texts
 
 ModelLike = str | LoadedModel | tuple
 
@@ -30,6 +32,8 @@ class Sampling:
     progress: bool = True
     text_field: str = "text"
     encoding_errors: str = "strict"
+    split: str | None = None  # of an ``hf:`` source (default ``test``)
+    trust_remote_code: bool = False  # let an ``hf:`` dataset run its loading script
 
     def run(
         self,
@@ -53,10 +57,16 @@ class Sampling:
     ) -> Segments:
         """The segments of ``data`` for ``lm``'s tokenizer (seeded: the same for every model)."""
         if docs is None:
-            docs = load_texts(data, self.text_field, encoding_errors=self.encoding_errors)
+            docs = self.texts(data)
         n, length = self.segments, seq_len or self.seq_len
         return make_segments(
             lm.tokenizer, data, n, length, self.seed, docs, lm.max_len, cache=self.cache
+        )
+
+    def texts(self, data: str) -> list[str]:
+        """The documents of ``data`` read with these text options (``core.texts.load_texts``)."""
+        return load_texts(
+            data, self.text_field, self.split, self.encoding_errors, self.trust_remote_code
         )
 
     def extract(

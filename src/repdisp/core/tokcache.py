@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .models import cache_root
+from .home import cache_root
 from .shards import atomic_write
 
 _VERSION = 1

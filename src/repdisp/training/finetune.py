@@ -157,7 +157,7 @@ def finetune(
         raise RepdispError(f"--out {out} exists and is not empty; choose a new folder")
     start = time.perf_counter()
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, "float32")
-    docs = load_texts(data, text_field=c.text_field, encoding_errors=c.encoding_errors)
+    docs = load_texts(data, c.text_field, c.split, c.encoding_errors)
     train_docs, heldout_docs = split_text(docs, c.train_fraction)
     segs = make_segments(
         lm.tokenizer, data, None, c.seq_len, c.seed, docs=train_docs, max_len=lm.max_len

@@ -44,6 +44,7 @@ class FinetuneConfig:
     dispersion_segments: int = 32
     text_field: str = "text"
     encoding_errors: str = "strict"
+    split: str | None = None  # of an ``hf:`` source (default ``test``)
 
     def __post_init__(self) -> None:
         from .checkpoints import check_save_every

@@ -14,6 +14,7 @@ import numpy as np
 
 from ...core.corpus import Segments, load_texts, prepend_bos, token_stream
 from ...core.errors import RepdispError
+from ...core.loaded import check_window
 from ...core.models import LoadedModel
 
 
@@ -92,10 +93,5 @@ def chunk_windows(tokens: np.ndarray, chunk_len: int, bos: int | None, source: s
 
 
 def check_context(context: int, max_len: int | None, bos: int | None) -> None:
-    """A window (plus its BOS) must fit the model's context length."""
-    need = context + int(bos is not None)
-    if max_len is not None and need > max_len:
-        extra = " plus the BOS" if bos is not None else ""
-        raise RepdispError(
-            f"--context {context}{extra} is longer than the model's context of {max_len} tokens"
-        )
+    """A window (plus its BOS) must fit the model's context length (``core.loaded.check_window``)."""
+    check_window(context, max_len, bos, "--context")

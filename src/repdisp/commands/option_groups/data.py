@@ -120,6 +120,8 @@ def sampling_from_args(args: argparse.Namespace) -> Any:
         progress=not args.quiet,
         text_field=args.text_field,
         encoding_errors=args.encoding_errors,
+        split=getattr(args, "split", None),
+        trust_remote_code=getattr(args, "trust_remote_code", False),
     )
 
 

@@ -46,6 +46,10 @@ def parse_model_args(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(
                 f"unknown --model-args key {key!r}; valid: {', '.join(MODEL_ARG_KEYS)}"
             )
+        if key in out and out[key] != value.strip():
+            raise argparse.ArgumentTypeError(
+                f"--model-args {key}={out[key]} and {key}={value.strip()} disagree: give one"
+            )
         if key == "dtype" and value.strip() not in DTYPES:
             raise argparse.ArgumentTypeError(
                 f"--model-args dtype={value.strip()}: choose one of {', '.join(DTYPES)}"
