@@ -198,12 +198,7 @@ def _check_arguments(
     model: Any,
     sites: Any,
     pooling: str,
-    bootstrap: int,
-    segments: int,
-    seq_len: int,
-    batch_size: int,
-    skip_first: int,
-    shard_segments: int,
+    counts: dict[str, Any],
 ) -> None:
     """Every argument of ``measure`` that can be judged without the model, judged before it
     loads; each fault is one ``RepdispError`` line naming the option."""
@@ -217,14 +212,9 @@ def _check_arguments(
         raise RepdispError(f"sites: expected a string or a list of strings, got {sites!r}")
     if pooling not in ("last", "mean", "within"):
         raise RepdispError(f"unknown pooling {pooling!r}; choose last, mean or within")
-    for flag, value, least in (
-        ("--bootstrap", bootstrap, 1),
-        ("--segments", segments, 2),
-        ("--seq-len", seq_len, 2),
-        ("--batch-size", batch_size, 1),
-        ("--skip-first", skip_first, 0),
-        ("--shard-segments", shard_segments, 1),
-    ):
+    least_of = {"bootstrap": 1, "segments": 2, "seq_len": 2, "batch_size": 1, "skip_first": 0}
+    for name, value in counts.items():
+        flag, least = "--" + name.replace("_", "-"), least_of.get(name, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise RepdispError(f"{flag} must be an integer of at least {least}, got {value!r}")
 
@@ -272,9 +262,9 @@ def measure(
     >>> r = repdisp.measure("smollm2-135m", "python-docs", segments=200, seq_len=256)  # doctest: +SKIP
     >>> print(r.table())  # doctest: +SKIP
     """
-    _check_arguments(
-        model, sites, pooling, bootstrap, segments, seq_len, batch_size, skip_first, shard_segments
-    )
+    counts = {"bootstrap": bootstrap, "segments": segments, "seq_len": seq_len}
+    counts |= {"batch_size": batch_size, "skip_first": skip_first}
+    _check_arguments(model, sites, pooling, counts | {"shard_segments": shard_segments})
     if dtype not in DTYPES:
         raise RepdispError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     docs = load_texts(data, text_field, split, encoding_errors, trust_remote_code)
