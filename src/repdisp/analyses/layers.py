@@ -20,6 +20,7 @@ from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.stats import Correlation
+from ..io.progress import StatusLine
 from ..io.results import Result, new_figure, record, recorded
 from .binning import (
     MODES,
@@ -171,6 +172,7 @@ def layers(
     start = time.perf_counter()
     lm = loaded(model, load)
     segs, ex = sampling.run(lm, data, sites, [pooling, "within"])
+    line = StatusLine(f"statistics {lm.name} / {data}", enabled=sampling.progress)
     result = layers_from_extraction(
         lm.name,
         data,
@@ -187,6 +189,7 @@ def layers(
         permutations=permutations,
         curve_bins=curve_bins,
     )
+    line.close()
     record(result, models=lm, data=segs, seed=sampling.seed)
     result.seconds = time.perf_counter() - start
     return result

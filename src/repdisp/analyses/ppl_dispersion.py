@@ -33,6 +33,7 @@ from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.segment_table import segment_rows
 from ..core.stats import Correlation
+from ..io.progress import StatusLine
 from ..io.results import Result, new_figure, record, recorded
 from .binning import (
     MODES,
@@ -237,6 +238,8 @@ def ppl_vs_dispersion(
                         row = {"model": lm.name, "data": data, "seq_len": length} | row
                         row["bin"] = chosen.get(row["segment"])
                         rows.append(row)
+                line = StatusLine(f"statistics {lm.name} / {data} / {length}",
+                                  enabled=sampling.progress)  # fmt: skip
                 result.series.append(
                     series_from_extraction(
                         lm.name,
@@ -257,6 +260,7 @@ def ppl_vs_dispersion(
                         curve_bins=curve_bins,
                     )
                 )
+                line.close()
     result.seconds = time.perf_counter() - start
     if per_segment:
         result.__dict__["_segments"] = rows
