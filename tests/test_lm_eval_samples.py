@@ -119,7 +119,15 @@ def test_tiny_model_samples_equal_own_scorer(tiny_gpt2, tiny_gpt2_dir, tmp_path)
     data = tmp_path / "arc_short.jsonl"
     data.write_text("\n".join(keep) + "\n")
     out = _lm_eval(tiny_gpt2_dir, tmp_path, 16, data)
-    _check_against_own_scorer(tiny_gpt2, out, 16, data)
+    result = _check_against_own_scorer(tiny_gpt2, out, 16, data)
+
+    from repdisp.cli import main
+
+    args = ["hard-slices", "--model", str(tiny_gpt2_dir), "--lm-eval-samples", str(out),
+            "--fraction", "0.25", "--device", "cpu", "--out", str(tmp_path / "hs"), "--quiet"]
+    assert main(args) == 0
+    hs = repdisp.load_result(tmp_path / "hs" / "hard_slices.json")
+    assert hs.auroc == pytest.approx(hard_slices(result, 0.25).auroc)
 
 
 @pytest.mark.slow
@@ -174,3 +182,17 @@ def test_hand_written_records_and_bad_input(tmp_path):
     (tmp_path / "samples_other_2026.jsonl").write_text(json.dumps(_record(0, 1.0)) + "\n")
     with pytest.raises(repdisp.RepdispError, match="several tasks"):
         read_samples(tmp_path)
+    with pytest.raises(repdisp.RepdispError, match="fewer than 2 documents of task other"):
+        read_samples(tmp_path, task="other")
+    with pytest.raises(repdisp.RepdispError, match="no samples of task 'x'"):
+        read_samples(tmp_path, task="x")
+
+
+def test_cli_bad_samples_path_is_one_line(tmp_path, capsys):
+    from repdisp.cli import main
+
+    args = ["accuracy-probe", "--model", "smollm2-135m", "--lm-eval-samples", str(tmp_path / "x"),
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0]
