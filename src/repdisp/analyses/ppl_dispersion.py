@@ -34,6 +34,7 @@ from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.segment_table import segment_rows
 from ..core.settings import Statistics
 from ..core.stats import Correlation
+from ..io.progress import StatusLine
 from ..io.results import Result, new_figure, record, recorded, segment_field
 from .binning import (
     MODES,
@@ -229,12 +230,15 @@ def ppl_vs_dispersion(
                 record(result, data=segs)
                 if per_segment:
                     rows += _segment_rows(lm.name, data, segs, ex, stats, pooling, last_token)
+                line = StatusLine(f"statistics {lm.name} / {data} / {length}",
+                                  enabled=sampling.progress)  # fmt: skip
                 result.series.append(
                     series_from_extraction(
                         lm.name, data, segs, ex, stats,
                         site=ex.sites[0], pooling=pooling, last_token=last_token,
                     )  # fmt: skip
                 )
+                line.close()
     result.seconds = time.perf_counter() - start
     if per_segment:
         result.per_segment_rows = rows

@@ -44,6 +44,18 @@ def _add_mc_args(p: argparse.ArgumentParser, command: str, files: str) -> None:
         type=checks.positive_int,
         help="score a seeded random subset of this many questions",
     )
+    d.add_argument(
+        "--lm-eval-samples",
+        metavar="PATH",
+        help="instead of --data: lm-evaluation-harness --log_samples output (a samples_TASK_*.jsonl"
+        " file or a folder); its per-document correctness, this model's query embeddings",
+    )
+    d.add_argument("--lm-eval-task", help="with --lm-eval-samples: the task, when PATH has several")
+    d.add_argument(
+        "--lm-eval-metric",
+        default="acc",
+        help="with --lm-eval-samples: the per-document 0/1 metric that says right or wrong",
+    )
     d.add_argument("--question-field", default="question", help="generic jsonl: question column")
     d.add_argument("--choices-field", default="choices", help="generic jsonl: choices column")
     d.add_argument("--answer-field", default="answer", help="generic jsonl: answer column")
@@ -74,8 +86,12 @@ def _scored(args: argparse.Namespace):
         except zipfile.BadZipFile as e:
             raise RepdispError(f"{args.scores}: not a queries.npz file ({e})") from None
         return result, result.model
+    if args.lm_eval_samples:
+        return _from_lm_eval(args)
     if not args.data:
-        raise RepdispError("give --data (questions) or --scores (an earlier queries.npz)")
+        raise RepdispError(
+            "give --data (questions), --lm-eval-samples or --scores (an earlier queries.npz)"
+        )
     lm = model_from_args(args)
     columns = {}
     if args.task == "jsonl":
@@ -105,6 +121,28 @@ def _scored(args: argparse.Namespace):
         )
     else:
         print(f"{len(result.items)} questions scored (no gold answers: no accuracy)")
+    print(f"wrote {path} (reuse it with --scores)")
+    return result, args.model
+
+
+def _from_lm_eval(args: argparse.Namespace):
+    from ..applications.lm_eval_samples import read_samples, score_samples
+
+    if args.data:
+        raise RepdispError("give --data or --lm-eval-samples, not both")
+    samples = read_samples(args.lm_eval_samples, task=args.lm_eval_task, metric=args.lm_eval_metric)
+    lm = model_from_args(args)
+    result, agreement = score_samples(
+        lm, samples, site=one_site(args, args._command), batch_size=args.batch_size,
+        progress=not args.quiet,
+    )  # fmt: skip
+    args.task = samples.task
+    path = result.save(out_dir(args) / "queries.npz")
+    print(
+        f"{len(result.items)} documents of lm-eval task {samples.task}: {samples.metric} "
+        f"{result.acc:.4f}, acc_norm {result.acc_norm:.4f} (as the harness scored them); "
+        f"repdisp's own choice agrees with the harness's on {agreement:.1%}"
+    )
     print(f"wrote {path} (reuse it with --scores)")
     return result, args.model
 

@@ -7,20 +7,28 @@ measurement is exact: the pooled vectors of the N probe segments are read with o
 per batch (``core.extract``, no cache, no LM head) and Eq. 1 is computed in O(N·d) from the sum
 of unit vectors (``core.geometry.CosineStats``).
 
-The values go out through the Trainer's own logging, so whatever ``report_to`` the user set
-(TensorBoard, W&B, MLflow, ...) receives them as scalars named ``dispersion/<site>``:
+Names: ``dispersion/<site>`` at training steps and ``eval_dispersion/<site>`` at evaluations,
+``<site>`` spelled as the user gave it (``-1.attn`` stays ``-1.attn``, not the resolved block);
+``prefix`` replaces ``dispersion``.
 
     cb = DispersionCallback(probe_segments, sites=["final", "-1.attn"], every_n_steps=50)
-    cb.attach(trainer)          # adds the callback and lets it call trainer.log()
+    cb.attach(trainer)          # adds the callback and lets it reach the trackers
     trainer.train()
 
-With ``attach`` the callback calls ``trainer.log`` (what the integrations listen to). Added only
-through ``Trainer(callbacks=[cb])`` it cannot reach the trainer, so it adds its values to the
-next ``logs`` dict that passes through ``on_log`` instead: they reach ``log_history`` and the
-callbacks after it, but not the ``report_to`` integrations, which the Trainer registers first;
-``attach`` is the way to report them. At an evaluation the
-values are also added to the evaluation's ``metrics`` (``eval_dispersion/<site>``).
-``history`` keeps every measurement as ``{"step": ..., "dispersion/<site>": ...}``.
+With ``attach`` each measurement goes, under exactly these names, to ``state.log_history`` (one
+record ``{name: value, ..., "step": global_step}``), to TensorBoard (``add_scalar(name, value,
+global_step)`` on the ``report_to`` writer: transformers' own ``on_log`` would rename it
+``train/dispersion/...``), to W&B (``wandb.log({name: value, "train/global_step": step})``, the
+step metric the W&B integration defines) and to the ``on_log`` of every other callback (MLflow,
+``CSVLogger``, the progress printer, ...), as ``Trainer.log`` would. An evaluation's values are
+sent when it is measured (after the Trainer logged its own metrics) and are also added to the
+``metrics`` that ``trainer.evaluate()`` returns.
+
+Added only through ``Trainer(callbacks=[cb])`` the callback cannot reach the trainer's other
+callbacks: its records still go to ``state.log_history``, and its values ride on the next
+``logs`` dict that passes through its ``on_log`` (so the callbacks after it see them), but the
+``report_to`` integrations, which the Trainer registers first, do not; ``attach`` is the way to
+report them. ``history`` keeps every measurement as ``{"step": ..., "<name>": ...}``.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from ..core.errors import RepdispError
 from ..core.extract import extract
 from ..core.geometry import CosineStats
 from ..core.models import LoadedModel
+from ..core.sites import parse_site
 
 
 def _unwrap(model: Any) -> Any:
@@ -140,51 +149,103 @@ class DispersionCallback(TrainerCallback):
                 )
         finally:
             net.train(was_training)
-        return {
-            f"{self.prefix}/{site}": CosineStats().update(ex.get(site, self.pooling)).dispersion
-            for site in ex.sites
-        }
+        resolved = {site: CosineStats().update(ex.get(site, self.pooling)).dispersion
+                    for site in ex.sites}  # fmt: skip
+        return {f"{self.prefix}/{name}": resolved[site] for name, site in
+                self._spellings(lm.n_blocks, ex.sites)}  # fmt: skip
 
-    def _report(self, model: Any, state: Any) -> dict[str, float]:
+    def _spellings(self, n_blocks: int, resolved: list[str]) -> list[tuple[str, str]]:
+        """(name as the user wrote it, resolved site) for each requested site; groups (``all``,
+        ``all.attn``, ``everything``) give their resolved names."""
+        items = self.sites.split(",") if isinstance(self.sites, str) else [
+            s for x in self.sites for s in x.split(",")]  # fmt: skip
+        out: list[tuple[str, str]] = []
+        for item in (s.strip() for s in items if s.strip()):
+            if item in ("all", "all.attn", "everything"):
+                continue
+            pair = (item, parse_site(item, n_blocks).name)
+            if pair not in out:
+                out.append(pair)
+        named = {site for _, site in out}
+        return out + [(site, site) for site in resolved if site not in named]
+
+    def _report(
+        self, model: Any, args: Any, state: Any, control: Any, evaluation: bool = False
+    ) -> dict[str, float]:
         if self._last_step == state.global_step and self.history:
             values = {k: v for k, v in self.history[-1].items() if k != "step"}
         else:
             values = self.measure(model)
             self.history.append({"step": state.global_step, **values})
             self._last_step = state.global_step
-            if self.trainer is not None:
-                # Trainer.log's on_log clears control.should_log: keep the Trainer's own decision
-                # to log this step (loss, learning rate), which it takes after on_step_end
-                keep = self.trainer.control.should_log
-                self.trainer.log(dict(values))
-                self.trainer.control.should_log = keep
-            else:
-                self._pending = dict(values)
+        sent = {f"eval_{k}": v for k, v in values.items()} if evaluation else dict(values)
+        self._send(sent, model, args, state, control)
         return values
+
+    def _send(self, values: dict[str, float], model: Any, args: Any, state: Any, control: Any):
+        """``values`` under their own names to log_history and, when attached, every tracker."""
+        record = dict(values)
+        if state.epoch is not None:
+            record["epoch"] = state.epoch
+        state.log_history.append({**record, "step": state.global_step})
+        if self.trainer is None:
+            self._pending = {**(self._pending or {}), **values}
+            return
+        for cb in self.trainer.callback_handler.callbacks:
+            if cb is self:
+                continue
+            if type(cb).__name__ == "TensorBoardCallback":
+                _to_tensorboard(cb, values, args, state)
+            elif type(cb).__name__ == "WandbCallback":
+                _to_wandb(cb, values, args, state, model)
+            else:  # as Trainer.log does; keep the Trainer's own decision to log this step
+                keep = control.should_log
+                cb.on_log(args, state, control, logs=dict(record), model=model)
+                control.should_log = keep
 
     # -- TrainerCallback events ----------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
         if self.every_n_steps and model is not None and state.global_step == 0:
-            self._report(model, state)  # the starting point of the curve
+            self._report(model, args, state, control)  # the starting point of the curve
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
         if self.every_n_steps and model is not None and state.global_step % self.every_n_steps == 0:
-            self._report(model, state)
+            self._report(model, args, state, control)
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, model: Any = None, metrics: Any = None, **kw: Any
     ):
         if self.at_evaluate and model is not None:
-            values = self._report(model, state)
+            values = self._report(model, args, state, control, evaluation=True)
             if metrics is not None:
                 metrics.update({f"eval_{k}": v for k, v in values.items()})
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
         if self._pending and logs is not None:
-            logs.update(self._pending)
-            if state.log_history and state.log_history[-1].get("step") == state.global_step:
-                state.log_history[-1].update(self._pending)  # the Trainer appended a copy
+            logs.update(self._pending)  # for the callbacks after this one
             self._pending = None
+
+
+def _to_tensorboard(cb: Any, values: dict[str, float], args: Any, state: Any) -> None:
+    """Scalars on transformers' TensorBoard writer under their own tags (its on_log would add
+    ``train/``); the writer is opened as its on_log opens it when no training started yet."""
+    if not state.is_world_process_zero:
+        return
+    if cb.tb_writer is None:
+        cb._init_summary_writer(args)
+    if cb.tb_writer is not None:
+        for k, v in values.items():
+            cb.tb_writer.add_scalar(k, v, state.global_step)
+        cb.tb_writer.flush()
+
+
+def _to_wandb(cb: Any, values: dict[str, float], args: Any, state: Any, model: Any) -> None:
+    """``wandb.log`` with the W&B integration's step metric, names unchanged."""
+    if cb._wandb is None or not state.is_world_process_zero:
+        return
+    if not cb._initialized:
+        cb.setup(args, state, model)
+    cb._wandb.log({**values, "train/global_step": state.global_step})
 
 
 def check_report_to(report_to: str | list[str]) -> bool:

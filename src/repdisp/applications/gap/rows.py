@@ -1,6 +1,8 @@
 """Lazy reader of output-embedding rows: only the rows of the tokens used are read.
 
 safetensors  ``safe_open`` memory-maps the file; ``get_slice`` reads single rows
+URL          any fsspec URL (``hf://``, ``s3://``, ``https://``, ``file://``) of a safetensors
+             file or folder: the header and the needed rows' byte ranges only (``remote``)
 GGUF         the header's tensor table (``core.gguf``) locates ``output.weight`` (or
              ``token_embd.weight``); the needed rows are read through a memory map and
              dequantised with ``gguf.quants.dequantize``
@@ -17,6 +19,7 @@ import numpy as np
 from ...core.errors import RepdispError
 from ...core.gguf import tensor_infos
 from ...core.models import BUNDLED, file_fingerprint, prepare
+from .remote import RemoteSafetensors, is_url
 
 _HEAD_KEYS = ("lm_head.weight", "embed_out.weight", "output.weight")
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
@@ -27,6 +30,12 @@ class EmbeddingRows:
 
     def __init__(self, spec: str):
         self.spec = spec
+        self._remote: RemoteSafetensors | None = None
+        if is_url(spec):
+            self._remote = r = RemoteSafetensors(spec, _HEAD_KEYS, _EMBED_SUFFIXES)
+            self.tensor, self.tied, self.kind, self.path = r.tensor, r.tied, "safetensors", None
+            self._tokenizer_json: str | None = None
+            return
         path = Path(spec).expanduser()
         if spec in BUNDLED:
             path = prepare(spec)  # the converted safetensors folder (made once)
@@ -74,6 +83,8 @@ class EmbeddingRows:
     def tokenizer_key(self) -> str:
         """Identifies the tokenizer: checkpoints with equal keys share one tokenizer load and
         the cached token sets. The sha256 of ``tokenizer.json``, else the file's fingerprint."""
+        if self._remote is not None:
+            return hashlib.sha256(self._remote_tokenizer().encode()).hexdigest()
         tj = self.path / "tokenizer.json" if self.kind == "safetensors" else None
         if tj is not None and tj.exists():
             return hashlib.sha256(tj.read_bytes()).hexdigest()
@@ -85,6 +96,10 @@ class EmbeddingRows:
         from transformers import AutoTokenizer
 
         try:
+            if self._remote is not None:
+                from tokenizers import Tokenizer
+
+                return Tokenizer.from_str(self._remote_tokenizer())
             if self.kind == "safetensors" and (self.path / "tokenizer.json").exists():
                 from tokenizers import Tokenizer
 
@@ -95,9 +110,16 @@ class EmbeddingRows:
         except Exception as e:  # tokenizers raises its own types
             raise RepdispError(f"cannot load the tokenizer of {self.spec}: {e}") from None
 
+    def _remote_tokenizer(self) -> str:
+        if self._tokenizer_json is None:
+            self._tokenizer_json = self._remote.tokenizer_json()
+        return self._tokenizer_json
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """float64 rows ``ids`` of the matrix; nothing else is read or dequantised."""
         ids = np.asarray(ids, dtype=np.int64)
+        if self._remote is not None:
+            return self._remote.rows(ids)
         if self.kind == "gguf":
             from gguf.quants import dequantize
 
@@ -117,6 +139,8 @@ class EmbeddingRows:
 
 
 def _matrix_shape(src: EmbeddingRows) -> tuple[int, int]:
+    if src._remote is not None:
+        return src._remote.shape
     if src.kind == "gguf":
         return src._gguf.shape
     from safetensors import safe_open
