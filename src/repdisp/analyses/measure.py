@@ -21,7 +21,7 @@ import numpy as np
 from ..core import distributed
 from ..core.corpus import make_segments
 from ..core.errors import RepdispError
-from ..core.extract import Extraction, extract
+from ..core.extract import Extraction, extract, parse_pools
 from ..core.geometry import CosineStats, bootstrap_ci
 from ..core.models import DEFAULT_MODEL, LoadedModel, as_loaded, load_model, resolve_device
 from ..core.segment_table import segment_rows
@@ -48,6 +48,7 @@ class SiteDispersion:
     dispersion: float
     ci_low: float
     ci_high: float
+    requested: str = ""  # the name asked for (e.g. blocks.5.hook_resid_post), where different
 
 
 @dataclass
@@ -236,8 +237,7 @@ def measure(
     >>> r = repdisp.measure("smollm2-135m", "python-docs", segments=200, seq_len=256)  # doctest: +SKIP
     >>> print(r.table())  # doctest: +SKIP
     """
-    if pooling not in ("last", "mean", "within"):
-        raise RepdispError(f"unknown pooling {pooling!r}; choose last, mean or within")
+    parse_pools(pooling, ("last", "mean", "within"))  # checked once, here
     if bootstrap < 1:
         raise RepdispError("--bootstrap must be at least 1")
     start = time.perf_counter()
@@ -266,15 +266,16 @@ def measure(
             encoding_errors=encoding_errors,
             cache=bool(cache),  # --no-cache: no token cache either
         )
-        pools = [pooling]
-        if per_segment:
-            pools.append("within" if pooling != "within" else "last")
+        site_list = lm.parse_sites(sites)  # parsed once; extract takes the Site objects
+        pools = parse_pools(
+            [pooling, *(["within" if pooling != "within" else "last"] * per_segment)]
+        )
         opts = {"perplexity": True, "batch_size": batch_size, "skip_first": skip_first}
         opts |= {"cache": cache, "shard_segments": shard_segments}
         ex = extract(
             lm,
             segs,
-            sites,
+            site_list,
             pools,
             progress=progress and dist.is_main,
             rank=dist.rank,
@@ -286,7 +287,9 @@ def measure(
         result = None
         if dist.is_main:
             if dist.world_size > 1:  # every shard is written by now: read them all back
-                ex = extract(lm, segs, sites, pools, progress=False, rank=0, world_size=1, **opts)
+                ex = extract(
+                    lm, segs, site_list, pools, progress=False, rank=0, world_size=1, **opts
+                )
             site_results, ppl = _summaries(ex, total, pooling, dim, bootstrap, seed)
             result = MeasureResult(
                 model=lm.name,
@@ -321,7 +324,7 @@ def _summaries(
         lo, hi = (
             mean_ci(x, bootstrap, seed) if pooling == "within" else bootstrap_ci(x, bootstrap, seed)
         )
-        results.append(SiteDispersion(site, pooling, value, lo, hi))
+        results.append(SiteDispersion(site, pooling, value, lo, hi, ex.requested.get(site, "")))
     nll_sum, last_sum, n = total[-3:]
     ppl = {
         "ppl": float(np.exp(nll_sum / n)),

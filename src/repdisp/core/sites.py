@@ -170,6 +170,11 @@ def all_site_names(n_blocks: int) -> list[str]:
     return names + ["final"]
 
 
+def final_site(n_blocks: int) -> Site:
+    """The ``final`` site of a model with ``n_blocks`` blocks (the deepest site)."""
+    return Site(2 * n_blocks + 1, "final")
+
+
 def parse_site(spec: str, n_blocks: int) -> Site:
     """Resolve a site name (negative indices allowed; TransformerLens and ``hs:K`` aliases) to
     its canonical form and depth."""
@@ -181,7 +186,7 @@ def parse_site(spec: str, n_blocks: int) -> Site:
     elif spec == "final_normalized":
         site = Site(2 * n_blocks + 0.5, spec)
     elif spec == "final":
-        site = Site(2 * n_blocks + 1, "final")
+        site = final_site(n_blocks)
     m = _SITE_RE.match(spec)
     if m:
         i = int(m.group(1))
@@ -235,7 +240,7 @@ def _first(output: Any) -> Any:
 def final_norm(model: Any) -> Any:
     """The final norm module of a causal LM's body."""
     body = model.base_model
-    for attr in ("norm", "ln_f", "final_layernorm", "norm_f"):
+    for attr in ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f"):
         if getattr(body, attr, None) is not None:
             return getattr(body, attr)
     raise RepdispError(f"cannot find the final norm of {type(model).__name__}; {_WORKS}")
