@@ -78,6 +78,23 @@ def atomic_folder(target: Path, replace: bool = True) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_FINISHED = [0]  # finished pieces of work (shards, checkpoints) this process wrote or found
+
+
+def note_finished(n: int = 1) -> None:
+    """Count ``n`` finished, kept pieces of work (a shard, a checkpoint): the CLI says "finished
+    shards are kept" after an error or interrupt only when there are some."""
+    _FINISHED[0] += n
+
+
+def finished_count(reset: bool = False) -> int:
+    """How many finished pieces this process has noted (``reset``: start counting again)."""
+    n = _FINISHED[0]
+    if reset:
+        _FINISHED[0] = 0
+    return n
+
+
 class ShardStore:
     """A folder of ``shard_XXXXX.npz`` files, each with a ``shard_XXXXX.json`` record of its
     sha256, cache key and segment range, and a ``manifest.json`` describing the run (``meta``)."""
@@ -106,7 +123,9 @@ class ShardStore:
             if sha256_file(path) != rec.get("sha256"):
                 return None
             with np.load(path) as z:
-                return {k: z[k] for k in z.files}
+                arrays = {k: z[k] for k in z.files}
+            note_finished()
+            return arrays
         except (OSError, ValueError, EOFError):  # missing, partial, unreadable, not UTF-8
             return None
 
@@ -119,5 +138,6 @@ class ShardStore:
             rec = {"sha256": sha256_file(path), "key": self.key, "rows": rows and list(rows)}
             text = json.dumps(rec).encode()
             atomic_write(record, lambda f: f.write(text))
+            note_finished()
         except OSError as e:  # e.g. disk full: name the shard; earlier shards stay valid
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e

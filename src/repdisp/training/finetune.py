@@ -34,7 +34,7 @@ from ..core.sampling import Sampling
 from ..core.shards import atomic_write
 from ..io.results import Result, new_figure, record, recorded, save_figure, write_csv, write_result
 from .callback import DispersionCallback, check_report_to, tensorboard_dir
-from .checkpoints import check_save_every, open_work
+from .checkpoints import check_save_every, open_work, train_resumable
 from .data import split_docs
 
 METHODS = ("lora", "full")
@@ -244,7 +244,7 @@ def finetune(
         pick = np.sort(np.random.default_rng(seed).permutation(len(probe))[:dispersion_segments])
         probe = Segments(probe.ids[pick], probe.index[pick], probe.has_bos, data)
         DispersionCallback(probe, every_n_steps=dispersion_every).attach(trainer)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_resumable(trainer, resume)
     loss = [
         {
             "step": int(r["step"]),
