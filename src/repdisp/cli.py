@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     finally:
+        from .core.shards import release_claims
+
+        release_claims()
         if main_thread and old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
 
