@@ -92,10 +92,12 @@ class MeasureResult(Result):
             f"last token: exp(mean NLL) {self.last_token_ppl:.3f}  "
             f"median {self.median_last_token_ppl:.3f}\n"
         )
-        rows = [f"{'site':<12}{'pooling':<9}{'dispersion':>11}   95% CI"]
+        names = [f"{s.requested} ({s.site})" if s.requested else s.site for s in self.sites]
+        w = max(12, *(len(n) + 2 for n in names))
+        rows = [f"{'site':<{w}}{'pooling':<9}{'dispersion':>11}   95% CI"]
         rows += [
-            f"{s.site:<12}{s.pooling:<9}{s.dispersion:>11.5f}   [{s.ci_low:.5f}, {s.ci_high:.5f}]"
-            for s in self.sites
+            f"{n:<{w}}{s.pooling:<9}{s.dispersion:>11.5f}   [{s.ci_low:.5f}, {s.ci_high:.5f}]"
+            for n, s in zip(names, self.sites, strict=True)
         ]
         return head + "\n".join(rows)
 
