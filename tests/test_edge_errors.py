@@ -72,7 +72,7 @@ def test_os_error_with_nothing_finished_does_not_claim_kept_shards(tiny_gpt2_dir
     args = ["measure", "--model", str(tiny_gpt2_dir), "--data", "python-docs", "--segments", "8"]
     args += ["--seq-len", "16", "--no-cache", "--quiet", "--out", str(tmp_path / "blocker" / "o")]
     assert main(args) == 2
-    line = _one_error(capsys, f"({tmp_path / 'blocker'})")  # names the file in the way
+    line = _one_error(capsys, f"Not a directory ({tmp_path / 'blocker' / 'o'})")
     assert "finished shards" not in line
 
 

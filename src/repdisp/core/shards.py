@@ -106,7 +106,10 @@ def claim_folder(folder: Path) -> None:
     holding it is refused with one line (two runs writing one --out at once); a lock left by a
     process that no longer runs is taken over."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a file in the way: the write itself reports it, naming the path
+        return
     lock = folder.parent / f".{folder.name}.repdisp-lock"
     if lock in _CLAIMS:
         return
