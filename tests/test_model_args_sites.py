@@ -25,8 +25,11 @@ from repdisp.core.sites import all_site_names, parse_sites, site_alias, site_nam
         ("blocks.0.hook_resid_pre", "embed"),
         ("blocks.6.hook_resid_pre", "5.ffn"),
         ("blocks.-1.hook_resid_post", "29.ffn"),
-        ("hook_embed", "embed"),
-        ("ln_final.hook_normalized", "final"),
+        ("hook_embed", "tok_embed"),
+        ("hook_pos_embed", "pos_embed"),
+        ("blocks.5.hook_attn_out", "5.attn_out"),
+        ("blocks.-1.hook_mlp_out", "29.mlp_out"),
+        ("ln_final.hook_normalized", "final_normalized"),
         ("hs:0", "embed"),
         ("hs:1", "0.ffn"),
         ("hs:29", "28.ffn"),
@@ -51,7 +54,7 @@ def test_alias_out_of_range_is_an_error():
 def test_three_names_round_trip():
     for name in all_site_names(4):
         ours, tl, hs = site_names(name, 4)
-        assert site_alias(tl, 4) == ours
+        assert site_alias(tl, 4) == ours or (name == "final" and tl == "")
         if hs is not None:
             assert site_alias(f"hs:{hs}", 4) == ours
     assert site_names("3.ffn", 4)[2] is None  # HF's last entry is after the final norm
@@ -78,10 +81,12 @@ def test_sites_reads_the_config_only(tiny_gpt2_dir, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "2 blocks" in lines[0] and "d=32" in lines[0]
     rows = [ln.split()[:3] for ln in lines[2:]]
-    assert rows[0] == ["embed", "blocks.0.hook_resid_pre", "hs:0"]
-    assert rows[1][:2] == ["0.attn", "blocks.0.hook_resid_mid"]
-    assert rows[2] == ["0.ffn", "blocks.0.hook_resid_post", "hs:1"]
-    assert rows[-1] == ["final", "ln_final.hook_normalized", "hs:2"]
+    assert rows[0][:2] == ["tok_embed", "hook_embed"]
+    assert rows[2] == ["embed", "blocks.0.hook_resid_pre", "hs:0"]
+    assert rows[3][:2] == ["0.attn_out", "blocks.0.hook_attn_out"]
+    assert rows[4][:2] == ["0.attn", "blocks.0.hook_resid_mid"]
+    assert rows[6] == ["0.ffn", "blocks.0.hook_resid_post", "hs:1"]
+    assert rows[-1][:2] == ["final", "hs:2"]
     (only_config / "config.json").write_text(json.dumps({"model_type": "x"}))
     assert main(["sites", "--model", str(only_config)]) == 2
 

@@ -13,9 +13,12 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 import traceback
 import warnings
+from typing import Any
 
 from .core.errors import RepdispError
 
@@ -102,6 +105,21 @@ def _glue_negative_sites(argv: list[str]) -> list[str]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so every cleanup path runs (exit 143)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _kept() -> str:
+    """ "; finished shards are kept" when this run wrote or found some, else ""."""
+    from .core.shards import finished_count
+
+    return "; finished shards are kept" if finished_count() else ""
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else "no details"
@@ -115,7 +133,7 @@ def _user_error(e: BaseException) -> str | None:
         return str(e)
     if isinstance(e, OSError):  # missing file, permissions, disk full: say which file
         where = e.filename or "I/O"
-        return f"{e.strerror or _one_line(e)} ({where}); finished shards are kept"
+        return f"{e.strerror or _one_line(e)} ({where}){_kept()}"
     if isinstance(e, UnicodeDecodeError):
         return f"input is not valid UTF-8 ({_one_line(e)})"
     if isinstance(e, json.JSONDecodeError):
@@ -138,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         tf.utils.logging.disable_progress_bar()
     debug = os.environ.get("REPDISP_DEBUG", "") not in ("", "0")
     argv = _glue_negative_sites(list(sys.argv[1:] if argv is None else argv))
+    from .core.shards import finished_count
+
+    finished_count(reset=True)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         args = build_parser().parse_args(argv)
         warnings.filterwarnings("ignore", module="transformers")
@@ -145,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
 
         with command_line(["repdisp", *argv]):  # named in every result file's provenance
             return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(
-            "repdisp: interrupted; finished shards are kept and the same command resumes",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        kept = _kept()
+        tail = f"{kept} and the same command resumes" if kept else "; nothing was finished yet"
+        print(f"repdisp: {what}{tail}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:
         if debug:
             traceback.print_exc()
@@ -164,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        from .core.shards import release_claims
+
+        release_claims()
+        if main_thread and old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -133,13 +133,17 @@ class LayersResult(Result):
             )
             for layer in self.layers:
                 w, a = layer.stats["within"], layer.stats["across"]
-                text += "\n" + f"{layer.site:<10}" + "".join(
-                    f"{_est(e, f):<{width}}"
-                    for e, f, width in (
-                        (w["spearman"], "+.3f", 36),
-                        (w["slope"], "+.4f", 38),
-                        (a["pearson"], "+.3f", 36),
-                        (a["slope"], "+.4f", 0),
+                text += (
+                    "\n"
+                    + f"{layer.site:<10}"
+                    + "".join(
+                        f"{_est(e, f):<{width}}"
+                        for e, f, width in (
+                            (w["spearman"], "+.3f", 36),
+                            (w["slope"], "+.4f", 38),
+                            (a["pearson"], "+.3f", 36),
+                            (a["slope"], "+.4f", 0),
+                        )
                     )
                 )
         return text

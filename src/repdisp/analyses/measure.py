@@ -21,7 +21,7 @@ import numpy as np
 from ..core import distributed
 from ..core.corpus import make_segments
 from ..core.errors import RepdispError
-from ..core.extract import Extraction, extract
+from ..core.extract import Extraction, extract, parse_pools
 from ..core.geometry import CosineStats, bootstrap_ci
 from ..core.models import DEFAULT_MODEL, LoadedModel, as_loaded, load_model, resolve_device
 from ..core.precision import DTYPES
@@ -50,6 +50,7 @@ class SiteDispersion:
     dispersion: float
     ci_low: float
     ci_high: float
+    requested: str = ""  # the name asked for (e.g. blocks.5.hook_resid_post), where different
 
 
 @dataclass
@@ -95,10 +96,12 @@ class MeasureResult(Result):
             f"last token: exp(mean NLL) {self.last_token_ppl:.3f}  "
             f"median {self.median_last_token_ppl:.3f}\n"
         )
-        rows = [f"{'site':<12}{'pooling':<9}{'dispersion':>11}   95% CI"]
+        names = [f"{s.requested} ({s.site})" if s.requested else s.site for s in self.sites]
+        w = max(12, *(len(n) + 2 for n in names))
+        rows = [f"{'site':<{w}}{'pooling':<9}{'dispersion':>11}   95% CI"]
         rows += [
-            f"{s.site:<12}{s.pooling:<9}{s.dispersion:>11.5f}   [{s.ci_low:.5f}, {s.ci_high:.5f}]"
-            for s in self.sites
+            f"{n:<{w}}{s.pooling:<9}{s.dispersion:>11.5f}   [{s.ci_low:.5f}, {s.ci_high:.5f}]"
+            for n, s in zip(names, self.sites, strict=True)
         ]
         return head + "\n".join(rows)
 
@@ -293,15 +296,16 @@ def measure(
             lm.max_len,
             cache=bool(cache),  # --no-cache: no token cache either
         )
-        pools = [pooling]
-        if per_segment:
-            pools.append("within" if pooling != "within" else "last")
+        site_list = lm.parse_sites(sites)  # parsed once; extract takes the Site objects
+        pools = parse_pools(
+            [pooling, *(["within" if pooling != "within" else "last"] * per_segment)]
+        )
         opts = {"perplexity": True, "batch_size": batch_size, "skip_first": skip_first}
         opts |= {"cache": cache, "shard_segments": shard_segments}
         ex = extract(
             lm,
             segs,
-            sites,
+            site_list,
             pools,
             progress=progress and dist.is_main,
             rank=dist.rank,
@@ -313,7 +317,9 @@ def measure(
         result = None
         if dist.is_main:
             if dist.world_size > 1:  # every shard is written by now: read them all back
-                ex = extract(lm, segs, sites, pools, progress=False, rank=0, world_size=1, **opts)
+                ex = extract(
+                    lm, segs, site_list, pools, progress=False, rank=0, world_size=1, **opts
+                )
             site_results, ppl = _summaries(ex, total, pooling, dim, bootstrap, seed)
             result = MeasureResult(
                 model=lm.name,
@@ -351,7 +357,7 @@ def _summaries(
         lo, hi = (
             mean_ci(x, bootstrap, seed) if pooling == "within" else bootstrap_ci(x, bootstrap, seed)
         )
-        results.append(SiteDispersion(site, pooling, value, lo, hi))
+        results.append(SiteDispersion(site, pooling, value, lo, hi, ex.requested.get(site, "")))
     nll_sum, last_sum, n = total[-3:]
     ppl = {
         "ppl": float(np.exp(nll_sum / n)),

@@ -104,8 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--verify",
         action="store_true",
-        help="check the sha256 of every datastore shard and index (reads it all); sizes and "
-        "records are always checked",
+        help="also check the sha256 of every shard's keys and of every index file (reads the "
+        "whole datastore); sizes, records and the values' checksums are always checked",
     )
     add_output_options(e, "knnlm-eval", "knnlm_eval.json/.csv/.png", cache=False)
     e.set_defaults(func=run_eval)

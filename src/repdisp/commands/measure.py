@@ -110,25 +110,34 @@ def run_measure(args: argparse.Namespace) -> int:
 
 def run_sites(args: argparse.Namespace) -> int:
     from ..core.models import model_config
-    from ..core.sites import all_site_names, site_names
+    from ..core.sites import site_names
 
     cfg = model_config(args.model, args.trust_remote_code)
     n = cfg["n_blocks"]
     print(f"{args.model}: {cfg['architecture']}, {n} blocks, d={cfg['d_model']} (from its config)")
-    print(f"{'repdisp':<10}{'TransformerLens':<28}{'HF hidden_states':<18}what")
-    for name in all_site_names(n):
+    print(f"{'repdisp':<18}{'TransformerLens':<28}{'HF hidden_states':<18}what")
+    top = {
+        "tok_embed": "token embedding alone (hook_embed)",
+        "pos_embed": "learned position embedding (models that add one)",
+        "embed": "input to block 0 (embeddings)",
+        "final_normalized": "final-norm input normalized, before its gain and bias",
+        "final": "final-norm output (HF's last hidden state)",
+    }
+    names = ["tok_embed", "pos_embed", "embed"]
+    for i in range(n):
+        names += [f"{i}.attn_out", f"{i}.attn", f"{i}.mlp_out", f"{i}.ffn"]
+    for name in [*names, "final_normalized", "final"]:
         ours, tl, hs = site_names(name, n)
-        if name == "embed":
-            what = "input to block 0 (embeddings)"
-        elif name == "final":
-            what = "final-norm output (HF's last hidden state)"
+        if name in top:
+            what = top[name]
         else:
             i, kind = name.split(".")
             neg = int(i) - n
-            what = (
-                f"block {i}: residual after attention (h_att; also {neg}.attn)"
-                if kind == "attn"
-                else f"block {i}: block output (h_ffn; also {i}, {neg}.ffn)"
-            )
-        print(f"{ours:<10}{tl:<28}{'' if hs is None else f'hs:{hs}':<18}{what}")
+            what = {
+                "attn_out": f"block {i}: what attention adds to the residual",
+                "attn": f"block {i}: residual after attention (h_att; also {neg}.attn)",
+                "mlp_out": f"block {i}: what the MLP adds to the residual",
+                "ffn": f"block {i}: block output (h_ffn; also {i}, {neg}.ffn)",
+            }[kind]
+        print(f"{ours:<18}{tl:<28}{'' if hs is None else f'hs:{hs}':<18}{what}")
     return 0

@@ -35,9 +35,35 @@ from .corpus import Segments
 from .errors import RepdispError
 from .models import LoadedModel, cache_root
 from .shards import ShardStore
-from .sites import Site, SiteReader, StopForward
+from .sites import Site, SiteReader, StopForward, check_sites, final_site
 
 POOLS = ("last", "mean", "within", "tokens")
+
+
+class Pools(tuple):
+    """Poolings checked once (``parse_pools``); passed on as they are, never checked again."""
+
+
+def parse_pools(pools: str | list[str] | Pools, allowed: tuple[str, ...] = POOLS) -> Pools:
+    """The poolings asked for, validated against ``allowed`` once: a ``Pools`` tuple."""
+    if isinstance(pools, Pools):
+        return pools
+    items = [pools] if isinstance(pools, str) else list(pools)
+    for p in items:
+        if p not in allowed:
+            raise RepdispError(f"unknown pooling {p!r}; choose from {', '.join(allowed)}")
+    return Pools(items)
+
+
+def resolve_sites(lm: LoadedModel, sites: str | list[str] | list[Site]) -> list[Site]:
+    """Sites as ``Site`` objects: names are parsed (``lm.parse_sites``), already parsed sites
+    are only checked against this architecture."""
+    if isinstance(sites, (list, tuple)) and sites and all(isinstance(s, Site) for s in sites):
+        check_sites(lm.model.config, list(sites))
+        return sorted(sites)
+    return lm.parse_sites(sites)
+
+
 _CACHE_VERSION = 2
 _LOGIT_BYTES = 1 << 28  # fp32 logits held at once while computing perplexity: 256 MiB
 
@@ -66,6 +92,7 @@ class Extraction:
     vectors: dict[str, np.ndarray] = field(repr=False)
     mean_nll: np.ndarray | None = field(default=None, repr=False)
     last_nll: np.ndarray | None = field(default=None, repr=False)
+    requested: dict[str, str] = field(default_factory=dict)  # site -> name asked, where different
 
     def get(self, site: str, pool: str = "last") -> np.ndarray:
         key = f"{site}/{pool}"
@@ -171,7 +198,7 @@ def forward_sites(
     (the final norm, the LM head) is needed."""
 
     x = _to_device(ids, lm.device)
-    read = sorted(set(sites) | set(lm.parse_sites("final") if perplexity else []))
+    read = sorted(set(sites) | ({final_site(lm.n_blocks)} if perplexity else set()))
     with lm.inference(), SiteReader(lm.model, read, stop_early=True) as reader:
         try:
             lm.model.base_model(input_ids=x, use_cache=False)
@@ -278,10 +305,11 @@ def extract(
     ----------
     lm : LoadedModel
     segments : Segments
-    sites : str or list of str
-        Site names (``core.sites``): ``embed``, ``I.attn``, ``I.ffn``, ``final``, ``all``, ...
-    pools : str or list of str
-        Any of ``last``, ``mean``, ``within``, ``tokens``.
+    sites : str or list of str or list of Site
+        Site names (``core.sites``): ``embed``, ``I.attn``, ``I.ffn``, ``final``, ``all``, ...,
+        or sites already parsed (``lm.parse_sites``), which are not parsed again.
+    pools : str or list of str or Pools
+        Any of ``last``, ``mean``, ``within``, ``tokens`` (``parse_pools``).
     perplexity : bool
         Also compute each segment's mean and last-token NLL.
     batch_size, skip_first, shard_segments : int
@@ -313,11 +341,8 @@ def extract(
     """
     from tqdm.auto import tqdm
 
-    site_list = lm.parse_sites(sites)
-    pool_list = [pools] if isinstance(pools, str) else list(pools)
-    for p in pool_list:
-        if p not in POOLS:
-            raise RepdispError(f"unknown pooling {p!r}; choose from {', '.join(POOLS)}")
+    site_list = resolve_sites(lm, sites)
+    pool_list = list(parse_pools(pools))
     if batch_size < 1:
         raise RepdispError(f"--batch-size must be at least 1, got {batch_size}")
     if not 0 <= skip_first < segments.ids.shape[1] - 1:
@@ -369,4 +394,5 @@ def extract(
         vectors={k: v for k, v in merged.items() if "/" in k},
         mean_nll=merged.get("mean_nll"),
         last_nll=merged.get("last_nll"),
+        requested={s.name: s.requested for s in site_list if s.requested},
     )

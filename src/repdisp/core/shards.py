@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import RepdispError
+
 
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -78,6 +80,78 @@ def atomic_folder(target: Path, replace: bool = True) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_FINISHED = [0]  # finished pieces of work (shards, checkpoints) this process wrote or found
+
+
+def note_finished(n: int = 1) -> None:
+    """Count ``n`` finished, kept pieces of work (a shard, a checkpoint): the CLI says "finished
+    shards are kept" after an error or interrupt only when there are some."""
+    _FINISHED[0] += n
+
+
+def finished_count(reset: bool = False) -> int:
+    """How many finished pieces this process has noted (``reset``: start counting again)."""
+    n = _FINISHED[0]
+    if reset:
+        _FINISHED[0] = 0
+    return n
+
+
+_CLAIMS: list[Path] = []
+
+
+def claim_folder(folder: Path) -> None:
+    """Claim ``folder`` (a result folder) for this process until ``release_claims``: a lock file
+    ``.NAME.repdisp-lock`` beside it, made with O_EXCL and holding the pid. Another live process
+    holding it is refused with one line (two runs writing one --out at once); a lock left by a
+    process that no longer runs is taken over."""
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a file in the way: the write itself reports it, naming the path
+        return
+    lock = folder.parent / f".{folder.name}.repdisp-lock"
+    if lock in _CLAIMS:
+        return
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                pid = 0  # being written this instant, or garbage: look again
+            if pid and pid != os.getpid() and _alive(pid):
+                raise RepdispError(
+                    f"{folder} is being written by another repdisp run (pid {pid}); wait for "
+                    "it to finish or choose another --out"
+                ) from None
+            if pid:  # a dead process's (or our own earlier) lock: take it over
+                lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        _CLAIMS.append(lock)
+        return
+    raise RepdispError(f"{folder}: cannot take its lock {lock}; remove it if no run is writing")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_claims() -> None:
+    """Drop every folder claimed by this process (the CLI calls this when a command ends)."""
+    while _CLAIMS:
+        _CLAIMS.pop().unlink(missing_ok=True)
+
+
 class ShardStore:
     """A folder of ``shard_XXXXX.npz`` files, each with a ``shard_XXXXX.json`` record of its
     sha256, cache key and segment range, and a ``manifest.json`` describing the run (``meta``)."""
@@ -106,7 +180,9 @@ class ShardStore:
             if sha256_file(path) != rec.get("sha256"):
                 return None
             with np.load(path) as z:
-                return {k: z[k] for k in z.files}
+                arrays = {k: z[k] for k in z.files}
+            note_finished()
+            return arrays
         except (OSError, ValueError, EOFError):  # missing, partial, unreadable, not UTF-8
             return None
 
@@ -119,5 +195,6 @@ class ShardStore:
             rec = {"sha256": sha256_file(path), "key": self.key, "rows": rows and list(rows)}
             text = json.dumps(rec).encode()
             atomic_write(record, lambda f: f.write(text))
+            note_finished()
         except OSError as e:  # e.g. disk full: name the shard; earlier shards stay valid
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e

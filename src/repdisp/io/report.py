@@ -165,13 +165,23 @@ def render_value(v: Any, depth: int = 0) -> Any:
     return f"[{len(v)} nested values]"
 
 
+_CSV_FIELD = 64 << 20  # longest CSV field read: 64 MiB
+
+
 def _csv_table(path: Path) -> str:
+    limit = csv.field_size_limit()
     try:
+        csv.field_size_limit(max(limit, _CSV_FIELD))  # long text cells; tables are cut below
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
     except UnicodeDecodeError:
         warn(f"{path}: not UTF-8; left out of the report")
         return "<p>(not UTF-8: left out)</p>"
+    except csv.Error as e:  # a field over the limit, a NUL byte
+        warn(f"{path}: not a readable CSV ({e}); left out of the report")
+        return "<p>(not a readable CSV: left out)</p>"
+    finally:
+        csv.field_size_limit(limit)
     if not rows:
         return "<p>(empty)</p>"
 
@@ -344,8 +354,13 @@ def write_report(
     folder: str | Path, out: str | Path | None = None, title: str | None = None
 ) -> Path:
     """Render ``folder`` and write the page (default ``folder/report.html``)."""
+    if not Path(folder).is_dir():
+        what = "a file" if Path(folder).is_file() else "not found"
+        raise RepdispError(
+            f"{folder} is {what}: report takes the folder a command wrote its results in"
+        )
     path = Path(out) if out else Path(folder) / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
     page = render(folder, title).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(page))
     return path

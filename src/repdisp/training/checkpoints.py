@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import RepdispError
+from ..core.shards import note_finished
 
 JOB_FILE = "job.json"
 
@@ -98,3 +99,13 @@ def wait_for_work(work: Path, spec: dict[str, Any], timeout: float = 300.0) -> P
             pass
         time.sleep(0.2)
     raise RepdispError(f"process 0 did not prepare the work folder {work} within {timeout:.0f} s")
+
+
+def train_resumable(trainer: Any, resume: Path | None) -> None:
+    """``trainer.train`` from ``resume``; when it stops on an error or an interrupt, the
+    checkpoints already in its output folder are noted as finished work (``core.shards``)."""
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except BaseException:
+        note_finished(sum(1 for _ in Path(trainer.args.output_dir).glob("checkpoint-*")))
+        raise

@@ -34,7 +34,7 @@ from ..core.sampling import Sampling
 from ..core.shards import atomic_write
 from ..io.results import Result, new_figure, record, recorded, save_figure, write_csv, write_result
 from .callback import DispersionCallback, check_report_to, tensorboard_dir
-from .checkpoints import open_work
+from .checkpoints import open_work, train_resumable
 from .data import split_docs
 from .finetune_config import METHODS, FinetuneConfig  # noqa: F401 - METHODS: its older home
 
@@ -218,7 +218,7 @@ def finetune(
         pick = np.sort(order[: c.dispersion_segments])
         probe = Segments(probe.ids[pick], probe.index[pick], probe.has_bos, data)
         DispersionCallback(probe, every_n_steps=c.dispersion_every).attach(trainer)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_resumable(trainer, resume)
     loss = [
         {
             "step": int(r["step"]),

@@ -21,7 +21,7 @@ from ..core.errors import RepdispError
 from ..core.geometry import CosineStats
 from ..io.results import Result, data_provenance, new_figure, record, save_figure
 from .callback import DispersionCallback, check_report_to, tensorboard_dir
-from .checkpoints import check_save_every, open_work, wait_for_work
+from .checkpoints import check_save_every, open_work, train_resumable, wait_for_work
 from .config import TrainConfig
 from .data import BlockDataset, PreparedData, prepare_data
 from .loss import PushAwayLoss
@@ -241,7 +241,7 @@ def train_run(
         if dispersion_every > 0:
             probe = np.asarray(data.val[names[0]][:32])
             DispersionCallback(probe, every_n_steps=dispersion_every).attach(trainer)
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        train_resumable(trainer, resume)
     log = trainer.state.log_history
     history = [
         {"step": e["step"], **{k: v for k, v in e.items() if k != "step"}}

@@ -5,8 +5,9 @@ Datastore folder: ``values.npy`` (int32, n) and ``keys.SITE.npy`` (float16, n ×
 filled shard by shard (a shard = a run of windows); ``manifest.json`` (written atomically) records
 each finished shard's row checksums, so an interrupted build resumes at the first missing shard.
 ``index.SITE.faiss`` is an exact ``IndexFlatL2`` for small stores, IVF-PQ for large ones; its
-sha256 is in the manifest too. ``Datastore.open`` checks sizes and records always and every
-checksum with ``verify=True``; every fault is one error line.
+sha256 is in the manifest too. ``Datastore.open`` checks sizes, records and the checksums of the
+values (4 bytes a key) always, and the checksums of the keys and indexes with ``verify=True``;
+every fault is one error line.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from ...core.errors import RepdispError
 from ...core.extract import forward_sites
 from ...core.models import LoadedModel
-from ...core.shards import atomic_write
+from ...core.shards import atomic_write, note_finished
 from ...core.sites import Site
 from .index import _faiss, _on_gpu, build_index
 from .windows import _batches, _window_batch, check_context, plan_windows
@@ -72,11 +73,11 @@ _META_KEYS = {
 class Datastore:
     """An opened datastore folder: memmapped keys per site, values, and the manifest.
 
-    ``open`` checks what it opens. Always (cheap, no data read): the manifest parses and has the
-    expected fields; ``values.npy`` and every ``keys.SITE.npy`` have the recorded shape, dtype
-    and exact file size; every shard has its checksum record and the shards cover all key rows;
-    every site has its index file. With ``verify=True`` also the sha256 of every shard's value and
-    key rows, and of every index file, against the manifest (reads the whole datastore)."""
+    ``open`` checks what it opens. Always: the manifest parses and has the expected fields;
+    ``values.npy`` and every ``keys.SITE.npy`` have the recorded shape, dtype and exact file
+    size; every shard has its checksum record and the shards cover all key rows; every site has
+    its index file; the sha256 of every shard's value rows (4 bytes a key). With ``verify=True``
+    also the sha256 of every shard's key rows and of every index file (reads the whole store)."""
 
     folder: Path
     manifest: dict[str, Any] = field(repr=False)
@@ -101,6 +102,7 @@ class Datastore:
         if not manifest.get("complete"):
             raise RepdispError(f"datastore {folder} is unfinished; rerun `repdisp knnlm build`")
         store._check_files()
+        store.check_values()
         if verify:
             store.verify()
         return store
@@ -170,14 +172,20 @@ class Datastore:
             if not (self.folder / name).is_file() or (self.folder / name).stat().st_size == 0:
                 raise self._fault(f"index file {name} is missing")
 
-    def verify(self) -> None:
-        """Full check: the sha256 of every shard's rows and of every index file."""
+    def check_values(self) -> None:
+        """The sha256 of every shard's value rows (4 bytes a key: always checked at open, so a
+        shuffled or overwritten ``values.npy`` never gives a quiet wrong perplexity)."""
         values = self.values()
+        for i, (lo, hi) in enumerate(shard_ranges(self.meta)):
+            if self.manifest["shards"][str(i)]["values"] != _rows_sha(values[lo:hi]):
+                raise self._fault(f"values.npy rows {lo}-{hi} (shard {i}) fail their checksum")
+
+    def verify(self) -> None:
+        """Full check: the sha256 of every shard's key rows and of every index file (the
+        values are checked at every open)."""
         keys = {s: self.keys(s) for s in self.sites}
         for i, (lo, hi) in enumerate(shard_ranges(self.meta)):
             rec = self.manifest["shards"][str(i)]
-            if rec["values"] != _rows_sha(values[lo:hi]):
-                raise self._fault(f"values.npy rows {lo}-{hi} (shard {i}) fail their checksum")
             for s in self.sites:
                 if rec[s] != _rows_sha(keys[s][lo:hi]):
                     raise self._fault(
@@ -208,6 +216,11 @@ class Datastore:
         return np.load(self.folder / "values.npy", mmap_mode="r")
 
     def index(self, site: str, nprobe: int = 32) -> Any:
+        if site not in self.sites:
+            raise RepdispError(
+                f"datastore {self.folder} was built for site(s) {', '.join(self.sites)}, not "
+                f"{site}; choose one of those with --site or build one for {site}"
+            )
         faiss = _faiss()
         name = f"index.{_site_file(site)}.faiss"
         try:
@@ -311,6 +324,8 @@ def build_datastore(
         manifest = json.loads(path.read_text()) if path.exists() else None
         if manifest is not None and not isinstance(manifest.get("shards"), dict):
             raise ValueError("no shards record")
+        if manifest is not None and not isinstance(manifest.get("meta"), dict):
+            raise ValueError("no meta record")
     except (OSError, ValueError, AttributeError) as e:
         raise RepdispError(
             f"{path} is corrupt ({type(e).__name__}); delete {folder} or choose another --out"
@@ -344,6 +359,7 @@ def build_datastore(
                 and all(done.get(s) == _rows_sha(keys[s][lo:hi]) for s in names)
             ):
                 reused += 1
+                note_finished()
                 bar.update(hi - lo)
                 continue
             fs, ws = _fill_shard(
@@ -358,6 +374,7 @@ def build_datastore(
                 s: _rows_sha(keys[s][lo:hi]) for s in names
             }
             _write_manifest(folder, manifest)
+            note_finished()
             write_s += time.perf_counter() - t0
             computed += 1
             bar.update(hi - lo)

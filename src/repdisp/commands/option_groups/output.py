@@ -76,6 +76,10 @@ def check_out_folder(out: str | None) -> None:
 def check_out(args: argparse.Namespace, *names: str) -> None:
     """Refuse, before any work, to replace an earlier run's result files in an explicit --out."""
     check_out_folder(args.out)
+    if args.out:  # two runs writing one --out at once: the second is refused (core.shards)
+        from ...core.shards import claim_folder
+
+        claim_folder(Path(args.out))
     if not args.out or getattr(args, "overwrite", False):
         return
     taken = [n for n in names if (Path(args.out) / n).exists()]
