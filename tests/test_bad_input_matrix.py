@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+_HF_LINE = "datasets" if importlib.util.find_spec("datasets") is None else "unreachable"
 
 WORDS = " ".join(f"word{i} alpha beta" for i in range(400))
 SMALL = ["--segments", "4", "--seq-len", "16", "--no-cache", "--quiet", "--bootstrap", "20"]
@@ -136,7 +139,8 @@ CASES: list[Case] = [
     M("data-folder-bad-file", ["--data", "{d}/folder_bad"], "bad.jsonl", "line 1"),
     M("data-text-field-missing", ["--data", "{d}/words.jsonl", "--text-field", "body"], "body"),
     M("data-text-field-empty", ["--data", "{d}/words.jsonl", "--text-field", ""], "field"),
-    M("hf-no-datasets", ["--data", "hf:nonexistent/thing"], "datasets"),
+    # without `datasets`: the install hint; with it (and no network here): the hub is unreachable
+    M("hf-unavailable", ["--data", "hf:nonexistent/thing"], _HF_LINE),
     M("hf-empty-name", ["--data", "hf:"], "hf:"),
     # valid but unusual: the same numbers as the plain file
     D("txt-bom", "bom.txt", code=0, same="words.txt"),

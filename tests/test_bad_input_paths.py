@@ -136,6 +136,7 @@ def fake_datasets(monkeypatch):
     def install(error=None):
         fake = _FakeDatasets(error)
         monkeypatch.setitem(sys.modules, "datasets", fake)
+        monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # no hub probe before the stand-in
         return fake
 
     return install

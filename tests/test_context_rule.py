@@ -104,6 +104,7 @@ def fake_datasets(monkeypatch):
         return _Dataset()
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # no hub probe before the stand-in
     texts._MEMO.clear()
     yield calls
     texts._MEMO.clear()

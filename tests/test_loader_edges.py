@@ -259,3 +259,19 @@ def test_measure_checks_every_argument_before_loading(monkeypatch, kwargs, line)
     assert line in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(RepdispError, match=r"^data\[1\] is a number \(float\), not a string$"):
         measure_mod.measure("smollm2-135m", pd.Series(["a", float("nan")]), device="cpu")
+
+
+def test_hf_dataset_with_the_hub_unreachable_fails_fast(monkeypatch):
+    """``hf:`` sources probe the hub first: one line naming HF_DATASETS_OFFLINE, well under the
+    ~25 s of retries ``datasets`` makes on its own."""
+    from repdisp.core.texts import _hf_dataset
+
+    pytest.importorskip("datasets")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a refused connection
+    t = time.perf_counter()
+    with pytest.raises(RepdispError) as e:
+        _hf_dataset("hf:some/dataset", "text", "test", False)
+    assert time.perf_counter() - t < hub.PROBE_SECONDS + 5
+    assert "unreachable" in str(e.value) and "HF_DATASETS_OFFLINE=1" in str(e.value)

@@ -106,3 +106,23 @@ def hub_access(repo: str, revision: str | None = None) -> dict[str, bool]:
         "downloaded; set HF_HUB_OFFLINE=1 to use models already in the local hub cache, or pass "
         f"a local model folder or .gguf file (bundled: {', '.join(BUNDLED)})"
     )
+
+
+def dataset_access(name: str) -> None:
+    """Before ``datasets.load_dataset(name)``: a one-line error within ``PROBE_SECONDS`` when
+    the hub cannot be reached (``datasets`` itself retries for about half a minute). With
+    ``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` set, nothing is probed: ``datasets`` reads its
+    local cache."""
+    if offline() or os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true"):
+        return
+    host, port = endpoint()
+    try:
+        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+        return
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+    raise RepdispError(
+        f"the Hugging Face hub is unreachable ({host}:{port}: {reason}), so dataset {name!r} "
+        "cannot be downloaded; set HF_DATASETS_OFFLINE=1 to use datasets already in the local "
+        "cache, or pass a local file or folder (.txt .jsonl .csv .parquet)"
+    )

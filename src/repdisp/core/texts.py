@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RepdispError, warn
+from .hub import dataset_access
 
 BUILTIN_SOURCES = {
     "python-docs": "English prose: CPython's pydoc topics (pydoc_data.topics)",
@@ -190,6 +191,7 @@ def _hf_dataset(spec: str, field: str, split: str, trust_remote_code: bool) -> l
             "hf: sources need the `datasets` package: pip install 'repdisp[datasets]'"
         ) from None
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    dataset_access(name)
     try:
         ds = datasets.load_dataset(name, config or None, split=split, **kwargs)
     except Exception as e:  # network, missing dataset/config/split, script refused: say which
