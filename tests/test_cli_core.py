@@ -20,7 +20,7 @@ RESULT_KEYS = {
     "kind", "type", "schema", "model", "data", "n_segments", "seq_len", "seed", "bos", "ppl",
     "median_ppl", "last_token_ppl", "median_last_token_ppl", "sites", "notes", "provenance", "run",
 }  # fmt: skip
-SITE_KEYS = {"site", "pooling", "dispersion", "ci_low", "ci_high"}
+SITE_KEYS = {"site", "requested", "pooling", "dispersion", "ci_low", "ci_high"}
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -121,7 +121,8 @@ def test_sites_smollm2(smollm2, capsys):
     assert "30 blocks" in out[0] and "d=576" in out[0]
     assert out[1].split()[:2] == ["repdisp", "TransformerLens"]
     names = [ln.split()[0] for ln in out[2:]]
-    assert names == ["embed"] + [f"{i}.{k}" for i in range(30) for k in ("attn", "ffn")] + ["final"]
+    blocks = [f"{i}.{k}" for i in range(30) for k in ("attn_out", "attn", "mlp_out", "ffn")]
+    assert names == ["tok_embed", "pos_embed", "embed", *blocks, "final_normalized", "final"]
 
 
 @pytest.mark.slow

@@ -222,8 +222,14 @@ def _call_text(fn: Any, args: tuple, kwargs: dict) -> str:
         return text if len(text) <= 200 else text[:197] + "..."
 
     try:
-        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
-        parts = [f"{k}={show(v)}" for k, v in bound.arguments.items()]
+        sig = inspect.signature(fn)
+        bound = sig.bind_partial(*args, **kwargs)
+        parts = []
+        for k, v in bound.arguments.items():
+            if sig.parameters[k].kind is inspect.Parameter.VAR_KEYWORD:  # **binning: as given
+                parts += [f"{name}={show(x)}" for name, x in v.items()]
+            else:
+                parts.append(f"{k}={show(v)}")
     except TypeError:
         parts = [show(a) for a in args] + [f"{k}={show(v)}" for k, v in kwargs.items()]
     return f"{call_name(fn)}({', '.join(parts)})"
