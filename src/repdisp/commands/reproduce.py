@@ -651,10 +651,15 @@ def verdict(ci_low: float, ci_high: float, direction: int) -> str:
 def _fmt(e: dict[str, Any], digits: int = 4) -> str:
     import numpy as np
 
-    p = e.get("p_perm")
-    p = p if p is not None and np.isfinite(p) else e.get("p_value")
-    ptxt = f", p={p:.2g}" if p is not None and np.isfinite(p) else ""
-    return f"{e['value']:+.{digits}f} [{e['ci_low']:+.{digits}f}, {e['ci_high']:+.{digits}f}]{ptxt}"
+    from ..core.permutation import format_p
+
+    p, perms = e.get("p_perm"), e.get("perms", 0)
+    if p is None or not np.isfinite(p):
+        p, perms = e.get("p_value"), 0
+    ptxt = format_p(p, perms) if p is not None else ""
+    how = f" ({e['method'].split(' ', 1)[0]})" if e.get("method") else ""  # e.g. (BCa)
+    ci = f"[{e['ci_low']:+.{digits}f}, {e['ci_high']:+.{digits}f}]"
+    return f"{e['value']:+.{digits}f} {ci}{how}{', ' + ptxt if ptxt else ''}"
 
 
 def _read(path: Path) -> Any:
