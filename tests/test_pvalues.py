@@ -30,17 +30,13 @@ def test_four_monotone_points_have_exact_p_one_twelfth_not_zero():
 
 
 @pytest.mark.parametrize("method", ["pearson", "spearman", "kendall"])
-def test_exact_p_equals_scipy_exact_enumeration_and_brute_force(method):
+def test_exact_p_equals_brute_force_over_all_orderings(method):
     rng = np.random.default_rng(7)
     x, y = rng.normal(size=7), rng.normal(size=7)
     y[3] = y[1]  # a tie in y
     fn = {"pearson": sps.pearsonr, "spearman": sps.spearmanr, "kendall": sps.kendalltau}[method]
     c = correlation(x, y, method, reps=300)
     assert c.p_value == pytest.approx(_brute(fn, x, y), abs=1e-12)
-    ref = sps.permutation_test(  # scipy: all 7! pairings when n_resamples is inf
-        (x, y), lambda a, b: fn(a, b)[0], permutation_type="pairings", n_resamples=np.inf
-    )
-    assert c.p_value == pytest.approx(ref.pvalue, abs=1e-12)
     assert c.ci_low <= c.r <= c.ci_high
 
 
