@@ -8,9 +8,10 @@ log2 of their mean perplexity) is computed by quadrature, and its OLS slope is t
 the across-segment slope's interval must cover.
 
 Tolerance of the 400-seed checks: 93%..97% (the band the issue states; the binomial sd of the
-coverage of a correct 95% interval over 400 seeds is 1.1%). The cheaper checks use 100 seeds and
-the 99.9% binomial band of a correct interval (88..99 covered), which a 85%-coverage interval
-(what counting copies as pairs gave at N = 20) leaves with probability 0.998.
+coverage of a correct 95% interval over 400 seeds is 1.1%). The across-segment slope costs ~25
+re-binnings per seed and replicate, so its 400-seed check is marked slow; the cheap one (30
+seeds) asks for the 99.9% binomial lower bound of a correct interval (23 of 30), which an
+interval covering 60% of the time passes with probability 0.04.
 """
 
 from __future__ import annotations
@@ -43,15 +44,8 @@ def _measure_coverage(seeds: int, n: int, d: int, s: float, reps: int) -> float:
     return hits / seeds
 
 
-@pytest.mark.slow
 def test_measure_interval_covers_planted_dispersion_400_seeds():
-    assert 0.93 <= _measure_coverage(400, 100, 8, 0.8, 1000) <= 0.97
-
-
-def test_measure_interval_covers_planted_dispersion():
-    lo, hi = sps.binom.ppf([0.0005, 0.9995], 100, 0.95)
-    assert (lo, hi) == (88, 99)
-    assert lo / 100 <= _measure_coverage(100, 100, 8, 0.8, 500) <= hi / 100
+    assert 0.93 <= _measure_coverage(400, 100, 8, 0.8, 1000) <= 0.97  # measured: 0.945
 
 
 def test_copies_left_out_cover_better_than_copies_counted():
@@ -123,8 +117,8 @@ def test_ppl_dispersion_interval_covers_planted_slope_400_seeds():
 
 
 def test_ppl_dispersion_interval_covers_planted_slope():
-    lo = sps.binom.ppf(0.0005, 30, 0.95)  # 99.9% band of a correct interval: 25..30 of 30
-    assert lo == 25
+    lo = sps.binom.ppf(0.0005, 30, 0.95)  # 99.9% band of a correct interval: 23..30 of 30
+    assert lo == 23
     cov, _ = _across_coverage(30, 240, 100)
     assert cov >= lo / 30
 
