@@ -17,7 +17,8 @@ statistics on it, one after the other).
 
 What should grow with N is only the pooled vectors and per-segment numbers: N x sites x (d x 4
 bytes of float32 + 8 bytes of within dispersion) + N x (seq_len + 1) x 8 bytes of token ids, plus
-for the statistics one site's float64 unit vectors (N x d x 8) and the replicate plans (about
+for the statistics one site's float64 unit vectors and a transient copy (2 x N x d x 8) and
+the replicate plans (about
 (1 + 2 reps) x 2N x 16 bytes). The script prints each peak, the growth ratio peak(N1)/peak(N0)
 and the measured growth next to that estimate.
 """
@@ -96,7 +97,7 @@ def estimate(n: int, d: int, sites: int, args: argparse.Namespace, stats: bool) 
     """Bytes that should scale with N (module docstring)."""
     b = n * sites * (4 * d + 8) + n * (args.seq_len + 1) * 8
     if stats:
-        b += n * d * 8 + (1 + 2 * args.reps) * 2 * n * 16
+        b += 2 * n * d * 8 + (1 + 2 * args.reps) * 2 * n * 16  # float64 units + copy, plans
     return b
 
 
