@@ -17,10 +17,9 @@ statistics on it, one after the other).
 
 What should grow with N is only the pooled vectors and per-segment numbers: N x sites x (d x 4
 bytes of float32 + 8 bytes of within dispersion) + N x (seq_len + 1) x 8 bytes of token ids, plus
-for the statistics one site's float64 unit vectors and a transient copy (2 x N x d x 8) and
-the replicate plans (about
-(1 + 2 reps) x 2N x 16 bytes). The script prints each peak, the growth ratio peak(N1)/peak(N0)
-and the measured growth next to that estimate.
+for the statistics one site's float64 unit vectors and a transient copy (2 x N x d x 8) and the
+replicate plans (about (1 + 2 reps) x 2N x 16 bytes). The script prints each peak, the growth
+ratio peak(N1)/peak(N0) and the measured growth next to that estimate.
 """
 
 from __future__ import annotations
