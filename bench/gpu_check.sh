@@ -20,6 +20,10 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-.venv/bin/python}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+    echo "gpu_check: $PY cannot import torch; run make install or set PYTHON" >&2
+    exit 1
+fi
 
 if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     echo "gpu_check: no CUDA GPU (torch.cuda.is_available() is False); nothing to check"

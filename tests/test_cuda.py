@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ def test_faiss_gpu_index_finds_the_exact_neighbours():
 def test_gpu_check_without_cuda_prints_one_line():
     """On a machine without a CUDA GPU (here forced with CUDA_VISIBLE_DEVICES=) the check script
     prints exactly one line and exits 0."""
-    env = os.environ | {"CUDA_VISIBLE_DEVICES": ""}
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
     res = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_check.sh")],
         capture_output=True,
