@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, in one go (under 8 minutes on one H200-class GPU):
+# The checks that need a CUDA GPU, in one go (under 8 minutes on one H200-class GPU; the time
+# limits of the steps add up to 7.8 minutes):
 #
+#   0. `repdisp models prepare` for both bundled models (a no-op once converted)
 #   1. the tests marked `cuda` (pytest -m cuda; they skip without CUDA)
 #   2. bench/bench_e2e.py --device cuda at 2,000 segments x 512 tokens on each bundled model over
 #      the built-in python-code + python-docs texts
 #      (bfloat16, batch 64): tokens/s of each side and the repdisp/paper and repdisp/floor ratios
-#   3. `repdisp layers` at every site of SmolLM2-135M on the GPU (1,000 x 512, statistics on the GPU)
+#   3. `repdisp layers` at every site of SmolLM2-135M on the GPU (1,000 x 512, 200 + 200
+#      replicates of the segment-level statistics, which run on the GPU too)
 #   4. kNN-LM search with a FAISS GPU index, when the installed FAISS has GPU support
 #
 # and the peak GPU memory of each step (nvidia-smi, sampled every 200 ms). On a machine without
@@ -77,15 +80,17 @@ for name in ("python-code", "python-docs"):
         (out / f"{name}-{i:04d}.txt").write_text(text)
 PYEOF
 
-step cuda-tests 90 "$PY" -m pytest -q -m cuda tests -p no:cacheprovider
+step prepare-models 90 bash -c 'for m in smollm2-135m gemma3-270m; do "$0" -m repdisp models prepare "$m" || exit 1; done' "$PY"
+step cuda-tests 60 "$PY" -m pytest -q -m cuda tests -p no:cacheprovider
 for model in smollm2-135m gemma3-270m; do
-    step "e2e-$model" 120 "$PY" bench/bench_e2e.py --device cuda --model "$model" \
+    step "e2e-$model" 110 "$PY" bench/bench_e2e.py --device cuda --model "$model" \
         --data "$OUT/corpus" --segments 2000 --seq-len 512
 done
-step layers-all-sites 75 "$PY" -m repdisp layers --device cuda --model smollm2-135m \
+step layers-all-sites 60 "$PY" -m repdisp layers --device cuda --model smollm2-135m \
     --data "$OUT/corpus" --site all --segments 1000 --seq-len 512 --batch-size 64 \
-    --bin-size 50 --bins 10 --no-cache --quiet --out "$OUT/layers" --overwrite
-step knnlm-faiss-gpu 45 "$PY" - <<'EOF'
+    --bin-size 50 --bins 10 --stats-reps 200 --permutations 200 --bootstrap 500 \
+    --no-cache --quiet --out "$OUT/layers" --overwrite
+step knnlm-faiss-gpu 40 "$PY" - <<'EOF'
 import time
 
 import numpy as np
