@@ -9,9 +9,10 @@ and reads that process's own peak RSS from ``os.wait4``. Defaults: SmolLM2-135M 
 d=576, float32), ``measure`` at ``final``, ``layers`` at every block output, and
 ``ppl-vs-dispersion`` at ``final``; 100 and 400 segments of 32 tokens (the same 4x step as the
 400 -> 1,600 target); 100 bootstrap/permutation replicates (the replicate plans are the one
-statistics term that grows with N x replicates, see docs/scale.md). About 8 minutes on a 2-core
-machine at load 4, about 20 at load 15 (each process pays ~40 s of imports, loading and
-tokenising before its first segment). ``reproduce`` is not run (its grid needs a config; one
+statistics term that grows with N x replicates, see docs/scale.md). On the shared 2-core machine
+at load 6-7, ``measure`` and ``ppl-vs-dispersion`` took 5.3 minutes together and ``layers`` adds
+about 3-4, so the default run takes about 9 minutes (each process pays ~35 s of imports,
+loading and tokenising before its first segment). ``reproduce`` is not run (its grid needs a config; one
 cell holds ``layers``' extraction and then runs ``ppl-vs-dispersion``'s and ``layers``'
 statistics on it, one after the other).
 
