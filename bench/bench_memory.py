@@ -1,16 +1,26 @@
-"""Peak memory of ``repdisp ppl-vs-dispersion`` against the number of segments.
+"""Peak host memory (RSS) of the §2 commands at two numbers of segments, side by side.
 
-    python bench/bench_memory.py                          # SmolLM2-135M, N = 2,000 and 20,000
-    python bench/bench_memory.py --model tiny             # a random 2-block Llama, d=576
-    python bench/bench_memory.py --sizes 2000,20000,100000 --seq-len 16
+    python bench/bench_memory.py                                   # 100 and 400 segments x 32
+    python bench/bench_memory.py --sizes 400,1600 --commands layers
+    python bench/bench_memory.py --model tiny                      # a random 2-block Llama
 
-Each size runs the real command in a fresh process (``--no-cache``, python-code, short segments)
-and reads that process's peak RSS from ``os.wait4``. What should grow with N is only the chosen
-site's pooled vectors and per-segment numbers: N x (d float32 last-token vector + float64 within
-dispersion + two float64 NLLs) bytes, plus the token ids (N x seq_len int64). The script prints
-the measured growth next to that estimate. ``--model tiny`` builds a random 2-block Llama with
-SmolLM2's width (d=576) and a 512-token BPE vocabulary in a temp folder: the same O(N·d) term
-at a fraction of the compute, for a busy machine.
+Each (command, N) runs the real CLI in a fresh process (``--no-cache``, python-docs, batch 16)
+and reads that process's own peak RSS from ``os.wait4``. Defaults: SmolLM2-135M (30 blocks,
+d=576, float32), ``measure`` at ``final``, ``layers`` at every block output, and
+``ppl-vs-dispersion`` at ``final``; 100 and 400 segments of 32 tokens (the same 4x step as the
+400 -> 1,600 target); 100 bootstrap/permutation replicates (the replicate plans are the one
+statistics term that grows with N x replicates, see docs/scale.md). On the shared 2-core machine
+at load 6-7, ``measure`` and ``ppl-vs-dispersion`` took 5.3 minutes together and ``layers`` adds
+about 3-4, so the default run takes about 9 minutes (each process pays ~35 s of imports,
+loading and tokenising before its first segment). ``reproduce`` is not run (its grid needs a config; one
+cell holds ``layers``' extraction and then runs ``ppl-vs-dispersion``'s and ``layers``'
+statistics on it, one after the other).
+
+What should grow with N is only the pooled vectors and per-segment numbers: N x sites x (d x 4
+bytes of float32 + 8 bytes of within dispersion) + N x (seq_len + 1) x 8 bytes of token ids, plus
+for the statistics one site's float64 unit vectors and a transient copy (2 x N x d x 8) and the
+replicate plans (about (1 + 2 reps) x 2N x 16 bytes). The script prints each peak, the growth
+ratio peak(N1)/peak(N0) and the measured growth next to that estimate.
 """
 
 from __future__ import annotations
@@ -23,8 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+COMMANDS = ("measure", "layers", "ppl-vs-dispersion")
+N_SITES = {"measure": 1, "layers": None, "ppl-vs-dispersion": 1}  # None: every block
 
-def tiny_model(folder: Path) -> tuple[str, int]:
+
+def tiny_model(folder: Path) -> tuple[str, int, int]:
     from pydoc_data.topics import topics
 
     import torch
@@ -55,7 +68,7 @@ def tiny_model(folder: Path) -> tuple[str, int]:
     )
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
-    return str(folder), 576
+    return str(folder), 576, 2
 
 
 def peak_rss_mib(cmd: list[str]) -> tuple[float, float]:
@@ -68,41 +81,73 @@ def peak_rss_mib(cmd: list[str]) -> tuple[float, float]:
     return usage.ru_maxrss / 1024, time.perf_counter() - t0
 
 
+def command(name: str, model: str, n: int, args: argparse.Namespace, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "repdisp", name, "--model", model, "--data", args.data]
+    cmd += ["--segments", str(n), "--seq-len", str(args.seq_len)]
+    cmd += ["--batch-size", str(args.batch_size), "--bootstrap", str(args.reps)]
+    cmd += ["--no-cache", "--quiet", "--out", str(out), "--overwrite"]
+    if name == "measure":
+        return cmd + ["--site", "final"]
+    cmd += ["--bin-size", str(n // 20), "--bins", "10"]
+    cmd += ["--stats-reps", str(args.reps), "--permutations", str(args.reps)]
+    return cmd + (["--site", "all"] if name == "layers" else [])
+
+
+def estimate(n: int, d: int, sites: int, args: argparse.Namespace, stats: bool) -> float:
+    """Bytes that should scale with N (module docstring)."""
+    b = n * sites * (4 * d + 8) + n * (args.seq_len + 1) * 8
+    if stats:
+        b += 2 * n * d * 8 + (1 + 2 * args.reps) * 2 * n * 16  # float64 units + copy, plans
+    return b
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="a model spec, or 'tiny'")
-    p.add_argument("--data", default="python-code")
-    p.add_argument("--sizes", default="2000,20000")
-    p.add_argument("--seq-len", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--data", default="python-docs")
+    p.add_argument("--sizes", default="100,400", help="two numbers of segments, N0,N1")
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--reps", type=int, default=100, help="bootstrap and permutation replicates")
+    p.add_argument("--commands", default=",".join(COMMANDS))
     args = p.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    n0, n1 = (int(s) for s in args.sizes.split(","))
+    names = [c.strip() for c in args.commands.split(",") if c.strip()]
+    if unknown := set(names) - set(COMMANDS):
+        p.error(f"unknown commands {sorted(unknown)}; choose from {', '.join(COMMANDS)}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         if args.model == "tiny":
-            model, d = tiny_model(Path(tmp, "tiny"))
+            model, d, blocks = tiny_model(Path(tmp, "tiny"))
         else:
             from repdisp.core.models import load_model
 
             lm = load_model(args.model, device="cpu", dtype="float32")
-            model, d = args.model, lm.model.get_input_embeddings().embedding_dim
+            model, d, blocks = args.model, lm.d_model, lm.n_blocks
+            weights = sum(t.numel() * t.element_size() for t in lm.model.state_dict().values())
+            print(f"# {model}: {blocks} blocks, d={d}, float32 weights {weights / 2**20:.0f} MiB")
             del lm
+        print(
+            f"# N = {n0:,} and {n1:,} segments x {args.seq_len} tokens, batch {args.batch_size}, "
+            f"{args.reps} replicates, data {args.data}",
+            flush=True,
+        )
         rows = []
-        for n in sizes:
-            cmd = [sys.executable, "-m", "repdisp", "ppl-vs-dispersion", "--model", model]
-            cmd += ["--data", args.data, "--segments", str(n), "--seq-len", str(args.seq_len)]
-            cmd += ["--batch-size", str(args.batch_size), "--bin-size", str(n // 20)]
-            cmd += ["--bins", "10", "--no-cache", "--quiet", "--out", str(Path(tmp, f"out{n}"))]
-            load = f"{os.getloadavg()[0]:.2f}"
-            rss, wall = peak_rss_mib(cmd)
-            rows.append((n, rss))
-            print(f"N={n:>7,}  peak RSS {rss:8.1f} MiB  ({wall:.0f} s, load {load})", flush=True)
-    per_segment = 4 * d + 8 * 3 + 8 * (args.seq_len + 1)
-    (n0, r0), (n1, r1) = rows[0], rows[-1]
-    print(
-        f"growth N={n0:,} -> {n1:,}: {r1 - r0:.1f} MiB measured; O(N·d) estimate "
-        f"{(n1 - n0) * per_segment / 2**20:.1f} MiB (d={d}: {per_segment} bytes per segment); "
-        f"per segment {(r1 - r0) * 2**20 / (n1 - n0):.0f} bytes measured"
-    )
+        for name in names:
+            peaks = []
+            for n in (n0, n1):
+                load = f"{os.getloadavg()[0]:.1f}"
+                rss, wall = peak_rss_mib(command(name, model, n, args, Path(tmp, f"{name}{n}")))
+                peaks.append(rss)
+                print(f"{name:<18} N={n:>6,}  peak RSS {rss:7.0f} MiB  ({wall:.0f} s, load {load})",
+                      flush=True)  # fmt: skip
+            sites = N_SITES[name] or blocks
+            stats = name != "measure"
+            est = (estimate(n1, d, sites, args, stats) - estimate(n0, d, sites, args, stats)) / 2**20
+            rows.append((name, peaks, est))
+    print(f"\n{'command':<18}{'peak N0':>9}{'peak N1':>9}{'ratio':>8}{'growth':>9}{'estimate':>10}")
+    for name, (a, b), est in rows:
+        print(f"{name:<18}{a:>8.0f}M{b:>8.0f}M{b / a:>8.3f}{b - a:>8.0f}M{est:>9.1f}M")
 
 
 if __name__ == "__main__":

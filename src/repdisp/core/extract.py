@@ -171,7 +171,7 @@ def _pool(h: Any, pool: str, skip_first: int) -> Any:
 
     h = h[:, skip_first:]
     if pool == "last":
-        return h[:, -1].float()
+        return h[:, -1].to(torch.float32, copy=True)  # a copy: a view would keep all of h
     if pool == "mean":
         return h.float().mean(1)
     if pool == "tokens":
@@ -225,7 +225,7 @@ def _forward_batch(
     with torch.inference_mode():
         if nll is not None:
             out["mean_nll"] = nll.mean(1)
-            out["last_nll"] = nll[:, -1]
+            out["last_nll"] = nll[:, -1].clone()  # not a view: it would keep all of nll
         for site in sites:
             for pool in pools:
                 out[f"{site.name}/{pool}"] = _pool(values[site.name], pool, skip_first)
