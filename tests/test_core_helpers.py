@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist, pdist
 
+from repdisp.core.bootstrap import bootstrap_weights
 from repdisp.core.corpus import prepend_bos
-from repdisp.core.geometry import bootstrap_weights, mean_euclidean, mean_euclidean_between
+from repdisp.core.geometry import mean_euclidean, mean_euclidean_between
 from repdisp.core.shards import atomic_folder
 from repdisp.training.data import split_docs
 

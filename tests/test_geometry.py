@@ -13,10 +13,10 @@ from hypothesis.extra.numpy import arrays
 from scipy import sparse as sp_sparse
 from scipy.spatial.distance import cdist
 
+from repdisp.core.bootstrap import bootstrap_ci
 from repdisp.core.errors import RepdispError
 from repdisp.core.geometry import (
     CosineStats,
-    bootstrap_ci,
     cluster_distances,
     dispersion,
     mean_euclidean,

@@ -63,13 +63,13 @@ def test_keywords_and_statistics_object_give_the_same_result(tiny_gpt2):
     stats = Statistics(seed=2, **kw)
     a = ppl_vs_dispersion([tiny_gpt2], ["python-docs"], sampling=samp, **kw)
     b = ppl_vs_dispersion([tiny_gpt2], ["python-docs"], sampling=samp, stats=stats)
-    assert a.to_dict()["series"] == b.to_dict()["series"]
+    assert _same(a.to_dict()["series"], b.to_dict()["series"])
     s = a.series[0]
     assert (s.bin_size, s.n_bins, s.seq_len, s.n_segments) == (4, 3, 12, 24)
     assert s.stats["across"]["reps"] == 20 and s.stats["across"]["perms"] == 10
     la = layers(tiny_gpt2, "python-docs", sites="embed,final", sampling=samp, **kw)
     lb = layers(tiny_gpt2, "python-docs", sites="embed,final", sampling=samp, stats=stats)
-    assert la.to_dict()["layers"] == lb.to_dict()["layers"]
+    assert _same(la.to_dict()["layers"], lb.to_dict()["layers"])
     assert (la.bin_size, la.n_bins, la.seq_len, la.seed) == (4, 3, 12, 2)
     # a different seed changes the resampling, so the seed really travels with the object
     c = ppl_vs_dispersion(
@@ -106,3 +106,12 @@ def test_finetune_config_validates_once():
         "method", "steps", "learning_rate", "batch_size", "seq_len", "seed", "lora_r",
         "lora_alpha", "lora_dropout", "warmup_steps", "weight_decay", "grad_accum", "save_every",
     ]  # fmt: skip
+
+
+def _same(a, b) -> bool:
+    """Equal results, nan equal to nan (an across estimate's analytic p is nan by design)."""
+    import json
+
+    return json.dumps(a, sort_keys=True, default=repr) == json.dumps(
+        b, sort_keys=True, default=repr
+    )

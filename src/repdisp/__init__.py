@@ -27,7 +27,7 @@ _EXPORTS = {
     "Extraction": "core.extract",
     "extract": "core.extract",
     "CosineStats": "core.geometry",
-    "bootstrap_ci": "core.geometry",
+    "bootstrap_ci": "core.bootstrap",
     "cluster_distances": "core.geometry",
     "dispersion": "core.geometry",
     "mean_euclidean": "core.geometry",

@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..core.bootstrap import bootstrap_ci
 from ..core.corpus import Segments, load_texts, prepend_bos, token_stream
 from ..core.errors import RepdispError
 from ..core.extract import extract
-from ..core.geometry import bootstrap_ci, cluster_distances
+from ..core.geometry import cluster_distances
 from ..core.models import LoadedModel, load_model
 from ..core.stats import mean_ci
 from ..io.results import Result, new_figure, record, recorded, write_result

@@ -16,11 +16,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..core.bootstrap import bootstrap_ci, bootstrap_weights
 from ..core.errors import RepdispError
 from ..core.geometry import (
     as_matrix,
-    bootstrap_ci,
-    bootstrap_weights,
     dispersion,
     unit_rows,
     weighted_dispersion,

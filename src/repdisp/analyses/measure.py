@@ -19,10 +19,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..core import distributed
+from ..core.bootstrap import bootstrap_ci
 from ..core.corpus import make_segments
 from ..core.errors import RepdispError
 from ..core.extract import Extraction, extract, parse_pools
-from ..core.geometry import CosineStats, bootstrap_ci
+from ..core.geometry import CosineStats
 from ..core.models import DEFAULT_MODEL, LoadedModel, as_loaded, load_model, resolve_device
 from ..core.precision import DTYPES
 from ..core.segment_table import segment_rows

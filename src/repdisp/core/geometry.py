@@ -240,16 +240,6 @@ def weighted_dispersion(units: Any, weights: Any) -> np.ndarray:
         return np.where(den > 0, 1 - (norm2 - sq) / np.where(den > 0, den, 1), np.nan)
 
 
-def __getattr__(name: str) -> Any:
-    """``bootstrap_ci`` and ``bootstrap_weights`` live in ``core.bootstrap`` (which imports this
-    module); they stay importable from here."""
-    if name in ("bootstrap_ci", "bootstrap_weights"):
-        from . import bootstrap
-
-        return getattr(bootstrap, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def per_example_scores(x: ArrayLike, zero: str = "error") -> np.ndarray:
     """Each vector's mean cosine distance to all the others, O(N·d): 1 - (u_i·S - 1)/(N - 1).
 

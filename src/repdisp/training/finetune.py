@@ -20,11 +20,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..core.bootstrap import bootstrap_ci, bootstrap_weights
 from ..core.corpus import Segments, load_texts, make_segments
 from ..core.errors import RepdispError
 from ..core.geometry import (
-    bootstrap_ci,
-    bootstrap_weights,
     dispersion,
     unit_rows,
     weighted_dispersion,
