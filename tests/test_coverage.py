@@ -109,7 +109,7 @@ def _across_coverage(seeds: int, n: int, reps: int) -> tuple[float, float]:
     return hits / seeds, truth
 
 
-@pytest.mark.slow
+@pytest.mark.long  # ~17 min on a busy 2-core CPU: `pytest -m long tests/test_coverage.py`
 def test_ppl_dispersion_interval_covers_planted_slope_400_seeds():
     cov, truth = _across_coverage(400, 240, 300)
     assert truth < -0.02  # a planted effect, not a null
