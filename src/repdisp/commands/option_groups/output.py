@@ -76,7 +76,9 @@ def check_out_folder(out: str | None) -> None:
 def check_out(args: argparse.Namespace, *names: str) -> None:
     """Refuse, before any work, to replace an earlier run's result files in an explicit --out."""
     check_out_folder(args.out)
-    if args.out:  # two runs writing one --out at once: the second is refused (core.shards)
+    # two runs writing one --out at once: the second is refused (core.shards); the ranks of
+    # one torchrun job share their --out, so only rank 0 claims it
+    if args.out and os.environ.get("RANK", "0") == "0":
         from ...core.shards import claim_folder
 
         claim_folder(Path(args.out))
