@@ -13,6 +13,7 @@ Usage: python bench/bench_kbin_r_coverage.py [seeds] [reps]
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -26,7 +27,8 @@ from repdisp.core.correlation import row_corr, row_spearman
 from repdisp.core.geometry import unit_rows, weighted_dispersion
 from repdisp.core.permutation import p_perm
 
-N, K, B, DIM, LO, HI, AMP = 200, 5, 10, 6, 10.0, 100.0, 0.6
+N, K, DIM, LO, HI, AMP = 200, 5, 6, 10.0, 100.0, 0.6
+B = int(os.environ.get("KBIN_B", "10"))  # segments per bin
 
 
 def g(u):
