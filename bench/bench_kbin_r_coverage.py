@@ -27,7 +27,8 @@ from repdisp.core.correlation import row_corr, row_spearman
 from repdisp.core.geometry import unit_rows, weighted_dispersion
 from repdisp.core.permutation import p_perm
 
-N, K, DIM, LO, HI, AMP = 200, 5, 6, 10.0, 100.0, 0.6
+N, K, DIM, LO, HI = 200, 5, 6, 10.0, 100.0
+AMP = float(os.environ.get("KBIN_AMP", "0.6"))
 B = int(os.environ.get("KBIN_B", "10"))  # segments per bin
 
 
@@ -47,8 +48,32 @@ def planted_r(amp):
     return float(np.corrcoef(t, d)[0, 1]), float(sps.spearmanr(t, d)[0])
 
 
+HD = int(os.environ.get("KBIN_HD", "0"))  # >0: u = normalise(a·e1 + g/sqrt(HD)), g ~ N(0, I_HD)
+
+
+def hd_units(rng, d_target):
+    """High-dimensional population: D ≈ d_target with little noise per pair (strong effects)."""
+    a = np.sqrt((1 - d_target) / d_target)
+    x = rng.normal(size=(len(a), HD)) / np.sqrt(HD)
+    x[:, 0] += a
+    return unit_rows(x)
+
+
+def hd_truth(amp):
+    rng = np.random.default_rng(123)
+    t = np.linspace(LO, HI, K)
+    d = []
+    for tk in t:
+        uu = hd_units(rng, np.full(40000, disp_of(tk, amp)))
+        m = uu.mean(0)
+        d.append(1 - (m @ m * 40000**2 - 40000) / (40000 * 39999))
+    return float(np.corrcoef(t, d)[0, 1]), float(sps.spearmanr(t, d)[0])
+
+
 def sample(rng, amp):
     p = rng.uniform(LO, HI, N)
+    if HD:
+        return p, hd_units(rng, disp_of(p, amp))
     s = np.sqrt(-np.log(1 - disp_of(p, amp)))
     phi = rng.normal(0, 1, N) * s
     v = rng.normal(size=(N, DIM - 1))
@@ -95,7 +120,7 @@ def intervals(est, boots, jack, null, sub, m):
 
 
 def run(seeds, reps, amp):
-    truth = planted_r(amp)
+    truth = hd_truth(amp) if HD and amp else planted_r(amp)
     m = N // 2
     hits: dict = {}
     agree: dict = {}
