@@ -147,8 +147,13 @@ def stats_lines(stats: dict[str, Any], indent: str = "  ") -> list[str]:
                 f"{indent}  {e['name']:<20}{e['value']:{fmt}} [{e['ci_low']:{fmt}}, "
                 f"{e['ci_high']:{fmt}}]{' ' + p if p else ''}{' ' + pp if pp else ''}"
             )
-        if stat_estimates(st) and stat_estimates(st)[0].get("method"):
-            lines.append(f"{indent}  (CI: {stat_estimates(st)[0]['method']})")
+        methods: dict[str, list[str]] = {}  # each CI method and the statistics it made
+        for e in stat_estimates(st):
+            if e.get("method"):
+                methods.setdefault(e["method"], []).append(e["name"])
+        for how, names in methods.items():
+            of = f" of {', '.join(names)}" if len(methods) > 1 else ""
+            lines.append(f"{indent}  (CI{of}: {how})")
     return lines
 
 

@@ -14,7 +14,15 @@ from .bootstrap import bca_interval, interval_method, jackknife_groups, mean_ci,
 from .correlation import Correlation, correlation, row_corr, row_slope
 from .errors import RepdispError
 from .geometry import unit_rows, weighted_dispersion
-from .permutation import ASYMPTOTIC_MIN_N, exact_p, floor_p, format_p, p_perm
+from .permutation import (
+    ASYMPTOTIC_MIN_N,
+    PERM_INVERSION,
+    exact_p,
+    floor_p,
+    format_p,
+    p_perm,
+    permutation_interval,
+)
 
 __all__ = [
     "AcrossStats",
@@ -297,6 +305,16 @@ def _plan_stats(d: np.ndarray, plan: _Plan) -> np.ndarray:
     return out
 
 
+def _across_interval(
+    j: int, est: float, boots: np.ndarray, jack: np.ndarray, null: np.ndarray, level: float
+) -> tuple[float, float]:
+    """The K-bin Pearson/Spearman r (j < 2) with permutations: the permutation-inversion
+    interval (module notes); every other statistic, and those without permutations: BCa."""
+    if j < 2 and len(null):
+        return permutation_interval(est, null, level)
+    return bca_interval(est, boots, jack, level)
+
+
 def stats_device(device: Any = "auto") -> Any:
     """Where the across-segment replicates run: a CUDA device (float64 GEMMs) when asked for or,
     with ``auto``, when torch sees one; None for the CPU (scipy sparse products)."""
@@ -371,6 +389,8 @@ def across_stats(
     curve_means = [float(x[m].mean()) for m in cur]
     names = ("pearson", "spearman", "curve_spearman", "slope_per_doubling")
     how = _method(reps, perms, "segments, re-binned", len(jk) if len(jk) < n else 0)
+    how_k = f"{PERM_INVERSION}, {perms} permutations of perplexity over segments, re-binned"
+    how_k += "; p_perm: the same permutations"
     results = []
     for m in mats:
         u = unit_vectors(m)
@@ -391,11 +411,11 @@ def across_stats(
             Estimate(
                 names[j],
                 float(obs[j]),
-                *bca_interval(float(obs[j]), boots[:, j], jack[:, j], level),
+                *_across_interval(j, float(obs[j]), boots[:, j], jack[:, j], null[:, j], level),
                 float("nan"),  # no analytic p over segments (module notes)
                 p_perm(obs[j], null[:, j]) if perms else float("nan"),
                 n,
-                how,
+                how_k if j < 2 and perms else how,
                 perms,
             )
             for j in range(4)
