@@ -60,12 +60,12 @@ def run(
     """Run (or resume) the grid of ``cfg`` (``config.load_config``) into ``out``."""
     from ..io.results import write_json
 
+    need = needed_steps(cfg)  # --only: the steps its rows read (None: all); checks the ids
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg)
     t0 = time.perf_counter()
     ctx = Run(cfg, out, loader(cfg, model_args, trust_remote_code, allow_pickle), progress)
-    need = needed_steps(cfg)  # --only: the steps its rows read (None: all)
     on = [s for s in STEPS if s.enabled(cfg) and (need is None or s.name in need)]
     jobs: list[tuple[Any, tuple[Any, ...]]] = []
     for spec in cfg["models"]:
