@@ -236,6 +236,11 @@ def test_new_rows_end_to_end_only_and_resume(tiny_cfg, monkeypatch, capsys):
     assert "- **§2.2** (perplexity vs dispersion): held in" in md
     assert "- **§3.3** (kNN-LM keys)" in md and "- **App. B** (appendix analyses)" in md
     assert md.index("What held here") < md.index("## Claims")
+    timing = json.loads((out / "step_seconds.json").read_text())
+    part = cell.relative_to(out).as_posix()
+    names = ("ppl_vs_dispersion", "layers", "sublayer_link", "layers_random_init", "knnlm_keys_ppl")
+    assert sorted(timing) == sorted(f"{part}/{n}" for n in names)
+    assert all(v >= 0 for v in timing.values()) and "## Wall time per step" in md
 
     # rerun: every step skipped, no forward pass, the same rows
     import repdisp.core.extract as extract_mod
@@ -250,6 +255,7 @@ def test_new_rows_end_to_end_only_and_resume(tiny_cfg, monkeypatch, capsys):
     for what in ("sub-layer link", "layers at random init", "kNN-LM perplexity per key"):
         assert f"{what}: done, skipped" in said
     assert json.loads((out / "claims.json").read_text())["claims"] == rows
+    assert json.loads((out / "step_seconds.json").read_text()) == timing  # skipped: kept
 
 
 def test_only_unknown_id_is_one_line(tiny_cfg, capsys):

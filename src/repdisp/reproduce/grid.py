@@ -75,6 +75,7 @@ def run(
     for spec in cfg["models"]:
         jobs += [(s, (spec, mc)) for mc in cfg.get("mc") or [] for s in on if s.over == "task"]
     for s, where in jobs:
+        ctx.steps.started = time.perf_counter()
         s.fn(ctx, *where)
         findings(cfg, out)
     return findings(cfg, out, seconds=time.perf_counter() - t0)

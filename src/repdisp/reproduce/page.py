@@ -265,6 +265,12 @@ def findings(cfg: dict[str, Any], out: Path, seconds: float | None = None) -> tu
     sections = []
     if missing:
         sections.append(("Not finished yet", "\n".join(f"- {m}" for m in missing)))
+    timing = read(out / "step_seconds.json")
+    if timing:
+        lines = [f"- {k}: {v:.1f} s" for k, v in timing.items()]
+        note = "(the first step of a cell includes the cell's extraction; a skipped step keeps "
+        note += "the time of the run that computed it)"
+        sections.append(("Wall time per step", note + "\n\n" + "\n".join(lines)))
     if seconds is not None:
         intro.append(f"Wall time of this invocation: {seconds:.0f} s.")
     if rows:
