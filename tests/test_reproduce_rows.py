@@ -53,6 +53,27 @@ def test_sublayer_link_planted_both_ways(strong):
     assert "--only fig31" in rows[0]["command"]
 
 
+def test_bias_corrected_interval():
+    from scipy.stats import norm
+
+    from repdisp.reproduce.sublayers import bc_interval
+
+    rng = np.random.default_rng(4)
+    boots = rng.normal(size=20001)
+    # replicates centred on the estimate: the plain 2.5/97.5 percentiles
+    assert bc_interval(boots, float(np.median(boots))) == pytest.approx(
+        tuple(np.quantile(boots, [0.025, 0.975])), abs=1e-9
+    )
+    # replicates shifted below the estimate: z0 = Phi^-1(share below), quantiles Phi(2 z0 -/+ z)
+    est = 1.2
+    z0 = norm.ppf(np.mean(boots < est))
+    lo, hi = bc_interval(boots, est)
+    ref = np.quantile(boots, norm.cdf([2 * z0 - 1.959964, 2 * z0 + 1.959964]))
+    assert (lo, hi) == pytest.approx(tuple(ref), abs=1e-6) and lo <= est <= hi
+    plain = np.quantile(boots, [0.025, 0.975])
+    assert lo > plain[0] + 0.5 and hi > plain[1] + 0.5  # moved toward the estimate's side
+
+
 def test_sublayer_link_no_effect_is_inconclusive():
     rng = np.random.default_rng(2)
     ppl, a, f = np.exp(rng.normal(size=(3, 200)))

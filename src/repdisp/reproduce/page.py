@@ -224,9 +224,14 @@ def findings(cfg: dict[str, Any], out: Path, seconds: float | None = None) -> tu
     corpora = ", ".join(stem(d) for d in cfg["data"])
 
     def size(m: str, d: str) -> str:
-        done = read(out / label(m) / stem(d) / "ppl_vs_dispersion.json")
+        cell = out / label(m) / stem(d)
+        done = read(cell / "ppl_vs_dispersion.json")
         if done and done.get("series"):
             return f"{done['series'][0]['n_segments']} ({label(m)} · {stem(d)})"
+        for name in ("layers.json", "sublayer_link.json"):  # a run with --only
+            done = read(cell / name)
+            if done and done.get("n_segments"):
+                return f"{done['n_segments']} ({label(m)} · {stem(d)})"
         return f"up to {segments(cfg, m, d)} ({label(m)} · {stem(d)}, not run yet)"
 
     sizes = ", ".join(size(m, d) for m in cfg["models"] for d in cfg["data"])

@@ -9,10 +9,13 @@ of link strengths
 
     delta = |rho(L.ffn)| - |rho(L.attn)|        (> 0: the link is weaker at the attention output)
 
-CIs: percentile bootstrap over segments, ``sublayers.reps`` replicates (seed ``cfg["seed"]``);
-each replicate resamples the N segments once and recomputes both rho on the same resample, so
-delta's CI is paired. (Spearman over resampled segments is not a re-binned statistic; its
-percentile interval contains the estimate up to resampling noise.)
+CIs: bias-corrected percentile bootstrap over segments (``bc_interval``), ``sublayers.reps``
+replicates (seed ``cfg["seed"]``); each replicate resamples the N segments once and recomputes
+both rho on the same resample, so delta's CI is paired. The bias correction shifts the
+percentiles by z0 = Phi^-1(share of replicates below the estimate): the 95% interval is the
+Phi(2 z0 -/+ 1.96) quantiles: the plain percentile interval when the replicates are centred on
+the estimate, else shifted toward the side of the estimate (it holds the estimate exactly when
+|z0| <= 1.96, i.e. when the estimate lies within the central 95% of the replicates).
 
 Claims (id ``fig31``): rho(L.ffn) < 0 and rho(L.attn) < 0 (direction -1, "perplexity falls as
 sub-layer dispersion rises"), and delta > 0 (direction +1), each by ``verdict.verdict``.
@@ -32,6 +35,7 @@ from .steps import Run, step, write_result
 from .verdict import verdict
 
 NAME = "sublayer_link"
+WHAT = {"attn": "attention", "ffn": "FFN"}
 
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -44,6 +48,20 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     den = np.sqrt((rx * rx).sum(-1) * (ry * ry).sum(-1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return (rx * ry).sum(-1) / den
+
+
+def bc_interval(boots: np.ndarray, estimate: float, level: float = 0.95) -> tuple[float, float]:
+    """Bias-corrected percentile interval of bootstrap replicates around ``estimate``."""
+    from scipy.stats import norm
+
+    boots = boots[np.isfinite(boots)]
+    if not len(boots) or not np.isfinite(estimate):
+        return float("nan"), float("nan")
+    share = (np.sum(boots < estimate) + 0.5 * np.sum(boots == estimate)) / len(boots)
+    z0 = norm.ppf(np.clip(share, 1 / (2 * len(boots)), 1 - 1 / (2 * len(boots))))
+    z = norm.ppf(0.5 + level / 2)
+    lo, hi = np.quantile(boots, norm.cdf([2 * z0 - z, 2 * z0 + z]))
+    return float(lo), float(hi)
 
 
 def link_stats(
@@ -61,9 +79,8 @@ def link_stats(
         boots[name] = r
     delta = np.abs(boots["ffn"]) - np.abs(boots["attn"])
     for name, r in (("attn", boots["attn"]), ("ffn", boots["ffn"]), ("delta", delta)):
-        rep = r[1:][np.isfinite(r[1:])]
-        lo, hi = np.quantile(rep, [0.025, 0.975]) if len(rep) else (np.nan, np.nan)
-        out[name] = {"value": float(r[0]), "ci_low": float(lo), "ci_high": float(hi)}
+        lo, hi = bc_interval(r[1:], float(r[0]))
+        out[name] = {"value": float(r[0]), "ci_low": lo, "ci_high": hi}
     return out
 
 
@@ -112,7 +129,7 @@ def sublayer_rows(cfg: dict[str, Any], at: Where, doc: dict[str, Any]) -> list[d
 
     scope = (
         f"{at.scope}, N={doc['n_segments']} segments of {doc['seq_len']}, "
-        f"{doc['reps']} paired bootstrap replicates"
+        f"{doc['reps']} paired bootstrap replicates (bias-corrected percentile CIs)"
     )
     cmd = command(cfg, at.spec, at.data, "--only fig31")
     rows = []
@@ -123,7 +140,7 @@ def sublayer_rows(cfg: dict[str, Any], at: Where, doc: dict[str, Any]) -> list[d
                 "id": "fig31",
                 "figure": "Fig. 31",
                 "claim": f"App. B.3 Fig. 31: per chunk, perplexity falls as the within-chunk "
-                f"dispersion at the last block's {key.upper()} output ({doc['sites'][key]}) rises",
+                f"dispersion at the last block's {WHAT[key]} output ({doc['sites'][key]}) rises",
                 "scope": scope,
                 "paper": "negative correlation",
                 "result": f"Spearman(PPL, D) over segments {est(e)} (segments resampled)",
