@@ -14,9 +14,7 @@ from repdisp.core.errors import RepdispError
 from repdisp.core.extract import extract, token_nll
 from repdisp.core.sites import SiteReader, blocks_of, parse_sites
 
-ex_mod = importlib.import_module(
-    "repdisp.core.extract"
-)  # the package exports a function of that name
+ex_mod = importlib.import_module("repdisp.core.extract")  # the package exports a function of that name
 
 
 def hf_forward(lm, ids):

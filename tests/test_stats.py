@@ -116,12 +116,7 @@ def test_null_false_positive_rate_is_five_percent():
         hits["within perm"] += w.spearman.p_perm <= 0.05
         hits["slope scipy"] += w.slope.p_value < 0.05
         (a,) = across_stats(
-            ppl,
-            rng.normal(size=(100, 3)) + 0.5,
-            binner,
-            10,
-            reps=0,
-            perms=19,
+            ppl, rng.normal(size=(100, 3)) + 0.5, binner, 10, reps=0, perms=19,
             seed=int(rng.integers(1e9)),
         )
         hits["across perm"] += a.pearson.p_perm <= 0.05
@@ -150,9 +145,7 @@ def test_n_to_decide_predicts_where_a_bootstrap_ci_reaches_zero():
     assert n_to_decide(100, 0.0, -1, 1) == float("inf")
     assert n_to_decide(100, 0.5, 0.1, 0.9) < 100  # already decided
     # a lopsided percentile CI that just covers 0 needs more segments, never fewer
-    assert n_to_decide(1410, 0.0023, -0.00002, 0.0046) == pytest.approx(
-        1410 * (0.00232 / 0.0023) ** 2
-    )
+    assert n_to_decide(1410, 0.0023, -0.00002, 0.0046) == pytest.approx(1410 * (0.00232 / 0.0023) ** 2)
 
 
 def test_gpu_path_equals_the_cpu_path(monkeypatch):
