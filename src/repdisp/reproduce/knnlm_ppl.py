@@ -31,15 +31,16 @@ same resampled segments for both keys (paired). Claim (id ``knnlm-ppl``): direct
 from __future__ import annotations
 
 import time
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .claims import Where, claim, command
 from .config import cell_params, label, stem
 from .memo import main_extraction
 from .steps import Run, step, write_result
 from .verdict import verdict
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NAME = "knnlm_keys_ppl"
 
@@ -61,6 +62,8 @@ def paired_margin(
 ) -> dict[str, Any]:
     """Δ = mean log p(pick) - mean log p(other) per target, with a percentile bootstrap CI over
     consecutive segments of ``seg`` targets (the same segments for both: paired)."""
+    import numpy as np
+
     n = len(log_p[pick]) // seg
     if n < 2:
         from ..core.errors import RepdispError

@@ -24,9 +24,7 @@ sub-layer dispersion rises"), and delta > 0 (direction +1), each by ``verdict.ve
 from __future__ import annotations
 
 import time
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .claims import Where, claim, command
 from .config import cell_params, label, stem
@@ -34,12 +32,16 @@ from .memo import main_extraction
 from .steps import Run, step, write_result
 from .verdict import verdict
 
+if TYPE_CHECKING:
+    import numpy as np
+
 NAME = "sublayer_link"
 WHAT = {"attn": "attention", "ffn": "FFN"}
 
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman rho of each row pair of x, y (R, N): Pearson of the (average) ranks."""
+    import numpy as np
     from scipy.stats import rankdata
 
     rx, ry = rankdata(x, axis=-1), rankdata(y, axis=-1)
@@ -52,6 +54,7 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def bc_interval(boots: np.ndarray, estimate: float, level: float = 0.95) -> tuple[float, float]:
     """Bias-corrected percentile interval of bootstrap replicates around ``estimate``."""
+    import numpy as np
     from scipy.stats import norm
 
     boots = boots[np.isfinite(boots)]
@@ -68,6 +71,8 @@ def link_stats(
     ppl: np.ndarray, d_attn: np.ndarray, d_ffn: np.ndarray, reps: int, seed: int
 ) -> dict[str, Any]:
     """rho(attn), rho(ffn) and delta = |rho_ffn| - |rho_attn| with paired bootstrap CIs."""
+    import numpy as np
+
     ppl, d_attn, d_ffn = (np.asarray(a, dtype=np.float64) for a in (ppl, d_attn, d_ffn))
     n = len(ppl)
     rng = np.random.default_rng(seed)
