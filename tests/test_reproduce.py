@@ -67,6 +67,9 @@ knn: {{chunks: [4, 8], seeds: 3}}
 gap: null
 mc: [{{task: arc-challenge, data: "{arc}", limit: null}}]
 probe: {{sample: 4, seeds: 2}}
+sublayers: null
+random_init: null
+knnlm: null
 """
     )
     return cfg, tmp_path / "run"
@@ -239,10 +242,14 @@ def test_registries_keep_the_page_order():
     from repdisp.reproduce.claims import CLAIMS
     from repdisp.reproduce.steps import STEPS
 
-    assert [c.name for c in CLAIMS] == ["ppl_rows", "layer_rows", "knn_rows", "mc_rows", "gap_rows"]
+    assert [c.name for c in CLAIMS] == [
+        "ppl_rows", "layer_rows", "knn_rows", "mc_rows", "gap_rows", "sublayer_rows",
+        "emergence_rows", "knnlm_rows",
+    ]  # fmt: skip
     assert [(s.name, s.over) for s in STEPS] == [
         ("ppl_step", "cell"), ("layers_step", "cell"), ("knn_step", "cell"),
-        ("mc_step", "task"), ("gap_step", "model"),
+        ("mc_step", "task"), ("gap_step", "model"), ("sublayer_step", "cell"),
+        ("random_init_step", "cell"), ("knnlm_step", "cell"),
     ]  # fmt: skip
 
 

@@ -75,7 +75,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="multiple-choice data (arc-challenge=DIR, mmlu=DIR); replaces the config's",
     )
     g.add_argument("--no-mc", action="store_true", help="skip the accuracy probe and hard slices")
-    g.add_argument("--no-knn", action="store_true", help="skip the kNN key profile")
+    g.add_argument(
+        "--no-knn", action="store_true", help="skip the kNN key profile and kNN-LM perplexity"
+    )
+    g.add_argument(
+        "--only",
+        action="append",
+        metavar="ROW[,ROW]",
+        help="claim ids (e.g. fig4,fig31): run only the steps those rows need; repeat or comma",
+    )
     add_output_options(
         p,
         "reproduce",
@@ -101,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         mc=args.mc,
         no_mc=args.no_mc,
         no_knn=args.no_knn,
+        only=args.only,
     )
 
 

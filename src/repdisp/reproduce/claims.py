@@ -10,8 +10,14 @@ Adding a row (a new figure or table of the paper) is one builder function in the
 that computes its result (``ppl``, ``layers``, ``knn``, ``mc``, ``gap``, or a new module imported
 by the package's ``__init__``), decorated with ``@claim``, plus its config key (``config.py``):
 
-    @claim(over="cell", reads=("ppl_vs_dispersion.json",), missing="ppl-vs-dispersion")
+    @claim(over="cell", reads=("ppl_vs_dispersion.json",), missing="ppl-vs-dispersion",
+           ids=("fig3", "fig4"), steps=("ppl_step",))
     def fig3_rows(cfg, at, ppl) -> list[dict]: ...
+
+``ids``: the claim ids its rows carry (each row's ``id``; ``repdisp reproduce --only ID[,ID]``
+picks rows by them), ``steps``: the names of the step functions whose results it reads (what
+``--only`` runs for it; empty: every step). Each row also carries ``figure`` (the paper's figure,
+table or section it belongs to; the page groups rows by it).
 
 ``over`` is what the builder runs for, and its arguments after ``cfg``:
 
@@ -64,8 +70,12 @@ class Claim:
     missing: str = ""
     when: str | None = None
     figure: tuple[str, str] | None = None  # (file in the folder, caption) shown on the page
+    ids: tuple[str, ...] = ()
+    steps: tuple[str, ...] = ()
 
     def enabled(self, cfg: dict[str, Any]) -> bool:
+        if cfg.get("only") and not set(self.ids) & set(cfg["only"]):
+            return False
         return self.when is None or bool(cfg.get(self.when))
 
 
@@ -78,16 +88,48 @@ def claim(
     missing: str = "",
     when: str | None = None,
     figure: tuple[str, str] | None = None,
+    ids: tuple[str, ...] = (),
+    steps: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., list[Row]]], Callable[..., list[Row]]]:
     """Register a claim builder (see the module docstring)."""
     if over not in OVERS:
         raise ValueError(f"over must be one of {OVERS}, got {over!r}")
 
     def add(fn: Callable[..., list[Row]]) -> Callable[..., list[Row]]:
-        CLAIMS.append(Claim(fn.__name__, over, fn, tuple(reads), missing, when, figure))
+        c = Claim(
+            fn.__name__, over, fn, tuple(reads), missing, when, figure, tuple(ids), tuple(steps)
+        )
+        CLAIMS.append(c)
         return fn
 
     return add
+
+
+def claim_ids() -> list[str]:
+    """Every registered claim id, in page order."""
+    return [i for c in CLAIMS for i in c.ids]
+
+
+def needed_steps(cfg: dict[str, Any]) -> set[str] | None:
+    """The step names the rows of ``cfg["only"]`` need (None: no ``--only``, every step).
+    An unknown id is a ``RepdispError`` naming the known ones."""
+    only = cfg.get("only")
+    if not only:
+        return None
+    from ..core.errors import RepdispError
+
+    known = claim_ids()
+    bad = [i for i in only if i not in known]
+    if bad:
+        raise RepdispError(
+            f"--only: unknown claim id(s) {', '.join(bad)}; known: {', '.join(known)}"
+        )
+    from .steps import STEPS
+
+    picked = [c for c in CLAIMS if set(c.ids) & set(only)]
+    if any(not c.steps for c in picked):
+        return {s.name for s in STEPS}
+    return {s for c in picked for s in c.steps}
 
 
 def claims(cfg: dict[str, Any], out: Path) -> tuple[list[Row], list[str]]:
@@ -101,7 +143,11 @@ def claims(cfg: dict[str, Any], out: Path) -> tuple[list[Row], list[str]]:
         if any(d is None for d in docs):
             missing.append(f"{at.scope}: {c.missing}")
         else:
-            rows.extend(c.build(cfg, at, *docs))
+            rows.extend(keep(c.build(cfg, at, *docs)))
+
+    def keep(built: list[Row]) -> list[Row]:
+        only = cfg.get("only")
+        return [r for r in built if not only or r.get("id") in only]
 
     for spec in cfg["models"]:
         for data in cfg["data"]:
@@ -114,7 +160,7 @@ def claims(cfg: dict[str, Any], out: Path) -> tuple[list[Row], list[str]]:
             for c in (c for c in active if c.over == "task"):
                 take(c, at)
     for c in (c for c in active if c.over == "grid"):
-        rows.extend(c.build(cfg, out))
+        rows.extend(keep(c.build(cfg, out)))
     return rows, missing
 
 

@@ -45,6 +45,13 @@ _COMMON: dict[str, Any] = {  # what both scales share; load_config deep-copies a
     "knn": {"chunks": [10, 50, 100], "seeds": 10},
     "gap": {"domain": "python", "reference": "everyday"},
     "hard_slices": {"fraction": 0.2},
+    # App. B.3 Fig. 31: per-segment link of perplexity with within-segment dispersion at the last
+    # block's attention and FFN outputs (main extraction; paired bootstrap over segments)
+    "sublayers": {"reps": 1000},
+    # §2.2(2) end: the same architecture, randomly initialised (seeded), through the layer-wise
+    # analysis on the same segments
+    "random_init": {"seed": 0},
+    "only": None,  # claim ids (--only): run only the steps those rows need, show only them
 }
 SCALES: dict[str, dict[str, Any]] = {
     "cpu": _COMMON
@@ -55,9 +62,23 @@ SCALES: dict[str, dict[str, Any]] = {
         "dtype": "auto",
         "device": "auto",
         "batch_size": 8,
-        "contexts": [128],
+        "contexts": [16, 64, 128, 256],
         "mc": [{"task": "arc-challenge", "data": f"{_SHARED}/arc", "limit": 200}],
         "probe": {"sample": 50, "seeds": 10},
+        # §3.3 kNN-LM perplexity per candidate key: a datastore of the corpus's first tokens,
+        # evaluated on the next ones (disjoint); CI over held-out segments of segment_tokens
+        "knnlm": {
+            "datastore_tokens": 50000,
+            "eval_tokens": 8192,
+            "context": 256,
+            "stride": 128,
+            "k": 64,
+            "lmbda_grid": [0.1, 0.25, 0.5],
+            "temperature_grid": [1.0],
+            "segment_tokens": 256,
+            "reps": 2000,
+            "batch_size": 4,
+        },
     },
     "gpu": _COMMON
     | {
@@ -73,6 +94,18 @@ SCALES: dict[str, dict[str, Any]] = {
             {"task": "mmlu", "data": f"{_SHARED}/mmlu/val", "limit": None},
         ],
         "probe": {"sample": 100, "seeds": 10},
+        "knnlm": {
+            "datastore_tokens": 10_000_000,
+            "eval_tokens": 250_000,
+            "context": 512,
+            "stride": 256,
+            "k": 1024,
+            "lmbda_grid": [0.1, 0.25, 0.5],
+            "temperature_grid": [1.0, 5.0, 10.0],
+            "segment_tokens": 512,
+            "reps": 2000,
+            "batch_size": 8,
+        },
     },
 }
 _KEYS = set(SCALES["cpu"])
@@ -106,13 +139,14 @@ def load_config(
     mc: Iterable[str] | None = None,
     no_mc: bool = False,
     no_knn: bool = False,
+    only: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """The settings of one grid run.
 
     ``overrides``: values for the keys in ``OVERRIDABLE`` (given keys replace the file's);
     ``segments_for``: ``MODEL[@CORPUS]=N`` items added to the file's table; ``mc``:
     ``TASK=PATH[:LIMIT]`` items replacing the file's tasks; ``no_mc`` / ``no_knn`` turn those
-    steps off."""
+    steps off (``no_knn``: Table 1's profile and the kNN-LM perplexity); ``only``: claim ids (items may be comma lists), replacing the file's ``only``."""
     if scale not in SCALES:
         raise RepdispError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
     cfg = json.loads(json.dumps(SCALES[scale]))
@@ -150,7 +184,11 @@ def load_config(
     if no_mc:
         cfg["mc"] = []
     if no_knn:
-        cfg["knn"] = None
+        cfg["knn"] = cfg["knnlm"] = None
+    if only:
+        cfg["only"] = [i.strip() for item in only for i in item.split(",") if i.strip()]
+    if isinstance(cfg.get("only"), str):
+        cfg["only"] = [i.strip() for i in cfg["only"].split(",") if i.strip()]
     cfg = _expand(cfg, base)
     for key in ("segments", "seq_len", "batch_size", "bin_size", "bins", "curve_bins"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:

@@ -35,7 +35,7 @@ def gap_step(run: Run, spec: str) -> None:
     run.say(f"[{label(spec)}] dispersion gap ({cfg['gap']['domain']}): done")
 
 
-@claim(over="grid", when="gap")
+@claim(over="grid", when="gap", ids=("gap",), steps=("gap_step",))
 def gap_rows(cfg: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     """§3.2: one row over every model whose gap is done (none while no gap is)."""
     gaps = [(spec, read(out / label(spec) / "gap.json")) for spec in cfg["models"]]
@@ -44,6 +44,8 @@ def gap_rows(cfg: dict[str, Any], out: Path) -> list[dict[str, Any]]:
         return []
     vals = "; ".join(f"{label(s)} G={g['checkpoints'][0]['cosine']['gap']:.4f}" for s, g in have)
     row = {
+        "id": "gap",
+        "figure": "§3.2 Tables 3-4",
         "claim": "§3.2 a larger dispersion gap G (domain vs everyday tokens) goes with "
         "higher accuracy on the domain, across checkpoints",
         "scope": f"{len(have)} model(s), domain {cfg['gap']['domain']}",

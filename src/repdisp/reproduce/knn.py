@@ -71,6 +71,8 @@ def knn_step(run: Run, spec: str, data: str) -> None:
     missing="kNN key profile",
     figure=(f"{NAME}.png", "kNN key profile: h_att vs h_ffn of the last block"),
     when="knn",
+    ids=("table1",),
+    steps=("knn_step",),
 )
 def knn_rows(cfg: dict[str, Any], at: Where, knn: dict[str, Any]) -> list[dict[str, Any]]:
     """Table 1: h_att more dispersed than h_ffn (paired over seeds)."""
@@ -89,6 +91,8 @@ def knn_rows(cfg: dict[str, Any], at: Where, knn: dict[str, Any]) -> list[dict[s
     else:
         half, p = float("nan"), None
     row = {
+        "id": "table1",
+        "figure": "Table 1",
         "claim": "§3.3 Table 1: the last block's attention sub-layer output (h_att) is more "
         "dispersed than its FFN output (h_ffn), so it is the kNN-LM key",
         "scope": f"{at.scope}, N={n} chunks of {knn['chunk_len']}, {knn['seeds']} seeds",
@@ -97,6 +101,6 @@ def knn_rows(cfg: dict[str, Any], at: Where, knn: dict[str, Any]) -> list[dict[s
         f"(t-interval over seeds); recommended key {knn['recommended']}",
         "verdict": verdict(mean - half, mean + half, 1),
         "p": p,
-        "command": command(cfg, at.spec, at.data, "--no-mc"),
+        "command": command(cfg, at.spec, at.data, "--only table1"),
     }
     return [row]

@@ -18,7 +18,7 @@ from typing import Any
 
 from .claims import Where, claim, command
 from .config import cell_params, label, stem
-from .memo import bin_settings, main_extraction
+from .memo import layer_statistics, main_extraction
 from .steps import Run, step, write_result
 from .verdict import block_verdict
 
@@ -35,7 +35,6 @@ def params(cfg: dict[str, Any], spec: str, data: str) -> dict[str, Any]:
 @step(over="cell")
 def layers_step(run: Run, spec: str, data: str) -> None:
     from ..analyses.layers import layers_from_extraction
-    from ..core.settings import Statistics
 
     cfg, folder, p = run.cfg, run.cell(spec, data), params(run.cfg, spec, data)
     if run.steps.done(folder, NAME, p):
@@ -44,13 +43,8 @@ def layers_step(run: Run, spec: str, data: str) -> None:
     lm = run.model(spec)
     segs, ex, _ = main_extraction(run, spec, data, lm)
     t = time.perf_counter()
-    stats = Statistics(
-        **bin_settings(cfg, len(segs)),
-        stats_reps=cfg["layer_stats_reps"],
-        permutations=cfg["layer_stats_reps"],
-    )
     lres = layers_from_extraction(
-        lm.name, data, segs, ex, stats, pooling="last", skip_first=1,
+        lm.name, data, segs, ex, layer_statistics(cfg, len(segs)), pooling="last", skip_first=1,
         sites=[x for x in ex.sites if not x.endswith(".attn")],
     )  # fmt: skip
     lres.seconds = time.perf_counter() - t
@@ -59,22 +53,34 @@ def layers_step(run: Run, spec: str, data: str) -> None:
     run.say(f"  layers {lres.seconds:.0f} s")
 
 
+def second_half(lay: dict[str, Any]) -> tuple[list[dict], tuple[int, int, int], tuple[int, ...]]:
+    """The ``I.ffn`` sites with statistics, and over the second half of them the counts
+    (CI<0, CI>0, m) of the across-segment slopes, then of the within-segment slopes."""
+    blocks = [x for x in lay["layers"] if x["site"].endswith(".ffn") and x.get("stats")]
+    second = blocks[len(blocks) // 2 :]
+
+    def counts(kind: str) -> tuple[int, int, int]:
+        neg = sum(x["stats"][kind]["slope"]["ci_high"] < 0 for x in second)
+        pos = sum(x["stats"][kind]["slope"]["ci_low"] > 0 for x in second)
+        return neg, pos, len(second)
+
+    return blocks, counts("across"), counts("within")
+
+
 @claim(
     over="cell",
     reads=(f"{NAME}.json",),
     missing="layers",
     figure=(f"{NAME}.png", "layer-wise: correlation and slope per block"),
+    ids=("fig5",),
+    steps=("layers_step",),
 )
 def layer_rows(cfg: dict[str, Any], at: Where, lay: dict[str, Any]) -> list[dict[str, Any]]:
     """Fig. 5: the negative relation in the deeper layers, counted over second-half blocks."""
-    blocks = [x for x in lay["layers"] if x["site"].endswith(".ffn") and x.get("stats")]
-    second = blocks[len(blocks) // 2 :]
-    neg = sum(x["stats"]["across"]["slope"]["ci_high"] < 0 for x in second)
-    pos = sum(x["stats"]["across"]["slope"]["ci_low"] > 0 for x in second)
-    m = len(second)
-    wneg = sum(x["stats"]["within"]["slope"]["ci_high"] < 0 for x in second)
-    wpos = sum(x["stats"]["within"]["slope"]["ci_low"] > 0 for x in second)
+    blocks, (neg, pos, m), (wneg, wpos, _) = second_half(lay)
     row = {
+        "id": "fig5",
+        "figure": "Fig. 5",
         "claim": "§2.2(2) Fig. 5: the negative relation holds in the deeper layers (across "
         "segments, slope per doubling at every block output)",
         "scope": f"{at.scope}, N={lay['n_segments']}, second half = blocks "
@@ -83,6 +89,6 @@ def layer_rows(cfg: dict[str, Any], at: Where, lay: dict[str, Any]) -> list[dict
         "result": f"across: {neg}/{m} second-half blocks CI<0, {pos} CI>0; within: {wneg}/{m} "
         f"CI<0, {wpos} CI>0",
         "verdict": block_verdict(neg, pos, m),
-        "command": command(cfg, at.spec, at.data, "--no-knn --no-mc"),
+        "command": command(cfg, at.spec, at.data, "--only fig5"),
     }
     return [row]

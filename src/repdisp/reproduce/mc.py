@@ -111,6 +111,8 @@ def mc_step(run: Run, spec: str, mc: dict[str, Any]) -> None:
     over="task",
     reads=("probe.json", "hard_slices.json"),
     missing="accuracy probe, hard slices",
+    ids=("fig8", "hard-slices"),
+    steps=("mc_step",),
 )
 def mc_rows(
     cfg: dict[str, Any], at: Where, probe: dict[str, Any], hs: dict[str, Any]
@@ -137,6 +139,8 @@ def mc_rows(
         v = verdict(sp["ci_low"], sp["ci_high"], 1)
         rows.append(
             {
+                "id": "fig8",
+                "figure": "Fig. 8",
                 "claim": "§3.1 more questions answered correctly, higher dispersion of the "
                 "query embeddings (controlled mixtures)",
                 "scope": f"{label(spec)} · {mc['task']}, pool {probe['n_pool']}",
@@ -151,6 +155,8 @@ def mc_rows(
     if a is not None:
         rows.append(
             {
+                "id": "hard-slices",
+                "figure": "§3.1 hard slices",
                 "claim": "§3.1 hard slices: the lowest-dispersion queries are more often wrong",
                 "scope": f"{label(spec)} · {mc['task']}, {hs['n_queries']} queries",
                 "paper": "AUROC(low score -> wrong) > 0.5",

@@ -4,7 +4,9 @@ Every cell step (ppl-vs-dispersion, layer-wise, kNN keys, ...) reads the same pa
 output, the last block's attention sub-layer and the final site, with last-token vectors,
 within-segment dispersion and perplexities, over ``min(segments(cfg, spec, data), windows)``
 segments of ``seq_len`` tokens (seed ``cfg["seed"]``, the first token skipped). Within a process
-the pass is memoised (``_EXTRACTIONS``, one cell at a time, so a grid holds one cell's vectors);
+the pass is memoised (``_EXTRACTIONS``, one cell at a time, so a grid holds one cell's vectors;
+keyed by the model's identity and everything that picks the segments, so two runs in one process
+with other settings never share it);
 across processes the shard cache makes a rerun read it back instead of running the model.
 
 Contract: ``main_extraction(run, spec, data, lm)`` returns ``(segments, extraction, n_windows)``
@@ -51,11 +53,12 @@ def sampling(run: Run, n: int, seq_len: int) -> Any:
 def main_extraction(run: Run, spec: str, data: str, lm: Any) -> tuple[Any, Any, int]:
     """The one extraction of a cell (memoised in this process; the shard cache across runs)."""
     cfg = run.cfg
-    key = (spec, data)
+    asked = segments(cfg, spec, data)
+    key = (spec, data, asked, cfg["seq_len"], cfg["seed"], cfg["dtype"], lm.identity)
     if key not in _EXTRACTIONS:
         docs = run.docs(data)
         n_avail = n_available(lm, docs, cfg["seq_len"])
-        n = min(segments(cfg, spec, data), n_avail)
+        n = min(asked, n_avail)
         t = time.perf_counter()
         run.say(
             f"[{label(spec)} x {stem(data)}] extraction: {n} of {n_avail} segments x "
@@ -78,3 +81,13 @@ def bin_settings(cfg: dict[str, Any], n_segments: int) -> dict[str, Any]:
         "seed": cfg["seed"],
         "curve_bins": cfg["curve_bins"],
     }
+
+
+def layer_statistics(cfg: dict[str, Any], n_segments: int) -> Any:
+    """The ``core.settings.Statistics`` of a cell's layer-wise analyses (the trained model's
+    ``layers`` step and its random-init twin in ``emergence``): Algorithm 1 settings of
+    ``bin_settings`` with ``layer_stats_reps`` resamples and as many permutations."""
+    from ..core.settings import Statistics
+
+    reps = cfg["layer_stats_reps"]
+    return Statistics(**bin_settings(cfg, n_segments), stats_reps=reps, permutations=reps)

@@ -2,7 +2,9 @@
 
 ``findings(cfg, out)`` collects the claim rows of a run folder (``claims.claims``), adds
 ``q_bh`` (Benjamini-Hochberg over the rows that carry a p-value, over this page) to each such
-row, and writes ``claims.json`` (rule, rows, missing steps), ``claims.csv`` (when there are rows),
+row, groups the rows by paper figure/table (``group_rows``: ``GROUPS`` order) and opens the page
+with one sentence per paper section saying what held and what did not (``summary``), and writes
+``claims.json`` (rule, rows, missing steps), ``claims.csv`` (when there are rows),
 ``findings.md`` and ``findings.html``. The page states the setup, the statistics and the verdict
 rule (``verdict.VERDICT_RULE``), lists the command that reproduces each row (rows grouped by
 command), the steps not finished yet, and every finished step's figure (paths relative to the
@@ -23,8 +25,64 @@ from .claims import claims as claim_rows
 from .config import label, segments, stem
 from .verdict import VERDICT_RULE
 
-COLUMNS = ("claim", "scope", "paper", "result", "verdict")
+COLUMNS = ("figure", "claim", "scope", "paper", "result", "verdict")
+# The paper's order of the groups of rows (a row's ``figure``); unknown groups follow, first seen
+GROUPS = (
+    "Fig. 3", "Fig. 4", "Fig. 5", "§2.2(2) random init", "Fig. 6", "Fig. 7", "Table 2",
+    "Fig. 8", "§3.1 hard slices", "§3.2 Tables 3-4", "Table 1", "§3.3 kNN-LM", "Fig. 31",
+)  # fmt: skip
+# One sentence per paper section at the top of the page: (section prefix of the claim, topic)
+SECTIONS = (
+    ("§2.2", "perplexity vs dispersion"),
+    ("§2.3", "training and fine-tuning"),
+    ("§3.1", "accuracy and dispersion"),
+    ("§3.2", "the dispersion gap"),
+    ("§3.3", "kNN-LM keys"),
+    ("App. B", "appendix analyses"),
+)
 _BADGE = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700"}
+
+
+def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows grouped by paper figure/table (``GROUPS`` order, then unknown groups as first
+    seen); grid order kept within a group. A row without ``figure`` gets its claim's section."""
+    for r in rows:
+        r.setdefault("figure", section(r.get("claim", "")) or "other")
+    seen = list(GROUPS) + [g for g in dict.fromkeys(r["figure"] for r in rows) if g not in GROUPS]
+    return sorted(rows, key=lambda r: seen.index(r["figure"]))
+
+
+def section(claim_text: str) -> str | None:
+    """The paper section a claim names first (``§2.2``, ``App. B``), None when none."""
+    import re
+
+    m = re.match(r"\s*(§\d+\.\d+|App\. [A-Z])", claim_text)
+    return m.group(1) if m else None
+
+
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per paper section with rows: which groups held here and which did not."""
+    out = []
+    for prefix, topic in SECTIONS:
+        mine = [r for r in rows if (section(r.get("claim", "")) or "") == prefix]
+        if not mine:
+            continue
+        by: dict[str, list[str]] = {"supported": [], "contradicted": [], "inconclusive": []}
+        for r in mine:
+            kind = next((k for k in by if str(r.get("verdict", "")).startswith(k)), "inconclusive")
+            by[kind].append(r["figure"])
+
+        def names(groups: list[str]) -> str:
+            counts = {g: groups.count(g) for g in dict.fromkeys(groups)}
+            return ", ".join(f"{g} ×{n}" if n > 1 else g for g, n in counts.items())
+
+        held = f"held in {len(by['supported'])} of {len(mine)} rows"
+        held += f" ({names(by['supported'])})" if by["supported"] else ""
+        parts = [f"{len(by[k])} {k} ({names(by[k])})" for k in ("contradicted", "inconclusive")]
+        parts = [p for p, k in zip(parts, ("contradicted", "inconclusive"), strict=True) if by[k]]
+        rest = "; did not hold: " + ", ".join(parts) if parts else ""
+        out.append(f"- **{prefix}** ({topic}): {held}{rest}.")
+    return out
 
 
 def _cell(text: Any) -> str:
@@ -79,9 +137,12 @@ def markdown(
 
 
 def _md_inline(text: str) -> str:
-    """Escape, then render `code` spans (the only inline markup the page uses)."""
+    """Escape, then render `code` spans, **bold** and line breaks (the page's only markup)."""
+    import re
+
     parts = html.escape(str(text)).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    out = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out).replace("\n", "<br>")
 
 
 def html_page(
@@ -158,13 +219,19 @@ def findings(cfg: dict[str, Any], out: Path, seconds: float | None = None) -> tu
     from ..io.results import write_csv, write_json
 
     rows, missing = claim_rows(cfg, out)
+    rows = group_rows(rows)
     models = ", ".join(label(m) for m in cfg["models"])
     corpora = ", ".join(stem(d) for d in cfg["data"])
 
     def size(m: str, d: str) -> str:
-        done = read(out / label(m) / stem(d) / "ppl_vs_dispersion.json")
+        cell = out / label(m) / stem(d)
+        done = read(cell / "ppl_vs_dispersion.json")
         if done and done.get("series"):
             return f"{done['series'][0]['n_segments']} ({label(m)} · {stem(d)})"
+        for name in ("layers.json", "sublayer_link.json"):  # a run with --only
+            done = read(cell / name)
+            if done and done.get("n_segments"):
+                return f"{done['n_segments']} ({label(m)} · {stem(d)})"
         return f"up to {segments(cfg, m, d)} ({label(m)} · {stem(d)}, not run yet)"
 
     sizes = ", ".join(size(m, d) for m in cfg["models"] for d in cfg["data"])
@@ -195,9 +262,20 @@ def findings(cfg: dict[str, Any], out: Path, seconds: float | None = None) -> tu
             "(`q_bh` in claims.csv/json). The verdicts themselves follow the rule above, "
             "row by row."
         )
+    if rows:
+        intro.insert(0, "What held here, per paper section (verdicts of the table below):\n"
+                     + "\n".join(summary(rows)))  # fmt: skip
+    if cfg.get("only"):
+        intro.append(f"Only the rows {', '.join(cfg['only'])} were asked for (`--only`).")
     sections = []
     if missing:
         sections.append(("Not finished yet", "\n".join(f"- {m}" for m in missing)))
+    timing = read(out / "step_seconds.json")
+    if timing:
+        lines = [f"- {k}: {v:.1f} s" for k, v in timing.items()]
+        note = "(the first step of a cell includes the cell's extraction; a skipped step keeps "
+        note += "the time of the run that computed it)"
+        sections.append(("Wall time per step", note + "\n\n" + "\n".join(lines)))
     if seconds is not None:
         intro.append(f"Wall time of this invocation: {seconds:.0f} s.")
     if rows:

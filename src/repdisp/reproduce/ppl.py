@@ -85,11 +85,12 @@ def ppl_step(run: Run, spec: str, data: str) -> None:
     reads=(f"{NAME}.json",),
     missing="ppl-vs-dispersion",
     figure=(f"{NAME}.png", "perplexity vs dispersion (Algorithm 1 bins, 50-bin curve)"),
+    ids=("fig3", "fig3-within", "fig4"),
+    steps=("ppl_step",),
 )
 def ppl_rows(cfg: dict[str, Any], at: Where, ppl: dict[str, Any]) -> list[dict[str, Any]]:
     """Fig. 3 / Fig. 4 across-segment rows and the §2.2(1) within-segment row."""
     rows = []
-    cmd = command(cfg, at.spec, at.data, "--no-knn --no-mc")
     for s in ppl["series"]:
         st = s.get("stats") or {}
         if not st:
@@ -98,8 +99,11 @@ def ppl_rows(cfg: dict[str, Any], at: Where, ppl: dict[str, Any]) -> list[dict[s
         last = s["perplexity"] == "last-token"
         fig = "Fig. 4 (last-token)" if last else "Fig. 3 (sequence)"
         a, w = st["across"], st["within"]
+        rid = "fig4" if last else "fig3"
         rows.append(
             {
+                "id": rid,
+                "figure": "Fig. 4" if last else "Fig. 3",
                 "claim": f"§2.2(1) {fig}: higher perplexity, lower dispersion across segments "
                 f"(final layer, last-token vectors{', ctx ' + str(s['seq_len']) if last else ''})",
                 "scope": f"{at.scope}, N={n}",
@@ -110,12 +114,14 @@ def ppl_rows(cfg: dict[str, Any], at: Where, ppl: dict[str, Any]) -> list[dict[s
                 "verdict": verdict(a["slope"]["ci_low"], a["slope"]["ci_high"], -1),
                 "n_to_decide": n_to_decide(n, a["slope"]),
                 "p": p_of(a["slope"]),
-                "command": cmd,
+                "command": command(cfg, at.spec, at.data, f"--only {rid}"),
             }
         )
         if not last:
             rows.append(
                 {
+                    "id": "fig3-within",
+                    "figure": "Fig. 3",
                     "claim": "§2.2(1) within segments: higher perplexity, lower token-level "
                     "dispersion (the authors' code)",
                     "scope": f"{at.scope}, N={n}",
@@ -125,7 +131,7 @@ def ppl_rows(cfg: dict[str, Any], at: Where, ppl: dict[str, Any]) -> list[dict[s
                     "verdict": verdict(w["slope"]["ci_low"], w["slope"]["ci_high"], -1),
                     "n_to_decide": n_to_decide(n, w["slope"]),
                     "p": p_of(w["slope"]),
-                    "command": cmd,
+                    "command": command(cfg, at.spec, at.data, "--only fig3-within"),
                 }
             )
     for r in rows:

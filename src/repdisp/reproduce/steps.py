@@ -2,7 +2,8 @@
 
 A step computes one or more results and writes them into its folder (``io.results``: JSON with
 kind, provenance and run blocks, CSV tables, figure), then a marker ``FOLDER/.NAME.done.json``
-holding the parameters it ran with. On rerun a step whose marker equals its parameters (after a
+holding the parameters it ran with (and its wall time into ``out/step_seconds.json``; the first
+step of a cell includes the cell's extraction). On rerun a step whose marker equals its parameters (after a
 JSON round trip) and whose files all exist is skipped; a step killed before its marker reruns.
 
 Registry: ``@step(over=..., when=...)`` appends the function to ``STEPS`` in definition order
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,7 @@ class Steps:
     def __init__(self, out: Path):
         self.out = out
         self.log: list[str] = []
+        self.started = time.perf_counter()  # the driver resets it before each step
 
     def done(
         self, folder: Path, name: str, params: dict[str, Any], needs: tuple[str, ...] = ()
@@ -82,6 +85,24 @@ class Steps:
         tmp = marker.with_name(marker.name + ".tmp")
         tmp.write_text(json.dumps(params, sort_keys=True))
         os.replace(tmp, marker)
+        self.timed(folder, name, time.perf_counter() - self.started)
+
+    def timed(self, folder: Path, name: str, seconds: float) -> None:
+        """Record a finished step's wall time in ``out/step_seconds.json`` (``PART/NAME``:
+        seconds, the latest run that computed it; the page lists them)."""
+        path = self.out / "step_seconds.json"
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):
+            table = {}
+        try:
+            where = folder.relative_to(self.out).as_posix()
+        except ValueError:
+            where = folder.as_posix()
+        table[f"{where}/{name}"] = round(seconds, 1)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, path)
 
     def say(self, text: str) -> None:
         print(text, flush=True)

@@ -9,7 +9,12 @@ positive one). With a 95% CI [lo, hi] of the effect:
 
 Layer-wise rows count blocks (``block_verdict``): of the m second-half blocks, supported when
 more than m/2 have a CI on the paper's side and none on the other, contradicted in the mirror
-case, else inconclusive. For an undecided slope, ``n_to_decide`` gives the N at which its CI would
+case, else inconclusive. "Emerges with training" rows (``emergence_verdict``) contrast the
+trained model's layer-wise verdict T with that of the same architecture at a seeded random
+initialisation R: supported when T is supported and R is not, contradicted when R is supported
+too (the relation is there before training), else inconclusive. The kNN-LM key row
+(``verdict``, direction +1) takes the CI of the paired difference in mean log-probability per
+held-out token between the key dispersion picks and the best other key. For an undecided slope, ``n_to_decide`` gives the N at which its CI would
 exclude 0 if the estimate held: the CI's reach h toward 0 shrinks as 1/sqrt(N), so
 N' = N·(h/|slope|)² (``core.stats.n_to_decide``), rounded up.
 """
@@ -25,6 +30,9 @@ VERDICT_RULE = (
     "it excludes 0 on the other side, otherwise **inconclusive at this N**. Layer-wise rows count "
     "blocks: supported when more than half of the second-half blocks have a CI on the paper's "
     "side and none on the other side, contradicted in the mirror case, else inconclusive. "
+    "An 'emerges with training' row is supported when the trained model's layer-wise rule is "
+    "met and the same architecture at a seeded random initialisation does not meet it, "
+    "contradicted when the random initialisation meets it too, else inconclusive. "
     "For an inconclusive slope the row gives the N at which its CI would exclude 0 if the "
     "estimate held (the CI's reach h from the estimate toward 0 shrinks as 1/sqrt(N): "
     "N·(h/|slope|)²), a planning figure for a larger run."
@@ -48,6 +56,15 @@ def block_verdict(on_side: int, other_side: int, m: int) -> str:
         return "supported"
     if m and other_side > m / 2 and on_side == 0:
         return "contradicted"
+    return "inconclusive at this N"
+
+
+def emergence_verdict(trained: str, random_init: str) -> str:
+    """The 'emerges with training' rule from two layer-wise verdicts (``block_verdict``)."""
+    if random_init == "supported":
+        return "contradicted"
+    if trained == "supported":
+        return "supported"
     return "inconclusive at this N"
 
 
