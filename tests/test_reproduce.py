@@ -54,6 +54,7 @@ segments: 60
 seq_len: 16
 dtype: float32
 device: cpu
+pushaway: null
 batch_size: 16
 bin_size: 5
 bins: 4

@@ -33,6 +33,7 @@ from . import layers  # noqa: F401
 from . import knn  # noqa: F401
 from . import mc  # noqa: F401
 from . import gap  # noqa: F401
+from . import pushaway  # noqa: F401
 
 # isort: on
 from .config import SCALES, load_config, segments

@@ -3,7 +3,7 @@
 ``run(cfg, out, ...)`` writes ``out/config.json`` (the settings as run), then runs the steps of
 ``steps.STEPS`` that ``cfg`` enables, in this order: for each model, for each corpus, the "cell"
 steps (registration order); then for each model the "model" steps; then for each model, for each
-task of ``cfg["mc"]``, the "task" steps. The findings page (``page.findings``) is rewritten after
+task of ``cfg["mc"]``, the "task" steps; then the "grid" steps (once). The findings page (``page.findings``) is rewritten after
 every step, so verdicts appear as they come out; the last rewrite records the wall time.
 
 Models are loaded once per process by ``core.models.load_model(spec, cfg["device"], dtype,
@@ -71,6 +71,7 @@ def run(
         jobs += [(s, (spec,)) for s in on if s.over == "model"]
     for spec in cfg["models"]:
         jobs += [(s, (spec, mc)) for mc in cfg.get("mc") or [] for s in on if s.over == "task"]
+    jobs += [(s, ()) for s in on if s.over == "grid"]
     for s, where in jobs:
         s.fn(ctx, *where)
         findings(cfg, out)
