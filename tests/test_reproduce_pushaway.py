@@ -79,7 +79,7 @@ def tiny_block(tmp_path: Path) -> dict:
     recipe.write_text((ROOT / "configs" / "train_cpu.yaml").read_text())
     domain = {"name": "wikitext", "train": str(tmp_path / "wiki.txt")}
     sizes = {"model": {"n_layer": 1, "n_embd": 16, "n_head": 2}, "vocab_size": 300}
-    sizes |= {"block_size": 16, "batch_size": 4, "max_steps": 20, "eval_steps": [10]}
+    sizes |= {"block_size": 16, "batch_size": 4, "max_steps": 10, "eval_steps": [5]}
     sizes |= {"eval_blocks": 8, "log_steps": 5, "warmup_steps": 2}
     sizes |= {"aux_weights": [1.0], "lrs": [3.0e-3]}
     single = {"recipe": str(recipe), "domains": [domain]} | sizes
@@ -100,9 +100,9 @@ def test_step_writes_rows_and_is_skipped_on_rerun(tmp_path):
     cfg, out = grid_cfg(tiny_block(tmp_path)), tmp_path / "run"
     assert any("single" in m for m in step_once(cfg, out))
     res = json.loads((out / "pushaway" / "pushaway_single.json").read_text())
-    assert res["run"]["seeds"] == [0, 1] and res["run"]["eval_steps"] == [10, 20]
+    assert res["run"]["seeds"] == [0, 1] and res["run"]["eval_steps"] == [5, 10]
     rows = pushaway.table2_rows(cfg, out)
-    assert [r["scope"].split(" · ")[2] for r in rows] == ["step 10 of 20", "step 20 of 20"]
+    assert [r["scope"].split(" · ")[2] for r in rows] == ["step 5 of 10", "step 10 of 10"]
     for r in rows:
         e = r["estimate"]
         assert e["ci_low"] <= e["value"] <= e["ci_high"] and r["n_seeds"] == 2
@@ -131,7 +131,7 @@ def numbers(out: Path) -> list:
 @pytest.mark.slow
 def test_a_step_killed_partway_resumes_to_the_uninterrupted_result(tmp_path):
     block = tiny_block(tmp_path)
-    block["single"] |= {"max_steps": 60, "eval_steps": [30]}
+    block["single"] |= {"max_steps": 40, "eval_steps": [20]}
     cfg = grid_cfg(block)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     out = tmp_path / "killed"
