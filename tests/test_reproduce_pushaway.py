@@ -96,6 +96,7 @@ def step_once(cfg: dict, out: Path) -> list[str]:
     return run.steps.log
 
 
+@pytest.mark.slow  # six tiny training runs: about 30-50 s on 2 cores
 def test_step_writes_rows_and_is_skipped_on_rerun(tmp_path):
     cfg, out = grid_cfg(tiny_block(tmp_path)), tmp_path / "run"
     assert any("single" in m for m in step_once(cfg, out))
