@@ -191,6 +191,7 @@ bootstrap: 20
 contexts: [8, 16, 32]
 knn: null
 gap: null
+pushaway: null
 mc: []
 sublayers: {{reps: 50}}
 random_init: {{seed: 0}}

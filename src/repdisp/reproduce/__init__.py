@@ -39,6 +39,7 @@ from . import gap  # noqa: F401
 from . import sublayers  # noqa: F401
 from . import emergence  # noqa: F401
 from . import knnlm_ppl  # noqa: F401
+from . import pushaway  # noqa: F401
 
 # isort: on
 from .config import SCALES, load_config, segments

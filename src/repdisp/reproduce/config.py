@@ -53,6 +53,32 @@ _COMMON: dict[str, Any] = {  # what both scales share; load_config deep-copies a
     "random_init": {"seed": 0},
     "only": None,  # claim ids (--only): run only the steps those rows need, show only them
 }
+_WIKI = {
+    "name": "wikitext",
+    "train": f"{_SHARED}/wikitext-2-raw/wiki.test.raw",
+    "val_fraction": 0.05,
+    "test_fraction": 0.10,
+}
+_CODE = {  # CPython's stdlib sources (train/val), HumanEval (test)
+    "name": "code",
+    "train": "python-code",
+    "val_fraction": 0.05,
+    "max_chars": 1200000,
+    "test": f"{_SHARED}/humaneval/HumanEval.jsonl.gz",
+    "test_field": "prompt+canonical_solution",
+}
+
+
+def _pushaway(recipes: tuple[str, str], seeds: list[int], save_every: int, **sizes: Any) -> dict:
+    """Table 2's block (``reproduce.pushaway``): (single, cross) recipes with these sizes."""
+    return {
+        "seeds": seeds,
+        "save_every": save_every,
+        "single": {"recipe": recipes[0], "domains": [_WIKI]} | sizes,
+        "cross": {"recipe": recipes[1], "domains": [_WIKI, _CODE]} | sizes,
+    }
+
+
 SCALES: dict[str, dict[str, Any]] = {
     "cpu": _COMMON
     | {
@@ -79,6 +105,15 @@ SCALES: dict[str, dict[str, Any]] = {
             "reps": 2000,
             "batch_size": 4,
         },
+        "pushaway": _pushaway(
+            ("./configs/train_cpu.yaml", "./configs/train_cpu_cross.yaml"),
+            [0, 1, 2],
+            25,
+            max_steps=100,
+            eval_steps=[50, 100],
+            aux_weights=[0.1, 1.0],
+            lrs=[3.0e-3],
+        ),
     },
     "gpu": _COMMON
     | {
@@ -106,6 +141,15 @@ SCALES: dict[str, dict[str, Any]] = {
             "reps": 2000,
             "batch_size": 8,
         },
+        "pushaway": _pushaway(
+            ("./configs/train_paper.yaml", "./configs/train_paper.yaml"),
+            [0, 1, 2],
+            100,
+            max_steps=1000,
+            eval_steps=[500, 1000],
+            aux_weights=[0.01, 0.05, 0.1, 0.5, 1.0],
+            lrs=[1.0e-3, 7.0e-4, 5.0e-4],
+        ),
     },
 }
 _KEYS = set(SCALES["cpu"])

@@ -3,7 +3,7 @@
 ``run(cfg, out, ...)`` writes ``out/config.json`` (the settings as run), then runs the steps of
 ``steps.STEPS`` that ``cfg`` enables, in this order: for each model, for each corpus, the "cell"
 steps (registration order); then for each model the "model" steps; then for each model, for each
-task of ``cfg["mc"]``, the "task" steps. With ``cfg["only"]`` (claim ids, ``--only``) only the
+task of ``cfg["mc"]``, the "task" steps; then the "grid" steps (once). With ``cfg["only"]`` (claim ids, ``--only``) only the
 steps those claims read run (``claims.needed_steps``), and the page shows only their rows. The findings page (``page.findings``) is rewritten after
 every step, so verdicts appear as they come out; the last rewrite records the wall time.
 
@@ -74,6 +74,7 @@ def run(
         jobs += [(s, (spec,)) for s in on if s.over == "model"]
     for spec in cfg["models"]:
         jobs += [(s, (spec, mc)) for mc in cfg.get("mc") or [] for s in on if s.over == "task"]
+    jobs += [(s, ()) for s in on if s.over == "grid"]
     for s, where in jobs:
         ctx.steps.started = time.perf_counter()
         s.fn(ctx, *where)

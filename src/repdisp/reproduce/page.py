@@ -38,6 +38,7 @@ SECTIONS = (
     ("§3.1", "accuracy and dispersion"),
     ("§3.2", "the dispersion gap"),
     ("§3.3", "kNN-LM keys"),
+    ("§4", "the push-away loss"),
     ("App. B", "appendix analyses"),
 )
 _BADGE = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700"}

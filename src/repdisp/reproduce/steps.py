@@ -13,9 +13,11 @@ for, and so its signature:
     "cell"   fn(run, spec, data)   each model x corpus        folder  out/LABEL/STEM
     "model"  fn(run, spec)         each model                 folder  out/LABEL
     "task"   fn(run, spec, mc)     each model x mc task       folder  out/LABEL/TASK
+    "grid"   fn(run)               once, after every task      its own folder under out
 
 ``when``: a config key; the step runs only when ``cfg[when]`` is truthy (None: always).
-The driver (``grid.run``) runs every cell's steps, then every model's, then every task's.
+The driver (``grid.run``) runs every cell's steps, then every model's, then every task's,
+then the grid's.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 from .config import label, stem
 
-OVERS = ("cell", "model", "task")
+OVERS = ("cell", "model", "task", "grid")
 
 
 @dataclass(frozen=True)
