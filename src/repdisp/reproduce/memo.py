@@ -79,13 +79,20 @@ def main_extraction(
     return _EXTRACTIONS[key]
 
 
-def share_cells(run: Run, cells: list[tuple[str, str]], dist: Any) -> None:
+def share_cells(
+    run: Run, cells: list[tuple[str, str]], dist: Any
+) -> dict[tuple[str, str], float]:
     """Under a launcher (``dist.world_size > 1``): the main extraction of every cell, shared
     by all processes (each computes and caches its shards; rank 0 gathers them). The cells go
     in reverse, so rank 0 ends holding the first cell the grid runs; it reads the others back
-    from the shard cache when it gets to them. The other ranks are then done."""
+    from the shard cache when it gets to them. The other ranks are then done. Returns each
+    cell's seconds (the grid adds them to the cell's first step, as one process counts it)."""
+    seconds = {}
     for spec, data in reversed(cells):
+        t = time.perf_counter()
         main_extraction(run, spec, data, run.model(spec), dist)
+        seconds[spec, data] = time.perf_counter() - t
+    return seconds
 
 
 def bin_settings(cfg: dict[str, Any], n_segments: int) -> dict[str, Any]:
