@@ -122,12 +122,13 @@ def token_nll(model: Any, hidden: Any, ids: Any) -> Any:
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
     vocab = head.weight.shape[0]
+    offloaded = head.weight.is_meta  # accelerate brings the weights in at the head's forward
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     targets = ids[:, 1:].reshape(-1)
     chunk = max(1, _LOGIT_BYTES // (4 * vocab))
     out = torch.empty(len(h), dtype=torch.float32, device=h.device)
     kind = h.device.type
-    if torch.is_autocast_enabled(kind) and isinstance(head, torch.nn.Linear):
+    if torch.is_autocast_enabled(kind) and isinstance(head, torch.nn.Linear) and not offloaded:
         # bf16-mixed: cast the head once per call, not once per chunk (autocast would recast
         # all vocab x d weights for every chunk: 4x per batch for Gemma's 262k vocabulary)
         dt = torch.get_autocast_dtype(kind)
