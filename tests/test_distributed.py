@@ -235,7 +235,7 @@ def test_reproduce_under_torchrun_equals_one_process(
     proc = _torchrun([*args, str(tmp_path / "two")], env)
     assert proc.stdout.count("wrote") == 1
     cell = next((tmp_path / "two").glob("*/python-docs"))
-    assert {p.name for p in cell.glob("*.json")} == {"ppl_vs_dispersion.json", "layers.json"}
+    assert {p.name for p in cell.glob("[!.]*.json")} == {"ppl_vs_dispersion.json", "layers.json"}
     # claims.json, config.json, 2 results, 2 step markers, 8 CSV tables
     assert _same_folders(tmp_path / "one", tmp_path / "two") >= 10
     timed = re.compile(r"^Wall time|: [0-9.]+ s$")  # the wall time and the per-step seconds
