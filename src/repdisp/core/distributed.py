@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RepdispError
+from .precision import resolve_device
 
 TIMEOUT = timedelta(hours=6)
 
@@ -144,8 +145,6 @@ def setup_for(device: str) -> tuple[Dist, bool]:
     processes were launched)."""
     if from_env().world_size == 1:
         return Dist(), False
-    from .precision import resolve_device
-
     return setup(resolve_device(device))
 
 
