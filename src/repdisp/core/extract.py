@@ -144,8 +144,9 @@ def token_nll(model: Any, hidden: Any, ids: Any) -> Any:
         logits = head(h[s : s + chunk]).float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        picked = logits.gather(1, targets[s : s + chunk, None])[:, 0]
-        out[s : s + chunk] = torch.logsumexp(logits, dim=-1) - picked
+        # under device_map the head may sit on another device than h: one no-op .to() else
+        picked = logits.gather(1, targets[s : s + chunk, None].to(logits.device))[:, 0]
+        out[s : s + chunk] = (torch.logsumexp(logits, dim=-1) - picked).to(out.device)
     return out.view(ids.shape[0], -1)
 
 
