@@ -197,7 +197,7 @@ def test_layers_under_torchrun_equals_one_process(tiny_gpt2_dir, tmp_path, one_t
 
 GRID = """
 models: ["{model}"]
-data: [python-docs]
+data: [python-docs, "{words}"]
 segments: 600
 seq_len: 16
 dtype: float32
@@ -226,18 +226,26 @@ knnlm: null
 def test_reproduce_under_torchrun_equals_one_process(
     tiny_gpt2_dir, tmp_path, monkeypatch, one_thread
 ):
+    # two cells: rank 0 ends the shared pass holding the first; the second comes back from the
+    # shard cache (a corpus of its own: the python docs' words in reverse order)
+    from pydoc_data.topics import topics
+
+    words = tmp_path / "words.txt"
+    words.write_text(" ".join(reversed(" ".join(topics[k] for k in sorted(topics)).split())))
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(GRID.format(model=tiny_gpt2_dir))
+    cfg.write_text(GRID.format(model=tiny_gpt2_dir, words=words))
     args = ["reproduce", "--config", str(cfg), "--only", "fig3,fig5", "--quiet", "--out"]
     monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "h1"))
     assert main([*args, str(tmp_path / "one")]) == 0
     env = _env() | {"REPDISP_HOME": str(tmp_path / "h2")}
     proc = _torchrun([*args, str(tmp_path / "two")], env)
     assert proc.stdout.count("wrote") == 1
-    cell = next((tmp_path / "two").glob("*/python-docs"))
-    assert {p.name for p in cell.glob("[!.]*.json")} == {"ppl_vs_dispersion.json", "layers.json"}
-    # claims.json, config.json, 2 results, 2 step markers, 8 CSV tables
-    assert _same_folders(tmp_path / "one", tmp_path / "two") >= 10
+    for stem in ("python-docs", "words"):
+        cell = next((tmp_path / "two").glob(f"*/{stem}"))
+        names = {p.name for p in cell.glob("[!.]*.json")}
+        assert names == {"ppl_vs_dispersion.json", "layers.json"}
+    # claims.json/.csv, config.json, per cell 2 results, 2 step markers and 7 CSV tables
+    assert _same_folders(tmp_path / "one", tmp_path / "two") == 25
     timed = re.compile(r"^Wall time|: [0-9.]+ s$")  # the wall time and the per-step seconds
     one, two = (
         [
@@ -249,7 +257,10 @@ def test_reproduce_under_torchrun_equals_one_process(
     )
     assert one == two and any("Fig. 5" in ln for ln in one)
     seconds = json.loads((tmp_path / "two" / "step_seconds.json").read_text())
-    assert sorted(k.split("/")[-1] for k in seconds) == ["layers", "ppl_vs_dispersion"]
+    assert (
+        sorted(k.split("/")[-1] for k in seconds)
+        == ["layers", "layers"] + ["ppl_vs_dispersion"] * 2
+    )
 
 
 # ------------------------------------------------------------------ device_map=auto, offloaded
