@@ -5,6 +5,10 @@ One extraction pass reads every site; segments are binned once by sequence perpl
 ``repdisp.ppl_dispersion``) are correlated with the bin mean perplexity. Next to those, the
 segment-level statistics of ``repdisp.ppl_dispersion`` at every site (every bootstrap or
 permutation replicate re-bins once and is measured at all sites).
+
+Under ``torchrun`` the processes share the extraction (``core.distributed``: shards split over
+ranks, gathered to rank 0 in segment order); rank 0 alone computes the statistics, and every
+process returns its result (broadcast), the same as one process's.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..core import distributed
 from ..core.corpus import Segments
 from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
@@ -178,15 +183,22 @@ def layers(
     stats = Statistics.build(stats, sampling.seed, **binning)
     start = time.perf_counter()
     lm = loaded(model, load)
-    segs, ex = sampling.run(lm, data, sites, [pooling, "within"])
-    line = StatusLine(f"statistics {lm.name} / {data}", enabled=sampling.progress)
-    result = layers_from_extraction(
-        lm.name, data, segs, ex, stats, pooling=pooling, skip_first=sampling.skip_first
-    )
-    line.close()
-    record(result, models=lm, data=segs, seed=sampling.seed)
-    result.seconds = time.perf_counter() - start
-    return result
+    dist, created = distributed.setup(lm.device)  # under torchrun: one pass shared by all
+    try:
+        segs, ex = sampling.run(lm, data, sites, [pooling, "within"], dist=dist)
+        result = None
+        if dist.is_main:  # the whole extraction is here, in segment order
+            line = StatusLine(f"statistics {lm.name} / {data}", enabled=sampling.progress)
+            result = layers_from_extraction(
+                lm.name, data, segs, ex, stats, pooling=pooling, skip_first=sampling.skip_first
+            )
+            line.close()
+            record(result, models=lm, data=segs, seed=sampling.seed)
+            result.seconds = time.perf_counter() - start
+        return dist.broadcast(result, lm.device)
+    finally:
+        if created:
+            distributed.teardown()
 
 
 def layers_from_extraction(

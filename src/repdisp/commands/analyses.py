@@ -169,6 +169,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
 def run_layers(args: argparse.Namespace) -> int:
     from ..analyses import layers as layers_mod
+    from ..core.distributed import from_env
 
     check_out(args, f"{args.name}.json")
     result = layers_mod.layers(
@@ -180,7 +181,8 @@ def run_layers(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         load=_loader(args),
     )
-    _write(args, result)
+    if from_env().is_main:  # under torchrun rank 0 alone writes (the others return 0)
+        _write(args, result)
     return 0
 
 

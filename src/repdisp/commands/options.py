@@ -5,7 +5,8 @@ Grammar (the same in every command that has the option):
     --model SPEC         bundled name, model folder, .gguf file or hub id (repeat where a command
                          takes several models)
     --model-args K=V,..  revision, tokenizer, adapter (a PEFT adapter folder), attn_implementation,
-                         device_map, dtype: passed to ``load_model`` as keyword arguments
+                         device_map, dtype, max_memory (``0:20GiB;cpu:60GiB``), offload_folder:
+                         passed to ``load_model`` as keyword arguments
     --device DEVICE      auto | cpu | cuda | cuda:N | mps
     --data SOURCE        where text goes in (repeat to join several sources where a command allows)
     --site SITE          repeatable, and each value may be a comma list: ``--site a,b --site c`` is

@@ -129,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=getattr(args, "trust_remote_code", False),
         allow_pickle=getattr(args, "allow_pickle", False),
     )
+    from ..core.distributed import from_env
+
+    if not from_env().is_main:  # under torchrun rank 0 alone writes the page
+        return 0
     print(Path(md).read_text().split("## Commands")[0])
     print(f"wrote {md}, {page} ({time.perf_counter() - t0:.0f} s)")
     return 0

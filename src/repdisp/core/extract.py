@@ -122,12 +122,13 @@ def token_nll(model: Any, hidden: Any, ids: Any) -> Any:
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
     vocab = head.weight.shape[0]
+    offloaded = head.weight.is_meta  # accelerate brings the weights in at the head's forward
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     targets = ids[:, 1:].reshape(-1)
     chunk = max(1, _LOGIT_BYTES // (4 * vocab))
     out = torch.empty(len(h), dtype=torch.float32, device=h.device)
     kind = h.device.type
-    if torch.is_autocast_enabled(kind) and isinstance(head, torch.nn.Linear):
+    if torch.is_autocast_enabled(kind) and isinstance(head, torch.nn.Linear) and not offloaded:
         # bf16-mixed: cast the head once per call, not once per chunk (autocast would recast
         # all vocab x d weights for every chunk: 4x per batch for Gemma's 262k vocabulary)
         dt = torch.get_autocast_dtype(kind)
@@ -143,8 +144,9 @@ def token_nll(model: Any, hidden: Any, ids: Any) -> Any:
         logits = head(h[s : s + chunk]).float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        picked = logits.gather(1, targets[s : s + chunk, None])[:, 0]
-        out[s : s + chunk] = torch.logsumexp(logits, dim=-1) - picked
+        # under device_map the head may sit on another device than h: one no-op .to() else
+        picked = logits.gather(1, targets[s : s + chunk, None].to(logits.device))[:, 0]
+        out[s : s + chunk] = (torch.logsumexp(logits, dim=-1) - picked).to(out.device)
     return out.view(ids.shape[0], -1)
 
 
@@ -298,6 +300,7 @@ def extract(
     shard_segments: int = 256,
     rank: int = 0,
     world_size: int = 1,
+    dist: Any = None,
 ) -> Extraction:
     """Run the model over ``segments`` once and collect everything asked for.
 
@@ -320,6 +323,11 @@ def extract(
     rank, world_size : int
         Process only shards ``rank, rank + world_size, ...`` (distributed); the result then
         holds only this process's segments, in shard order (empty if it has none).
+    dist : core.distributed.Dist, optional
+        A process group of several processes (``rank``/``world_size`` are then taken from it):
+        the shards are split as above and gathered to rank 0 (``Dist.gather_shards``), whose
+        result holds every segment in order, bit-equal to one process; the others get an
+        empty result (no vectors).
 
     Returns
     -------
@@ -357,35 +365,47 @@ def extract(
         store = ShardStore(folder, meta | {"pools": pool_list, "segments": len(segments)})
     n = len(segments)
     n_shards = math.ceil(n / shard_segments)
+    bounds = [(i * shard_segments, min(n, (i + 1) * shard_segments)) for i in range(n_shards)]
+    gathered = dist is not None and dist.world_size > 1
+    if gathered:
+        rank, world_size = dist.rank, dist.world_size
+        progress = progress and dist.is_main
     mine = range(rank, n_shards, world_size)
-    rows_of = {i: (i * shard_segments, min(n, (i + 1) * shard_segments)) for i in mine}
-    total = sum(b - a for a, b in rows_of.values())
-    merged: dict[str, np.ndarray] = {}  # allocated once from the first shard, then filled
+    total = sum(bounds[i][1] - bounds[i][0] for i in mine)
     bar = tqdm(total=total, unit="seg", disable=not progress, desc=f"extract {lm.name}")
-    at = 0
+
+    def shard(i: int) -> dict[str, np.ndarray]:
+        rows = bounds[i]
+        arrays = store.load(i, rows) if store else None
+        if arrays is not None:
+            bar.update(rows[1] - rows[0])
+            return arrays
+        parts = []
+        for b in range(*rows, batch_size):
+            ids = segments.ids[b : min(b + batch_size, rows[1])]
+            parts.append(_forward_batch(lm, ids, site_list, pool_list, perplexity, skip_first))
+            bar.update(len(ids))
+        arrays = _shard_arrays(parts, lm.dtype)
+        del parts
+        if store:
+            store.save(i, arrays, rows)
+        return arrays
+
     try:
-        for i in mine:
-            rows = rows_of[i]
-            arrays = store.load(i, rows) if store else None
-            if arrays is None:
-                parts = []
-                for b in range(*rows, batch_size):
-                    ids = segments.ids[b : min(b + batch_size, rows[1])]
-                    parts.append(
-                        _forward_batch(lm, ids, site_list, pool_list, perplexity, skip_first)
-                    )
-                    bar.update(len(ids))
-                arrays = _shard_arrays(parts, lm.dtype)
-                del parts
-                if store:
-                    store.save(i, arrays, rows)
-            else:
-                bar.update(rows[1] - rows[0])
-            if not merged:
-                merged = {k: np.empty((total, *v.shape[1:]), v.dtype) for k, v in arrays.items()}
-            for k, v in arrays.items():
-                merged[k][at : at + len(v)] = v
-            at += rows[1] - rows[0]
+        if gathered:  # round by round to rank 0, which puts the rows in segment order
+            merged = dist.gather_shards(shard, bounds, lm.device)
+        else:
+            merged = {}  # allocated once from the first shard, then filled
+            at = 0
+            for i in mine:
+                arrays = shard(i)
+                if not merged:
+                    merged = {
+                        k: np.empty((total, *v.shape[1:]), v.dtype) for k, v in arrays.items()
+                    }
+                for k, v in arrays.items():
+                    merged[k][at : at + len(v)] = v
+                at += bounds[i][1] - bounds[i][0]
     finally:
         bar.close()
     return Extraction(

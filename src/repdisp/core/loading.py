@@ -37,6 +37,8 @@ def load_model(
     adapter: str | None = None,
     attn_implementation: str | None = None,
     device_map: str | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (bundled name, folder, .gguf file or hub id) in eval mode on ``device``.
 
@@ -52,6 +54,12 @@ def load_model(
         bfloat16 products under autocast).
     trust_remote_code, allow_pickle : bool
         Run a folder's custom model code; read pickled (non-safetensors) weights.
+    device_map, max_memory, offload_folder
+        accelerate's big-model placement (``device_map="auto"``): the weights split over the
+        GPUs, then the CPU, then ``offload_folder`` on disk, each device holding at most its
+        ``max_memory`` (``{0: "20GiB", "cpu": "60GiB"}`` or ``"0:20GiB;cpu:60GiB"``). Offloaded
+        weights come in at each module's forward, so every site reads the real hidden state;
+        the placement is not part of the identity (the same numbers, within float rounding).
 
     Returns
     -------
@@ -65,6 +73,8 @@ def load_model(
     (30, 576)
     """
     kind = _kind(spec, revision, adapter, device, device_map)
+    if (max_memory or offload_folder) and not device_map:
+        raise RepdispError("--model-args max_memory= and offload_folder= need device_map=auto")
     # the hub is probed before torch is imported: an unreachable one fails in seconds
     access = hub_access(spec, revision) if kind == "hub" else {}
     dev = resolve_device(device)
@@ -76,6 +86,8 @@ def load_model(
             ("revision", revision),
             ("attn_implementation", attn_implementation),
             ("device_map", device_map),
+            ("max_memory", parse_max_memory(max_memory)),
+            ("offload_folder", offload_folder),
         )
         if v
     }
@@ -102,9 +114,9 @@ def load_model(
         )
     if tokenizer or adapter:
         model, tok, identity = _apply_model_args(model, tok, identity, tokenizer, adapter, extra)
-    identity += "".join(f":{k}={v}" for k, v in extra.items() if k != "device_map")
+    identity += "".join(f":{k}={v}" for k, v in extra.items() if k not in _PLACEMENT)
     if device_map:
-        dev = next(model.parameters()).device
+        dev = placed_device(model)
     else:
         model.to(dev)
     model.eval()
@@ -116,6 +128,47 @@ def load_model(
     tag = MIXED if mixed else str(torch_dtype)
     autocast = torch.bfloat16 if mixed else None
     return LoadedModel(model, tok, spec, f"{identity}:{tag}", dev, torch_dtype, autocast)
+
+
+_PLACEMENT = ("device_map", "max_memory", "offload_folder")  # where, not what: not identity
+
+
+def parse_max_memory(value: str | dict[Any, Any] | None) -> dict[Any, Any] | None:
+    """``"0:20GiB;cpu:60GiB"`` (or a dict) -> ``{0: "20GiB", "cpu": "60GiB"}``: GPU index
+    (``N`` or ``cuda:N``), ``cpu``, ``mps`` or ``disk`` to a size (``200KB``, ``20GiB``, bytes)."""
+    if value is None or value == {}:
+        return None
+    if isinstance(value, str):
+        items = [x.strip() for x in value.split(";") if x.strip()]
+        if not all(":" in x for x in items):
+            raise RepdispError(f"max_memory={value}: expected DEVICE:SIZE[;DEVICE:SIZE...]")
+        value = dict(x.rsplit(":", 1) for x in items)
+    from accelerate.utils import convert_file_size_to_int
+
+    out: dict[Any, Any] = {}
+    for key, size in value.items():
+        k = str(key).strip().removeprefix("cuda:")
+        if not (k.isdigit() or k in ("cpu", "mps", "disk")):
+            raise RepdispError(f"max_memory: unknown device {key!r}; use N, cuda:N, cpu or disk")
+        try:
+            convert_file_size_to_int(size)
+        except (ValueError, TypeError):
+            raise RepdispError(f"max_memory: bad size {size!r} for {key}; e.g. 20GiB") from None
+        out[int(k) if k.isdigit() else k] = size.strip() if isinstance(size, str) else size
+    return out
+
+
+def placed_device(model: Any) -> Any:
+    """Where a model dispatched by accelerate takes its inputs: the execution device of the
+    first module with a hook (weights offloaded to disk are on ``meta`` until their forward),
+    else the first parameter's device."""
+    import torch
+
+    for module in model.modules():
+        dev = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+        if dev is not None:
+            return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+    return next(model.parameters()).device
 
 
 def _kind(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .extract import Extraction, extract
 from .loaded import LoadedModel
@@ -43,10 +44,12 @@ class Sampling:
         pools: list[str],
         docs: list[str] | None = None,
         seq_len: int | None = None,
+        dist: Any = None,
     ) -> tuple[Segments, Extraction]:
-        """Sample the segments (same seed for every model) and run one extraction pass."""
+        """Sample the segments (same seed for every model) and run one extraction pass
+        (shared by the processes of ``dist``, gathered on its rank 0: ``extract``)."""
         segs = self.sample(lm, data, docs, seq_len)
-        return segs, self.extract(lm, segs, sites, pools)
+        return segs, self.extract(lm, segs, sites, pools, dist=dist)
 
     def sample(
         self,
@@ -70,7 +73,12 @@ class Sampling:
         )
 
     def extract(
-        self, lm: LoadedModel, segs: Segments, sites: str | list[str], pools: str | list[str]
+        self,
+        lm: LoadedModel,
+        segs: Segments,
+        sites: str | list[str],
+        pools: str | list[str],
+        dist: Any = None,
     ) -> Extraction:
         """One extraction pass over ``segs`` with perplexity and these settings."""
         return extract(
@@ -83,6 +91,7 @@ class Sampling:
             skip_first=self.skip_first,
             cache=self.cache,
             progress=self.progress,
+            dist=dist,
         )
 
 

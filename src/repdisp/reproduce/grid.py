@@ -10,6 +10,11 @@ every step, so verdicts appear as they come out; the last rewrite records the wa
 Models are loaded once per process by ``core.models.load_model(spec, cfg["device"], dtype,
 trust_remote_code=..., allow_pickle=..., **model_args)``, where ``dtype`` is ``model_args``'s
 ``dtype`` when given, else ``cfg["dtype"]``. Returns the paths of findings.md and findings.html.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process first joins each cell's main extraction
+(``memo.share_cells``: shards split over the ranks, gathered to rank 0, cached by each rank);
+then the other ranks return (writing nothing) and rank 0 runs every step as one process would,
+so the page and results are the same. The other steps' own forwards run on rank 0.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .claims import needed_steps
+from .memo import share_cells
 from .page import findings
 from .steps import STEPS, Run
 
@@ -58,15 +64,29 @@ def run(
     allow_pickle: bool = False,
 ) -> tuple[Path, Path]:
     """Run (or resume) the grid of ``cfg`` (``config.load_config``) into ``out``."""
+    from ..core import distributed
     from ..io.results import write_json
 
     need = needed_steps(cfg)  # --only: the steps its rows read (None: all); checks the ids
     out = Path(out)
+    t0 = time.perf_counter()
+    dist = distributed.from_env()
+    shared: dict[tuple[str, ...], float] = {}  # seconds of each cell's shared extraction
+    load = loader(cfg, model_args, trust_remote_code, allow_pickle)
+    ctx = Run(cfg, out, load, progress and dist.is_main)
+    on = [s for s in STEPS if s.enabled(cfg) and (need is None or s.name in need)]
+    if dist.world_size > 1:  # torchrun: the cells' extractions shared, then rank 0 alone
+        cells = [(m, d) for m in cfg["models"] for d in cfg["data"]]
+        dist, created = distributed.setup_for(cfg["device"])
+        try:
+            shared = share_cells(ctx, cells if any(s.over == "cell" for s in on) else [], dist)
+        finally:
+            if created:
+                distributed.teardown()
+        if not dist.is_main:
+            return out / "findings.md", out / "findings.html"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg)
-    t0 = time.perf_counter()
-    ctx = Run(cfg, out, loader(cfg, model_args, trust_remote_code, allow_pickle), progress)
-    on = [s for s in STEPS if s.enabled(cfg) and (need is None or s.name in need)]
     jobs: list[tuple[Any, tuple[Any, ...]]] = []
     for spec in cfg["models"]:
         jobs += [(s, (spec, d)) for d in cfg["data"] for s in on if s.over == "cell"]
@@ -76,7 +96,7 @@ def run(
         jobs += [(s, (spec, mc)) for mc in cfg.get("mc") or [] for s in on if s.over == "task"]
     jobs += [(s, ()) for s in on if s.over == "grid"]
     for s, where in jobs:
-        ctx.steps.started = time.perf_counter()
+        ctx.steps.started = time.perf_counter() - shared.pop(where, 0.0)
         s.fn(ctx, *where)
         findings(cfg, out)
     return findings(cfg, out, seconds=time.perf_counter() - t0)

@@ -8,6 +8,9 @@ the pass is memoised (``_EXTRACTIONS``, one cell at a time, so a grid holds one 
 keyed by the model's identity and everything that picks the segments, so two runs in one process
 with other settings never share it);
 across processes the shard cache makes a rerun read it back instead of running the model.
+Under ``torchrun`` every process joins each cell's extraction first (``share_cells``, before
+any step): the shards are split over the ranks and gathered to rank 0, and each rank caches
+its own shards, so rank 0's steps find the cell in memory or in the shard cache.
 
 Contract: ``main_extraction(run, spec, data, lm)`` returns ``(segments, extraction, n_windows)``
 where ``n_windows`` is how many non-overlapping windows of ``seq_len`` the corpus holds.
@@ -50,8 +53,12 @@ def sampling(run: Run, n: int, seq_len: int) -> Any:
     )
 
 
-def main_extraction(run: Run, spec: str, data: str, lm: Any) -> tuple[Any, Any, int]:
-    """The one extraction of a cell (memoised in this process; the shard cache across runs)."""
+def main_extraction(
+    run: Run, spec: str, data: str, lm: Any, dist: Any = None
+) -> tuple[Any, Any, int]:
+    """The one extraction of a cell (memoised in this process; the shard cache across runs).
+    ``dist`` (``core.distributed.Dist``): the processes of a group share it, rank 0 gets it
+    all (``share_cells``); the other ranks' extraction is empty."""
     cfg = run.cfg
     asked = segments(cfg, spec, data)
     key = (spec, data, asked, cfg["seq_len"], cfg["seed"], cfg["dtype"], lm.identity)
@@ -60,15 +67,32 @@ def main_extraction(run: Run, spec: str, data: str, lm: Any) -> tuple[Any, Any, 
         n_avail = n_available(lm, docs, cfg["seq_len"])
         n = min(asked, n_avail)
         t = time.perf_counter()
-        run.say(
+        say = run.say if dist is None or dist.is_main else (lambda text: None)
+        say(
             f"[{label(spec)} x {stem(data)}] extraction: {n} of {n_avail} segments x "
             f"{cfg['seq_len']} tokens, every block + final ({cfg['dtype']})"
         )
-        segs, ex = sampling(run, n, cfg["seq_len"]).run(lm, data, SITES, POOLS, docs)
-        run.say(f"  extraction {time.perf_counter() - t:.0f} s")
+        segs, ex = sampling(run, n, cfg["seq_len"]).run(lm, data, SITES, POOLS, docs, dist=dist)
+        say(f"  extraction {time.perf_counter() - t:.0f} s")
         _EXTRACTIONS.clear()  # keep one cell's vectors in memory
         _EXTRACTIONS[key] = (segs, ex, n_avail)
     return _EXTRACTIONS[key]
+
+
+def share_cells(
+    run: Run, cells: list[tuple[str, str]], dist: Any
+) -> dict[tuple[str, str], float]:
+    """Under a launcher (``dist.world_size > 1``): the main extraction of every cell, shared
+    by all processes (each computes and caches its shards; rank 0 gathers them). The cells go
+    in reverse, so rank 0 ends holding the first cell the grid runs; it reads the others back
+    from the shard cache when it gets to them. The other ranks are then done. Returns each
+    cell's seconds (the grid adds them to the cell's first step, as one process counts it)."""
+    seconds = {}
+    for spec, data in reversed(cells):
+        t = time.perf_counter()
+        main_extraction(run, spec, data, run.model(spec), dist)
+        seconds[spec, data] = time.perf_counter() - t
+    return seconds
 
 
 def bin_settings(cfg: dict[str, Any], n_segments: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Model options: ``--model SPEC`` (one, or repeatable), ``--model-args K=V,..`` (revision,
-tokenizer, adapter, attn_implementation, device_map, dtype: keyword arguments of
-``load_model``), ``--device`` (auto | cpu | cuda | cuda:N | mps), ``--dtype``,
+tokenizer, adapter, attn_implementation, device_map, dtype, max_memory, offload_folder: keyword
+arguments of ``load_model``; ``max_memory=0:20GiB;cpu:60GiB`` lists devices with ``;``), ``--device`` (auto | cpu | cuda | cuda:N | mps), ``--dtype``,
 ``--trust-remote-code``, ``--allow-pickle``. Values are checked while the command line is parsed
 (argparse's one-line error); loading lives in ``options.model_from_args``."""
 
@@ -15,7 +15,16 @@ from .grammar import AppendAction
 
 DEFAULT_MODEL = "smollm2-135m"  # core.models.DEFAULT_MODEL; tests/test_help.py checks they agree
 DTYPES = ("auto", "float32", "bfloat16", "float16", "bf16-mixed")
-MODEL_ARG_KEYS = ("revision", "tokenizer", "adapter", "attn_implementation", "device_map", "dtype")
+MODEL_ARG_KEYS = (
+    "revision",
+    "tokenizer",
+    "adapter",
+    "attn_implementation",
+    "device_map",
+    "dtype",
+    "max_memory",
+    "offload_folder",
+)
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 MODEL_HELP = "bundled name (smollm2-135m, gemma3-270m), model folder, .gguf file or hub id ORG/NAME"
@@ -91,7 +100,10 @@ def add_model_options(
         type=parse_model_args,
         default=None,
         metavar="K=V,...",
-        help="loader options: " + ", ".join(MODEL_ARG_KEYS) + " (adapter = a PEFT adapter folder)",
+        help="loader options: "
+        + ", ".join(MODEL_ARG_KEYS)
+        + " (adapter = a PEFT adapter folder; device_map=auto with max_memory=0:20GiB;cpu:60GiB"
+        + " and offload_folder=DIR splits a big model over devices, CPU and disk)",
     )
     add_device_option(g)
     g.add_argument(
