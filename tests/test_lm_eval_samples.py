@@ -139,8 +139,8 @@ def test_smollm2_samples_equal_own_scorer_and_cli(smollm2, tmp_path):
     if not (folder / "config.json").exists():
         pytest.skip("smollm2-135m not converted (repdisp models prepare smollm2-135m)")
     _need_data()
-    out = _lm_eval(folder, tmp_path, 20)
-    result = _check_against_own_scorer(smollm2, out, 20)
+    out = _lm_eval(folder, tmp_path, 8)
+    result = _check_against_own_scorer(smollm2, out, 8)
     args = ["accuracy-probe", "--model", "smollm2-135m", "--lm-eval-samples", str(out),
             "--sample", "6", "--num-seeds", "3", "--levels", "0,50,100", "--device", "cpu",
             "--dtype", "float32", "--out", str(tmp_path / "probe"), "--quiet"]  # fmt: skip
