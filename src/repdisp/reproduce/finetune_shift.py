@@ -170,6 +170,9 @@ def fine_tuned(run: Run, spec: str, method: str, seed: int) -> tuple[Path, dict[
             shutil.rmtree(out)
         top.mkdir(parents=True, exist_ok=True)
         run.say(f"[finetune] {label(spec)} {method} seed {seed}: {c.steps} steps")
+        import torch
+
+        torch.manual_seed(seed)  # LoRA's A matrices are drawn before the Trainer seeds itself
         finetune(spec, block["data"], out, config=c, device=run.cfg["device"], progress=False)
         tmp = marker.with_name(marker.name + ".tmp")
         tmp.write_text(json.dumps(want, sort_keys=True))
