@@ -57,7 +57,9 @@ def ran(tiny_gpt2_dir, tmp_path, monkeypatch):
     """One run of the three rows on the tiny model; (config, run folder, stdout)."""
     monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "home"))
     cfg, out = write_cfg(tmp_path, tiny_gpt2_dir), tmp_path / "run"
-    assert main(["reproduce", "--config", str(cfg), "--out", str(out), "--only", ",".join(IDS)]) == 0
+    assert (
+        main(["reproduce", "--config", str(cfg), "--out", str(out), "--only", ",".join(IDS)]) == 0
+    )
     return cfg, out
 
 
@@ -141,6 +143,10 @@ def test_rows_equal_an_independent_recomputation(ran, tiny_gpt2_dir):
     assert tunes["full"]["learning_rate"] == 1e-3 and tunes["full"]["steps"] == 4
     assert tunes["full"]["trainable_params"] > tunes["lora"]["trainable_params"]
     assert len(res["run"]["finetune_seconds"]) == 2
+    from repdisp.io.results import load_result
+
+    back = load_result(top / "finetune_shift.json")
+    assert isinstance(back, fs.FinetuneShift) and back.contrasts == res["contrasts"]
 
 
 def test_rerun_is_skipped_and_a_new_evaluation_reuses_the_fine_tunes(ran, monkeypatch, capsys):
@@ -229,7 +235,9 @@ def test_cpu_and_gpu_configs_carry_the_block():
     from repdisp.reproduce.config import load_config
 
     cpu = fs.settings(load_config("cpu", ROOT / "configs/reproduce_cpu.yaml"))
-    assert cpu["models"] == ["smollm2-135m"] and cpu["data"].endswith("pubmedqa_abstracts_1000.jsonl")
+    assert cpu["models"] == ["smollm2-135m"] and cpu["data"].endswith(
+        "pubmedqa_abstracts_1000.jsonl"
+    )
     assert fs.recipe(cpu, "lora", 0).steps == 200 and fs.recipe(cpu, "full", 0).method == "full"
     gpu = fs.settings(load_config("gpu", ROOT / "configs/reproduce_gpu.yaml"))
     lora, full = fs.recipe(gpu, "lora", 0), fs.recipe(gpu, "full", 0)

@@ -305,7 +305,9 @@ def one_model(run: Run, spec: str) -> None:
     np.savez(top / f"{NAME}_vectors.npz", ids=np.asarray(segs.ids), **vectors)
     write_result(top, NAME, result, base, segs, cfg["seed"], figure=False)
     run.steps.finish(top, NAME, p)
-    run.say(f"[finetune] {label(spec)}: {len(tuned)} fine-tunes + evaluation {result.seconds:.0f} s")
+    run.say(
+        f"[finetune] {label(spec)}: {len(tuned)} fine-tunes + evaluation {result.seconds:.0f} s"
+    )
 
 
 def _command(cfg: dict[str, Any], cid: str) -> str:
@@ -325,7 +327,9 @@ def rows_of(cfg: dict[str, Any], doc: dict[str, Any]) -> list[dict[str, Any]]:
             sum(r["token_ppl"] for r in got) / len(got),
         )
     steps = sorted({t["steps"] for t in tunes.values()})
-    lrs = {m: sorted({t["learning_rate"] for (mm, _), t in tunes.items() if mm == m}) for m in METHODS}
+    lrs = {
+        m: sorted({t["learning_rate"] for (mm, _), t in tunes.items() if mm == m}) for m in METHODS
+    }
     recipe_txt = ", ".join(
         f"{m} lr {'/'.join(f'{x:g}' for x in lrs[m])}" for m in METHODS if lrs[m]
     )
@@ -371,4 +375,3 @@ def fig6_rows(cfg: dict[str, Any], out: Path) -> list[dict[str, Any]]:
         if doc:
             rows += rows_of(cfg, doc)
     return rows
-
