@@ -1,8 +1,9 @@
 """Fig. 6 in the grid: fine-tuning on a domain raises dispersion there, full more than LoRA.
 
 Step ``finetune_shift`` (once per grid, when ``cfg["finetune"]``, read over ``DEFAULTS``; per
-model of the block's ``models``, else of the grid's): the domain text ``data`` is cut at ``train_fraction`` of its characters at a
-document boundary (``training.finetune.split_text``, the cut the fine-tuning recipe itself makes):
+model of the block's ``models``, else of the grid's): the domain text ``data`` is cut at
+``train_fraction`` of its characters at a document boundary (``training.finetune.split_text``,
+the cut the fine-tuning recipe itself makes):
 the documents before the cut train, the ones after are held out, so training and held-out text
 share no document (the result counts held-out documents whose exact text also occurs in the
 training part: ``overlap_docs``). Per seed s of ``seeds`` the model is fine-tuned twice on the
