@@ -51,6 +51,9 @@ _COMMON: dict[str, Any] = {  # what both scales share; load_config deep-copies a
     # §2.2(2) end: the same architecture, randomly initialised (seeded), through the layer-wise
     # analysis on the same segments
     "random_init": {"seed": 0},
+    # Fig. 6 (reproduce.finetune_shift): LoRA and full fine-tunes, off unless a config file
+    # gives the block (configs/reproduce_*.yaml; hours of training at the GPU scale)
+    "finetune": None,
     "only": None,  # claim ids (--only): run only the steps those rows need, show only them
 }
 _WIKI = {
