@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import repdisp.analyses.ngrams as ngrams_mod
 from repdisp.analyses.clusters import clusters, sample_contexts, write_outputs
@@ -249,3 +250,18 @@ def test_clusters_cli_and_scaled_down_error(tokenizer, tmp_path, capsys):
     err = capsys.readouterr().err
     top = re.search(r"most frequent occurs (\d+) times\): lower --min-count", err)
     assert top and 30 <= int(top.group(1)) < 1000  # each planted phrase recurs 30 times
+
+
+def test_two_lora_runs_of_one_recipe_give_the_same_weights(tokenizer, tmp_path):
+    """The adapters' init draws from torch's global RNG: the recipe's seed fixes it, whatever
+    the process drew before (here: a different draw before each run)."""
+    weights = []
+    for i, pre in enumerate([1, 7]):
+        lm = tiny_lm(tokenizer)
+        torch.manual_seed(pre)  # the process's RNG state differs before each run
+        out = tmp_path / f"run{i}"
+        finetune(lm, "python-docs", out, method="lora", steps=2,
+                 learning_rate=1e-2, batch_size=2, seq_len=16, seed=3, progress=False)  # fmt: skip
+        weights.append(load_model(str(out), "cpu").model.state_dict())
+    for k, v in weights[0].items():
+        assert torch.equal(v, weights[1][k]), k

@@ -170,6 +170,9 @@ def finetune(
     net = lm.model
     net.train()
     if c.method == "lora":
+        # the adapters' initial weights come from torch's global RNG: seed it, so two runs of
+        # one recipe (and a resumed run) start from the same adapters
+        torch.manual_seed(c.seed)
         net = _wrap_lora(net, c.lora_r, c.lora_alpha, c.lora_dropout)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total = sum(p.numel() for p in net.parameters())
