@@ -19,6 +19,7 @@ import pytest
 
 from repdisp.cli import main
 from repdisp.reproduce import finetune_shift as fs
+from repdisp.reproduce.finetune_result import FinetuneShift
 from repdisp.reproduce.verdict import verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def test_rows_equal_an_independent_recomputation(ran, tiny_gpt2_dir):
     from repdisp.io.results import load_result
 
     back = load_result(top / "finetune_shift.json")
-    assert isinstance(back, fs.FinetuneShift) and back.contrasts == res["contrasts"]
+    assert isinstance(back, FinetuneShift) and back.contrasts == res["contrasts"]
 
 
 def test_rerun_is_skipped_and_a_new_evaluation_reuses_the_fine_tunes(ran, monkeypatch, capsys):

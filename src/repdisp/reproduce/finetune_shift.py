@@ -39,12 +39,10 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from ..core.errors import RepdispError
-from ..io.results import Result
 from .claims import claim, fmt, read
 from .config import label, stem
 from .memo import n_available, sampling
@@ -58,31 +56,6 @@ CONTRASTS = (  # (claim id, A, B, the paper's statement)
     ("fig6-full", "full", "base", "full fine-tuning on a domain raises dispersion on it"),
     ("fig6-full-vs-lora", "full", "lora", "full fine-tuning raises it more than LoRA"),
 )
-
-
-@dataclass
-class FinetuneShift(Result):
-    """Base vs LoRA vs full fine-tuned dispersion on held-out domain text (module docstring)."""
-
-    kind: ClassVar[str] = "finetune-shift"
-    run_keys: ClassVar[tuple[str, ...]] = ("seconds", "finetune_seconds")
-
-    model: str
-    data: str
-    n_segments: int
-    seq_len: int
-    seeds: list[int]
-    train_docs: int
-    heldout_docs: int
-    overlap_docs: int
-    models: list[dict[str, Any]]  # per model: name, seed, dispersion, token_ppl
-    contrasts: list[dict[str, Any]]  # per contrast: id, a, b, value, ci_low, ci_high, method
-    finetunes: list[dict[str, Any]] = field(default_factory=list)  # per fine-tune: recipe, loss
-    seconds: float = 0.0
-    finetune_seconds: list[float | None] = field(default_factory=list)  # training wall time
-
-    def tables(self) -> dict[str, list[dict[str, Any]]]:
-        return {"models": self.models, "contrasts": self.contrasts}
 
 
 def folder(out: Path) -> Path:
@@ -287,6 +260,8 @@ def one_model(run: Run, spec: str) -> None:
         pairs = [(units[f"{a}-s{s}"], units["base" if b == "base" else f"{b}-s{s}"]) for s in seeds]
         e = paired_difference(pairs, int(block["reps"]), int(cfg["seed"]))
         contrasts.append({"id": cid, "a": a, "b": b} | e)
+    from .finetune_result import FinetuneShift  # numpy-free parser: the class loads with a run
+
     result = FinetuneShift(
         model=spec,
         data=block["data"],
