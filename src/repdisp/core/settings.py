@@ -80,3 +80,14 @@ class Statistics:
         if stats is None:
             return cls(**({"seed": seed} | fields_))
         return replace(stats, **fields_) if fields_ else stats
+
+
+@dataclass(frozen=True, kw_only=True)
+class Loading:
+    """How a model named by a string is loaded (``core.loading.load_model``): ``device``,
+    ``dtype`` and whether a pickled checkpoint may be read. A model object passed in is used
+    as it is. (``trust_remote_code`` travels with ``core.sampling.Sampling``.)"""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    allow_pickle: bool = False
