@@ -23,11 +23,6 @@ LIMIT = 8
 
 # "folder/file.py::function": (count today, why it keeps its keywords)
 ALLOWED = {
-    "analyses/ppl_dispersion.py::ppl_vs_dispersion": (
-        10,
-        "public API; binning and resampling are one Statistics (or its fields as keywords), "
-        "the rest say what to compute (site, pooling, last_token, contexts, per_segment) and load",
-    ),
     "analyses/clusters.py::clusters": (18, "public API with keywords; not yet on settings"),
     "applications/knnlm/evaluation.py::evaluate_knnlm": (15, "public API; not yet on settings"),
     "applications/knnlm/select.py::select_key": (14, "public API; not yet on settings"),
@@ -42,6 +37,7 @@ ALLOWED = {
 # its delegate (which counts as any other function); no command calls the wrapper itself.
 WRAPPERS = {
     "analyses/measure.py::measure": "run_measure",
+    "analyses/ppl_dispersion.py::ppl_vs_dispersion": "run_ppl_vs_dispersion",
 }
 
 
@@ -111,7 +107,8 @@ def _wrapper_fault(fn: ast.FunctionDef, delegate: str) -> str | None:
         return "does not return a call"
     if call.func.id != delegate:
         return f"returns {call.func.id}(...), not {delegate}(...)"
-    params = {a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs)}
+    a = fn.args
+    params = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x}
     for node in ast.walk(call):
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
             if node.id not in params and not node.id[:1].isupper() and node.id != delegate:

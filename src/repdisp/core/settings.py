@@ -91,3 +91,21 @@ class Loading:
     device: str = "auto"
     dtype: str = "auto"
     allow_pickle: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeriesReading:
+    """What ``ppl_vs_dispersion`` reads and bins by: one ``site`` with the across-segment
+    ``pooling`` (last or mean); ``last_token``: bin by the last token's perplexity once per
+    length in ``contexts`` (else by sequence perplexity at the sampling's ``seq_len``);
+    ``per_segment``: keep one row per segment and series."""
+
+    site: str = "final"
+    pooling: str = "last"
+    last_token: bool = False
+    contexts: tuple[int, ...] | list[int] = (16, 64, 128, 256)
+    per_segment: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("last", "mean"):
+            raise RepdispError(f"across pooling must be last or mean, got {self.pooling!r}")

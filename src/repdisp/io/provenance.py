@@ -193,6 +193,11 @@ def note_call(result: Any, fn: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     return result
 
 
+def settings_keywords(*settings: Any) -> dict[str, Any]:
+    """The fields of settings dataclasses as keywords of the public call they amount to."""
+    return {f.name: getattr(s, f.name) for s in settings for f in dataclasses.fields(s)}
+
+
 def call_name(fn: Any) -> str:
     """How ``fn`` is reached after ``import repdisp``: ``repdisp.NAME`` when the package exports
     it under that name, else ``MODULE.QUALNAME``."""
