@@ -23,9 +23,6 @@ LIMIT = 8
 
 # "folder/file.py::function": (count today, why it keeps its keywords)
 ALLOWED = {
-    "applications/knnlm/evaluation.py::evaluate_knnlm": (15, "public API; not yet on settings"),
-    "applications/knnlm/select.py::select_key": (14, "public API; not yet on settings"),
-    "applications/knnlm/datastore.py::build_datastore": (11, "public API; not yet on settings"),
     "applications/mcqa/scoring.py::evaluate_task": (11, "public API; not yet on settings"),
     "training/run.py::train_run": (9, "public API (tests, sweep workers); not yet on settings"),
 }
@@ -38,6 +35,9 @@ WRAPPERS = {
     "analyses/measure.py::measure": "run_measure",
     "analyses/ppl_dispersion.py::ppl_vs_dispersion": "run_ppl_vs_dispersion",
     "analyses/clusters.py::clusters": "run_clusters",
+    "applications/knnlm/evaluation.py::evaluate_knnlm": "run_evaluate_knnlm",
+    "applications/knnlm/select.py::select_key": "run_select_key",
+    "applications/knnlm/datastore.py::build_datastore": "run_build_datastore",
 }
 
 
