@@ -380,8 +380,8 @@ def test_sweep_reuses_its_runs_and_refuses_another_recipe(train_cfg, tmp_path, m
     first = sweep_mod.run_sweep(cfg, out)
     assert len(first.runs) == 2 and (out / "sweep_job.json").exists()
     calls = []
-    real = sweep_mod.train_run
-    monkeypatch.setattr(sweep_mod, "train_run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = sweep_mod.run_train
+    monkeypatch.setattr(sweep_mod, "run_train", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = sweep_mod.run_sweep(cfg, out)
     assert calls == [] and [r.to_dict() for r in again.runs] == [r.to_dict() for r in first.runs]
     with pytest.raises(RepdispError, match="another recipe"):

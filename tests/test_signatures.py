@@ -7,9 +7,9 @@ not counted). Settings travel as objects instead (``core.sampling.Sampling``,
 ``core.settings.Statistics``, ``training.finetune_config.FinetuneConfig``), built once from
 the flags.
 
-``ALLOWED`` names the few public entry points that keep a longer keyword API, each with the
-count it has today: an entry fails when its function grows, shrinks to 8 or less (then delete
-the entry) or disappears.
+``WRAPPERS`` names the public entry points that keep a longer keyword API for users: each
+must only build its settings objects and return one call of its settings-object function (which
+is counted like every other), and no command calls a wrapper.
 """
 
 from __future__ import annotations
@@ -21,24 +21,18 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "repdisp"
 FOLDERS = ("analyses", "applications", "training", "commands", "reproduce")
 LIMIT = 8
 
-# "folder/file.py::function": (count today, why it keeps its keywords)
-ALLOWED = {
-    "analyses/ppl_dispersion.py::ppl_vs_dispersion": (
-        10,
-        "public API; binning and resampling are one Statistics (or its fields as keywords), "
-        "the rest say what to compute (site, pooling, last_token, contexts, per_segment) and load",
-    ),
-    "analyses/measure.py::measure": (
-        21,
-        "public API documented with its keywords (repdisp.measure(..., segments=, seq_len=)); "
-        "not yet on Sampling",
-    ),
-    "analyses/clusters.py::clusters": (18, "public API with keywords; not yet on settings"),
-    "applications/knnlm/evaluation.py::evaluate_knnlm": (15, "public API; not yet on settings"),
-    "applications/knnlm/select.py::select_key": (14, "public API; not yet on settings"),
-    "applications/knnlm/datastore.py::build_datastore": (11, "public API; not yet on settings"),
-    "applications/mcqa/scoring.py::evaluate_task": (11, "public API; not yet on settings"),
-    "training/run.py::train_run": (9, "public API (tests, sweep workers); not yet on settings"),
+# Public keyword wrappers: "folder/file.py::function" -> the settings-object function it delegates
+# to. A wrapper keeps its keywords for users, builds the settings objects and returns one call of
+# its delegate (which counts as any other function); no command calls the wrapper itself.
+WRAPPERS = {
+    "analyses/measure.py::measure": "run_measure",
+    "analyses/ppl_dispersion.py::ppl_vs_dispersion": "run_ppl_vs_dispersion",
+    "analyses/clusters.py::clusters": "run_clusters",
+    "applications/knnlm/evaluation.py::evaluate_knnlm": "run_evaluate_knnlm",
+    "applications/knnlm/select.py::select_key": "run_select_key",
+    "applications/knnlm/datastore.py::build_datastore": "run_build_datastore",
+    "applications/mcqa/scoring.py::evaluate_task": "run_evaluate_task",
+    "training/run.py::train_run": "run_train",
 }
 
 
@@ -66,17 +60,8 @@ def _functions() -> dict[str, int]:
 def test_no_function_on_a_command_path_takes_more_than_8_parameters():
     found = _functions()
     assert len(found) > 300  # the walk saw the package, not an empty folder
-    over = {k: n for k, n in found.items() if n > LIMIT and k not in ALLOWED}
+    over = {k: n for k, n in found.items() if n > LIMIT and k not in WRAPPERS}
     assert not over, f"more than {LIMIT} parameters (pass a settings object instead): {over}"
-
-
-def test_allowlist_is_current():
-    found = _functions()
-    for key, (count, why) in ALLOWED.items():
-        assert why
-        assert key in found, f"{key} is gone: delete its ALLOWED entry"
-        assert found[key] == count, f"{key} has {found[key]} parameters, ALLOWED says {count}"
-        assert found[key] > LIMIT, f"{key} has {found[key]} parameters now: delete its entry"
 
 
 def test_counting_rule():
@@ -88,3 +73,66 @@ def test_counting_rule():
         n.name: _count(n) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
     }
     assert counts == {"f": 5, "m": 2, "c": 1}
+
+
+def _node(key: str) -> ast.FunctionDef:
+    rel, name = key.split("::")
+    tree = ast.parse((SRC / rel).read_text(encoding="utf-8"))
+    return next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def _wrapper_fault(fn: ast.FunctionDef, delegate: str) -> str | None:
+    """Why ``fn`` is not a thin wrapper around ``delegate`` (None when it is): its body, past
+    the docstring, must be one ``return delegate(...)`` whose arguments only build objects
+    from the wrapper's own parameters (names, constants and calls of them)."""
+    body = fn.body[1:] if isinstance(fn.body[0], ast.Expr) else fn.body
+    if len(body) != 1 or not isinstance(body[0], ast.Return):
+        return "body is not one return statement"
+    call = body[0].value
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+        return "does not return a call"
+    if call.func.id != delegate:
+        return f"returns {call.func.id}(...), not {delegate}(...)"
+    a = fn.args
+    params = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x}
+    for node in ast.walk(call):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            if node.id not in params and not node.id[:1].isupper() and node.id != delegate:
+                return f"computes with {node.id!r} (a wrapper only builds settings)"
+        if isinstance(node, (ast.BinOp, ast.IfExp, ast.Compare, ast.Subscript, ast.Lambda)):
+            return f"computes ({type(node).__name__}) instead of only building settings"
+    return None
+
+
+def test_public_wrappers_only_build_settings_and_delegate():
+    found = _functions()
+    for key, delegate in WRAPPERS.items():
+        assert found[key] > LIMIT, f"{key} takes {found[key]} parameters: drop it from WRAPPERS"
+        fault = _wrapper_fault(_node(key), delegate)
+        assert fault is None, f"{key}: {fault}"
+        rel = key.split("::")[0]
+        assert found[f"{rel}::{delegate}"] <= LIMIT
+
+
+def test_wrapper_check_can_fail():
+    src = (
+        "def ok(a, *, b=1):\n    'doc'\n    return run(a, S(b=b))\n"
+        "def two(a):\n    x = a\n    return run(x)\n"
+        "def other(a):\n    return go(a)\n"
+        "def work(a):\n    return run(a + 1)\n"
+        "def glob(a):\n    return run(a, helper(a))\n"
+    )
+    fns = {n.name: n for n in ast.parse(src).body}
+    assert _wrapper_fault(fns["ok"], "run") is None
+    for name in ("two", "other", "work", "glob"):
+        assert _wrapper_fault(fns[name], "run") is not None, name
+
+
+def test_no_command_calls_a_public_wrapper():
+    """Commands run the settings-object functions; calling a wrapper would put its long
+    keyword list back on the command's path."""
+    names = {k.split("::")[1] for k in WRAPPERS}
+    for path in sorted((SRC / "commands").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in names, f"{path.name} calls {node.func.id}"

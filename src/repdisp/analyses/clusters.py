@@ -22,6 +22,8 @@ from ..core.errors import RepdispError
 from ..core.extract import extract
 from ..core.geometry import cluster_distances
 from ..core.models import LoadedModel, load_model
+from ..core.sampling import Sampling
+from ..core.settings import Loading
 from ..core.stats import mean_ci
 from ..io.results import Result, new_figure, record, recorded, write_result
 from .ngrams import NgramCounts, mine_ngrams
@@ -189,6 +191,22 @@ def sample_contexts(
     return ClusterContexts(segs, np.concatenate(labels), used, np.array([len(p) for p in picked]))
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClusterSettings:
+    """Which n-gram clusters ``clusters`` builds and reads: n-grams of ``ngram`` tokens seen
+    ``min_count``+ times, up to ``n_clusters`` of them with ``per_cluster`` contexts of
+    ``context`` tokens each, read at ``site``; ``bootstrap`` resamples for the CIs. The text
+    options, seed, batch size, cache and progress travel in ``core.sampling.Sampling``."""
+
+    ngram: int = 10
+    min_count: int = 100
+    per_cluster: int = 100
+    context: int = 100
+    n_clusters: int = 500
+    site: str = "final"
+    bootstrap: int = 1000
+
+
 @recorded
 def clusters(
     models: list[str | LoadedModel],
@@ -212,7 +230,49 @@ def clusters(
     bootstrap: int = 1000,
 ) -> ClustersResult:
     """Mine n-grams of ``data`` with the first model's tokenizer, embed the sampled contexts with
-    every model (they must tokenise the text identically), and measure the cluster distances."""
+    every model (they must tokenise the text identically), and measure the cluster distances.
+    The keywords become ``ClusterSettings``, ``Sampling`` and ``Loading`` for
+    ``run_clusters``."""
+    return run_clusters(
+        models,
+        data,
+        ClusterSettings(
+            ngram=ngram,
+            min_count=min_count,
+            per_cluster=per_cluster,
+            context=context,
+            n_clusters=n_clusters,
+            site=site,
+            bootstrap=bootstrap,
+        ),
+        Sampling(
+            seed=seed,
+            batch_size=batch_size,
+            cache=cache,
+            progress=progress,
+            text_field=text_field,
+            encoding_errors=encoding_errors,
+            split=split,
+        ),
+        Loading(device=device, dtype=dtype),
+    )
+
+
+def run_clusters(
+    models: list[str | LoadedModel],
+    data: str,
+    settings: ClusterSettings,
+    sampling: Sampling,
+    loading: Loading | None = None,
+) -> ClustersResult:
+    """``clusters`` on settings objects (the command calls this; see ``clusters``)."""
+    loading = loading or Loading()
+    ngram, min_count, per_cluster = settings.ngram, settings.min_count, settings.per_cluster
+    context, n_clusters, site = settings.context, settings.n_clusters, settings.site
+    bootstrap, seed, batch_size = settings.bootstrap, sampling.seed, sampling.batch_size
+    cache, progress, split = sampling.cache, sampling.progress, sampling.split
+    text_field, encoding_errors = sampling.text_field, sampling.encoding_errors
+    device, dtype = loading.device, loading.dtype
     docs = load_texts(data, text_field, split, encoding_errors)
     stream = ctx = mined = None
     results, tokenizer, used = [], None, []

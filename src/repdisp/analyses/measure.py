@@ -12,7 +12,7 @@ finished result. A single process runs the same code with a trivial all-reduce.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +26,9 @@ from ..core.extract import Extraction, extract, parse_pools
 from ..core.geometry import CosineStats
 from ..core.models import DEFAULT_MODEL, LoadedModel, as_loaded, load_model, resolve_device
 from ..core.precision import DTYPES
+from ..core.sampling import Sampling
 from ..core.segment_table import segment_rows
+from ..core.settings import Loading
 from ..core.stats import mean_ci
 from ..core.texts import data_name, load_texts
 from ..io.results import Result, new_figure, record, recorded, segment_field
@@ -223,6 +225,31 @@ def _check_arguments(
             raise RepdispError(f"{flag} must be an integer of at least {least}, got {value!r}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class MeasureSettings:
+    """What ``measure`` reads and how it summarises: the ``sites`` and their ``pooling``,
+    ``bootstrap`` resamples for the CIs, ``shard_segments`` per extraction shard, and whether to
+    keep one row per segment (``per_segment``). Built once (from the flags, or by ``measure``
+    from its keywords) and passed down whole; beside it travel ``core.sampling.Sampling`` (how
+    segments are drawn; its ``cache`` may be a shard folder here) and ``core.settings.Loading``."""
+
+    sites: str | list[str] = "final"
+    pooling: str = "last"
+    bootstrap: int = 1000
+    shard_segments: int = 256
+    per_segment: bool = False
+
+
+def measure_keywords(sampling: Sampling, settings: MeasureSettings) -> dict[str, Any]:
+    """The keywords of ``measure`` that ``sampling`` and ``settings`` amount to (what a command
+    records as its call, so the written provenance reads as the public keyword call)."""
+    names = ("segments", "seq_len", "seed", "batch_size", "skip_first", "cache", "progress")
+    names += ("text_field", "encoding_errors", "split", "trust_remote_code")
+    return {f.name: getattr(settings, f.name) for f in fields(settings)} | {
+        n: getattr(sampling, n) for n in names
+    }
+
+
 @recorded
 def measure(
     model: str | LoadedModel | tuple = DEFAULT_MODEL,
@@ -254,7 +281,8 @@ def measure(
     ``cache``: True (``$REPDISP_HOME/runs/KEY``), a shard folder, or False. Under a multi-process
     launcher the folder must be shared by all processes, so ``cache=False`` is refused there.
     ``per_segment``: also keep one row per segment (``result.segments()``, see
-    ``core.segment_table.segment_rows``); this extracts the ``within`` pooling too.
+    ``core.segment_table.segment_rows``); this extracts the ``within`` pooling too. The keywords
+    become ``Sampling``, ``MeasureSettings`` and ``Loading``, and ``run_measure`` does the work.
 
     Returns
     -------
@@ -266,6 +294,49 @@ def measure(
     >>> r = repdisp.measure("smollm2-135m", "python-docs", segments=200, seq_len=256)  # doctest: +SKIP
     >>> print(r.table())  # doctest: +SKIP
     """
+    return run_measure(
+        model,
+        data,
+        Sampling(
+            segments=segments,
+            seq_len=seq_len,
+            seed=seed,
+            batch_size=batch_size,
+            skip_first=skip_first,
+            cache=cache,
+            progress=progress,
+            text_field=text_field,
+            encoding_errors=encoding_errors,
+            split=split,
+            trust_remote_code=trust_remote_code,
+        ),
+        MeasureSettings(
+            sites=sites,
+            pooling=pooling,
+            bootstrap=bootstrap,
+            shard_segments=shard_segments,
+            per_segment=per_segment,
+        ),
+        Loading(device=device, dtype=dtype, allow_pickle=allow_pickle),
+    )
+
+
+def run_measure(
+    model: str | LoadedModel | tuple,
+    data: Any,
+    sampling: Sampling,
+    settings: MeasureSettings,
+    loading: Loading | None = None,
+) -> MeasureResult:
+    """``measure`` on settings objects (the commands call this; see ``measure``)."""
+    loading = loading or Loading()
+    sites, pooling, bootstrap = settings.sites, settings.pooling, settings.bootstrap
+    shard_segments, per_segment = settings.shard_segments, settings.per_segment
+    segments, seq_len, seed = sampling.segments, sampling.seq_len, sampling.seed
+    batch_size, skip_first, cache = sampling.batch_size, sampling.skip_first, sampling.cache
+    progress, trust_remote_code = sampling.progress, sampling.trust_remote_code
+    text_field, encoding_errors, split = sampling.text_field, sampling.encoding_errors, sampling.split
+    device, dtype, allow_pickle = loading.device, loading.dtype, loading.allow_pickle
     counts = {"bootstrap": bootstrap, "segments": segments, "seq_len": seq_len}
     counts |= {"batch_size": batch_size, "skip_first": skip_first}
     _check_arguments(model, sites, pooling, counts | {"shard_segments": shard_segments})

@@ -32,7 +32,7 @@ from ..core.errors import RepdispError
 from ..core.models import LoadedModel, load_model
 from ..core.sampling import ModelLike, Sampling, loaded
 from ..core.segment_table import segment_rows
-from ..core.settings import Statistics
+from ..core.settings import SeriesReading, Statistics
 from ..core.stats import Correlation
 from ..io.progress import StatusLine
 from ..io.results import Result, new_figure, record, recorded, segment_field
@@ -213,10 +213,35 @@ def ppl_vs_dispersion(
     ``last_token``: bin by the last token's perplexity, once per length in ``contexts``
     (otherwise by sequence perplexity at ``sampling.seq_len``). ``per_segment``: keep one row
     per segment and series (``result.segments()``), with the bin it was selected into."""
-    if pooling not in ("last", "mean"):
-        raise RepdispError(f"across pooling must be last or mean, got {pooling!r}")
+    return run_ppl_vs_dispersion(
+        models,
+        datas,
+        SeriesReading(
+            site=site,
+            pooling=pooling,
+            last_token=last_token,
+            contexts=contexts,
+            per_segment=per_segment,
+        ),
+        sampling,
+        Statistics.build(stats, (sampling or Sampling()).seed, **binning),
+        load,
+    )
+
+
+def run_ppl_vs_dispersion(
+    models: Sequence[ModelLike],
+    datas: Sequence[str],
+    reading: SeriesReading,
+    sampling: Sampling | None = None,
+    stats: Statistics | None = None,
+    load: Callable[[str], LoadedModel] = load_model,
+) -> PplDispersionResult:
+    """``ppl_vs_dispersion`` on settings objects (the command calls this; see there)."""
     sampling = sampling or Sampling()
-    stats = Statistics.build(stats, sampling.seed, **binning)
+    stats = stats or Statistics(seed=sampling.seed)
+    site, pooling, last_token = reading.site, reading.pooling, reading.last_token
+    contexts, per_segment = reading.contexts, reading.per_segment
     start = time.perf_counter()
     result = PplDispersionResult(pooling, site, sampling.skip_first, sampling.seed)
     docs = {d: sampling.texts(d) for d in datas}

@@ -76,7 +76,8 @@ def _add_mc_args(p: argparse.ArgumentParser, command: str, files: str) -> None:
 
 
 def _scored(args: argparse.Namespace):
-    from ..applications.mcqa import MCResult, evaluate_task
+    from ..applications.mcqa import MCResult
+    from ..applications.mcqa.scoring import TaskSettings, run_evaluate_task
 
     if args.scores:
         import zipfile
@@ -100,20 +101,17 @@ def _scored(args: argparse.Namespace):
             "choices_field": args.choices_field,
             "answer_field": args.answer_field,
         }
-    result = evaluate_task(
-        lm,
-        args.task,
-        args.data,
+    settings = TaskSettings(
         fmt=args.format,
         shots=args.shots,
         shots_data=args.shots_data,
         limit=args.limit,
         seed=args.seed,
-        site=one_site(args, args._command),
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-        **columns,
+        columns=columns,
     )
+    site = one_site(args, args._command)
+    progress = not args.quiet
+    result = run_evaluate_task(lm, args.task, args.data, settings, site, args.batch_size, progress)
     path = result.save(out_dir(args) / "queries.npz")
     if result.has_labels:
         print(

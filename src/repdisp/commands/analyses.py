@@ -121,21 +121,22 @@ def _write(args: argparse.Namespace, result) -> None:
 
 def run_ppl(args: argparse.Namespace) -> int:
     from ..analyses import ppl_dispersion as ppl_mod
+    from ..core.settings import SeriesReading
+    from ..io.provenance import note_call, settings_keywords
 
     site = one_site(args, "ppl-vs-dispersion")
     check_out(args, f"{args.name}.json")
-    result = ppl_mod.ppl_vs_dispersion(
-        args.model,
-        args.data,
-        sampling=sampling_from_args(args),
-        stats=statistics_from_args(args),
-        pooling=args.pooling,
+    reading = SeriesReading(
         site=site,
+        pooling=args.pooling,
         last_token=args.last_token,
         contexts=args.contexts,
-        load=_loader(args),
         per_segment=args.save_segments,
     )
+    sampling, stats, load = sampling_from_args(args), statistics_from_args(args), _loader(args)
+    result = ppl_mod.run_ppl_vs_dispersion(args.model, args.data, reading, sampling, stats, load)
+    keywords = {"sampling": sampling, "stats": stats, "load": load} | settings_keywords(reading)
+    note_call(result, ppl_mod.ppl_vs_dispersion, (args.model, args.data), keywords)
     _write(args, result)
     return 0
 

@@ -64,32 +64,40 @@ class _LazyModels(list):
 
 
 def run_clusters(args: argparse.Namespace) -> int:
-    from ..analyses.clusters import clusters, write_outputs
+    from ..analyses import clusters as clusters_mod
+    from ..core.sampling import Sampling
+    from ..core.settings import Loading
+    from ..io.provenance import note_call, settings_keywords
 
     site = one_site(args, "clusters")
     check_out(args, "clusters.json")
-    result = clusters(
-        _LazyModels(args),
-        args.data,
+    settings = clusters_mod.ClusterSettings(
         ngram=args.ngram,
         min_count=args.min_count,
         per_cluster=args.per_cluster,
         context=args.context,
         n_clusters=args.clusters,
         site=site,
+        bootstrap=args.bootstrap,
+    )
+    sampling = Sampling(
         seed=args.seed,
         batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
         cache=not args.no_cache,
         progress=not args.quiet,
         text_field=args.text_field,
         encoding_errors=args.encoding_errors,
         split=args.split,
-        bootstrap=args.bootstrap,
     )
+    loading = Loading(device=args.device, dtype=args.dtype)
+    models = _LazyModels(args)
+    result = clusters_mod.run_clusters(models, args.data, settings, sampling, loading)
+    used = ("seed", "batch_size", "cache", "progress", "text_field", "encoding_errors", "split")
+    keywords = settings_keywords(settings) | {k: getattr(sampling, k) for k in used}
+    keywords |= {"device": loading.device, "dtype": loading.dtype}
+    note_call(result, clusters_mod.clusters, (models, args.data), keywords)
     print(result.summary())
     out = out_dir(args)
-    write_outputs(result, out)
+    clusters_mod.write_outputs(result, out)
     print(f"wrote {out}/clusters.json, clusters.csv, clusters_ngrams.csv, clusters.png")
     return 0

@@ -154,6 +154,16 @@ def _tokens(lm, sources: list[str], args: argparse.Namespace):
     )
 
 
+def _build_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "context": args.context,
+        "stride": args.stride,
+        "batch_size": args.batch_size,
+        "shard_windows": args.shard_windows,
+        "index": args.index,
+    }
+
+
 def _eval_kwargs(args: argparse.Namespace) -> dict:
     return {
         "k": args.k,
@@ -169,22 +179,19 @@ def _eval_kwargs(args: argparse.Namespace) -> dict:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from ..applications.knnlm import build_datastore
+    from ..applications.knnlm.datastore import run_build_datastore
+    from ..applications.knnlm.settings import BuildSettings
 
     lm = model_from_args(args)
     check_context(lm, "--context", args.context)
-    r = build_datastore(
+    r = run_build_datastore(
         lm,
         _tokens(lm, args.data, args),
         args.out,
-        sites=",".join(site_list(args.sites)),
-        source=" + ".join(args.data),
-        context=args.context,
-        stride=args.stride,
-        batch_size=args.batch_size,
-        shard_windows=args.shard_windows,
-        index=args.index,
-        progress=not args.quiet,
+        BuildSettings(**_build_kwargs(args)),
+        ",".join(site_list(args.sites)),
+        " + ".join(args.data),
+        not args.quiet,
     )
     print(
         f"datastore {r.folder}: {r.n_keys} keys from {r.n_tokens} tokens, sites {r.sites}; "
@@ -204,21 +211,20 @@ def _write_eval(result, out: Path) -> list[Path]:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..applications.knnlm import Datastore, evaluate_knnlm
+    from ..applications.knnlm.evaluation import run_evaluate_knnlm
+    from ..applications.knnlm.settings import EvalSettings
+    from ..io.provenance import note_call
 
     check_out(args, "knnlm_eval.json")
     lm = model_from_args(args)
     check_context(lm, "--context", args.context)
     store = Datastore.open(args.datastore, verify=args.verify)
     sites = site_list(args.sites) or None
-    result = evaluate_knnlm(
-        lm,
-        store,
-        _tokens(lm, args.data, args),
-        source=" + ".join(args.data),
-        sites=sites,
-        progress=not args.quiet,
-        **_eval_kwargs(args),
-    )
+    tokens, source, progress = _tokens(lm, args.data, args), " + ".join(args.data), not args.quiet
+    settings = EvalSettings(**_eval_kwargs(args))
+    result = run_evaluate_knnlm(lm, store, tokens, settings, sites, source, progress)
+    keywords = {"source": source, "sites": sites, "progress": progress} | _eval_kwargs(args)
+    note_call(result, evaluate_knnlm, (lm, store, tokens), keywords)
     print(result.table())
     paths = _write_eval(result, out_dir(args))
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -227,6 +233,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_select(args: argparse.Namespace) -> int:
     from ..applications.knnlm import select_key
+    from ..applications.knnlm.select import run_select_key
+    from ..applications.knnlm.settings import BuildSettings, EvalSettings, Profiling
+    from ..io.provenance import note_call, settings_keywords
     from ..io.results import write_result
 
     for flag, value in (("--data", args.data), ("--eval-data", args.eval_data)):
@@ -241,28 +250,23 @@ def run_select(args: argparse.Namespace) -> int:
     held_out = _tokens(lm, args.eval_data, args)
     out = out_dir(args)
     sites = ["final-block" if x == "auto" else x for x in site_list(args.sites)]
-    report = select_key(
-        lm,
-        train,
-        held_out,
-        out / "datastore",
+    profiling = Profiling(
         sites=profile_sites(sites),
         chunks=args.chunks[0],
         seeds=args.num_seeds,
         chunk_len=args.chunk_len,
         train_source=" + ".join(args.data),
         eval_source=" + ".join(args.eval_data),
-        build_kwargs={
-            "context": args.context,
-            "stride": args.stride,
-            "batch_size": args.batch_size,
-            "shard_windows": args.shard_windows,
-            "index": args.index,
-        },
-        eval_kwargs=_eval_kwargs(args),
         cache=not args.no_cache,
         progress=not args.quiet,
     )
+    build, evaluate = _build_kwargs(args), _eval_kwargs(args)
+    folder = out / "datastore"
+    report = run_select_key(
+        lm, train, held_out, folder, profiling, BuildSettings(**build), EvalSettings(**evaluate)
+    )
+    keywords = settings_keywords(profiling) | {"build_kwargs": build, "eval_kwargs": evaluate}
+    note_call(report, select_key, (lm, train, held_out, folder), keywords)
     print(report.table())
     paths = write_result(out, "knnlm_select", report)
     print("wrote " + ", ".join(str(p) for p in paths))

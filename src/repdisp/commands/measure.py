@@ -14,6 +14,7 @@ from .options import (
     check_out,
     model_from_args,
     out_dir,
+    sampling_from_args,
     site_list,
 )
 
@@ -74,31 +75,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_measure(args: argparse.Namespace) -> int:
-    from ..analyses.measure import measure
+    from dataclasses import replace
+
+    from ..analyses.measure import MeasureSettings, measure, measure_keywords
+    from ..analyses.measure import run_measure as measure_with
     from ..core.distributed import from_env
+    from ..io.provenance import note_call
     from ..io.results import write_result
 
     check_out(args, "measure.json")
-    result = measure(
-        model_from_args(args),
-        args.data,
+    lm = model_from_args(args)
+    sampling = replace(
+        sampling_from_args(args), cache=False if args.no_cache else (args.cache_dir or True)
+    )
+    settings = MeasureSettings(
         sites=site_list(args.sites),
-        segments=args.segments,
-        seq_len=args.seq_len,
         pooling=args.pooling,
-        seed=args.seed,
-        batch_size=args.batch_size,
         bootstrap=args.bootstrap,
-        skip_first=args.skip_first,
-        cache=False if args.no_cache else (args.cache_dir or True),
-        progress=not args.quiet,
-        text_field=args.text_field,
-        encoding_errors=args.encoding_errors,
-        split=args.split,
-        trust_remote_code=args.trust_remote_code,
         shard_segments=args.shard_segments,
         per_segment=args.save_segments,
     )
+    result = measure_with(lm, args.data, sampling, settings)
+    note_call(result, measure, (lm, args.data), measure_keywords(sampling, settings))
     if not from_env().is_main:  # rank 0 of a multi-process run reports
         return 0
     print(result.table())

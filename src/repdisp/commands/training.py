@@ -67,7 +67,8 @@ def run_train(args: argparse.Namespace) -> int:
     import os
 
     from ..io.results import write_csv, write_result
-    from ..training import load_config, train_run
+    from ..training import load_config
+    from ..training.run import RunOptions, run_train
 
     cfg = load_config(
         args.config,
@@ -78,15 +79,14 @@ def run_train(args: argparse.Namespace) -> int:
         aux_all_reduce=False if args.no_all_reduce else None,
     )
     out = Path(args.out or f"runs/training/{cfg.name}")
-    run = train_run(
-        cfg,
-        progress=not args.quiet,
+    options = RunOptions(
         report_to=report_to(args),
         logging_dir=out / "logs",
         dispersion_every=args.dispersion_every,
         checkpoint_dir=out / ".checkpoints",
         save_every=args.save_every,
     )
+    run = run_train(cfg, progress=not args.quiet, options=options)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     write_result(out, "run", run, tables=False, figure=False)

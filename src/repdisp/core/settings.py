@@ -80,3 +80,32 @@ class Statistics:
         if stats is None:
             return cls(**({"seed": seed} | fields_))
         return replace(stats, **fields_) if fields_ else stats
+
+
+@dataclass(frozen=True, kw_only=True)
+class Loading:
+    """How a model named by a string is loaded (``core.loading.load_model``): ``device``,
+    ``dtype`` and whether a pickled checkpoint may be read. A model object passed in is used
+    as it is. (``trust_remote_code`` travels with ``core.sampling.Sampling``.)"""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    allow_pickle: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeriesReading:
+    """What ``ppl_vs_dispersion`` reads and bins by: one ``site`` with the across-segment
+    ``pooling`` (last or mean); ``last_token``: bin by the last token's perplexity once per
+    length in ``contexts`` (else by sequence perplexity at the sampling's ``seq_len``);
+    ``per_segment``: keep one row per segment and series."""
+
+    site: str = "final"
+    pooling: str = "last"
+    last_token: bool = False
+    contexts: tuple[int, ...] | list[int] = (16, 64, 128, 256)
+    per_segment: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("last", "mean"):
+            raise RepdispError(f"across pooling must be last or mean, got {self.pooling!r}")

@@ -184,6 +184,20 @@ def data_provenance(d: Any) -> dict[str, Any]:
     }
 
 
+def note_call(result: Any, fn: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Note on ``result`` the call ``fn(*args, **kwargs)`` as ``@recorded`` would: how a command
+    that runs the settings-object form of an entry point records the public keyword call that
+    its settings amount to."""
+    if isinstance(result, Result):
+        result.provenance.setdefault("call", _call_text(fn, args, kwargs))
+    return result
+
+
+def settings_keywords(*settings: Any) -> dict[str, Any]:
+    """The fields of settings dataclasses as keywords of the public call they amount to."""
+    return {f.name: getattr(s, f.name) for s in settings for f in dataclasses.fields(s)}
+
+
 def call_name(fn: Any) -> str:
     """How ``fn`` is reached after ``import repdisp``: ``repdisp.NAME`` when the package exports
     it under that name, else ``MODULE.QUALNAME``."""

@@ -130,6 +130,22 @@ def _job_spec(cfg: TrainConfig, data: PreparedData, names: list[str], world: int
     return spec | {"train_sha256": h.hexdigest(), "world_size": world}
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How ``train_run`` reports, probes and checkpoints (beside the ``TrainConfig``, which says
+    what is trained): the Trainer's trackers ``report_to`` with TensorBoard files in
+    ``logging_dir``, a ``DispersionCallback`` every ``dispersion_every`` steps (0: none), a
+    checkpoint in ``checkpoint_dir`` every ``save_every`` steps (0: none), extra
+    ``callbacks``."""
+
+    report_to: str | list[str] = "none"
+    logging_dir: str | Path | None = None
+    dispersion_every: int = 0
+    checkpoint_dir: str | Path | None = None
+    save_every: int = 0
+    callbacks: list[Any] | None = None
+
+
 def train_run(
     cfg: TrainConfig,
     data: PreparedData | None = None,
@@ -153,7 +169,34 @@ def train_run(
     ``save_every`` steps (a multiple of ``log_steps``, so no partly averaged log is lost) and the
     same call after a crash resumes from the last one (``training.checkpoints``); the history and
     evaluations travel in the Trainer state, so the result equals an uninterrupted run's. The
-    folder is removed when the run ends. ``callbacks``: extra ``TrainerCallback``s."""
+    folder is removed when the run ends. ``callbacks``: extra ``TrainerCallback``s.
+    The keywords become a ``RunOptions`` for ``run_train``."""
+    return run_train(
+        cfg,
+        data,
+        progress,
+        RunOptions(
+            report_to=report_to,
+            logging_dir=logging_dir,
+            dispersion_every=dispersion_every,
+            checkpoint_dir=checkpoint_dir,
+            save_every=save_every,
+            callbacks=callbacks,
+        ),
+    )
+
+
+def run_train(
+    cfg: TrainConfig,
+    data: PreparedData | None = None,
+    progress: bool = False,
+    options: RunOptions | None = None,
+) -> RunResult:
+    """``train_run`` on a ``RunOptions`` (the commands and the sweep call this)."""
+    options = options or RunOptions()
+    report_to, logging_dir = options.report_to, options.logging_dir
+    dispersion_every, callbacks = options.dispersion_every, options.callbacks
+    checkpoint_dir, save_every = options.checkpoint_dir, options.save_every
     from transformers import TrainerCallback, TrainingArguments, default_data_collator
 
     from .trainer import PushAwayTrainer

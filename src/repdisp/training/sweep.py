@@ -21,7 +21,7 @@ from ..core.errors import RepdispError
 from ..io.results import Result, load_result, new_figure, write_csv, write_json, write_result
 from .config import TrainConfig
 from .data import prepare_data
-from .run import RunResult, _job_spec, train_run
+from .run import RunOptions, RunResult, _job_spec, run_train
 
 
 @dataclass
@@ -211,12 +211,11 @@ def run_sweep(
                         done = RunResult.from_dict(done.to_dict())
                     runs.append(done)
                     continue
-                run = train_run(
+                run = run_train(
                     replace(cfg, lr=lr, aux_weight=w, seed=seed),
                     data,
                     progress,
-                    checkpoint_dir=out / ".checkpoints",
-                    save_every=save_every,
+                    RunOptions(checkpoint_dir=out / ".checkpoints", save_every=save_every),
                 )
                 write_result(path.parent, path.stem, run, tables=False, figure=False)
                 if progress:

@@ -27,6 +27,7 @@ from ...core.models import LoadedModel
 from ...core.shards import atomic_write, note_finished
 from ...core.sites import Site
 from .index import _faiss, _on_gpu, build_index
+from .settings import BuildReport, BuildSettings
 from .windows import _batches, _window_batch, check_context, plan_windows
 
 _VERSION = 1
@@ -245,24 +246,6 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()
 
 
-@dataclass(kw_only=True)
-class BuildReport:
-    folder: str
-    n_tokens: int
-    n_keys: int
-    sites: list[str]
-    shards_computed: int
-    shards_reused: int
-    forward_seconds: float
-    write_seconds: float
-    index: dict[str, dict[str, Any]]
-    seconds: float
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.n_keys / max(self.seconds, 1e-9)
-
-
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=1).encode()
     atomic_write(folder / "manifest.json", lambda f: f.write(text))
@@ -291,7 +274,32 @@ def build_datastore(
     index: str = "auto",
     progress: bool = True,
 ) -> BuildReport:
-    """Fill (or resume) a datastore for ``sites`` over ``tokens`` in one forward pass, then index it."""
+    """Fill (or resume) a datastore for ``sites`` over ``tokens`` in one forward pass, then index
+    it. The keywords become a ``BuildSettings`` for ``run_build_datastore``."""
+    return run_build_datastore(
+        lm,
+        tokens,
+        folder,
+        BuildSettings(context=context, stride=stride, batch_size=batch_size,
+                      shard_windows=shard_windows, index=index),  # fmt: skip
+        sites,
+        source,
+        progress,
+    )
+
+
+def run_build_datastore(
+    lm: LoadedModel,
+    tokens: np.ndarray,
+    folder: str | Path,
+    settings: BuildSettings,
+    sites: str | list[str] = "-1.ffn",
+    source: str = "",
+    progress: bool = True,
+) -> BuildReport:
+    """``build_datastore`` on a ``BuildSettings`` (the commands call this)."""
+    context, stride, batch_size = settings.context, settings.stride, settings.batch_size
+    shard_windows, index = settings.shard_windows, settings.index
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()

@@ -17,6 +17,7 @@ from ...core.models import LoadedModel
 from ...io.results import Result, data_provenance, new_figure, record, recorded
 from .datastore import Datastore
 from .mixture import interpolate, knn_log_prob, perplexity
+from .settings import EvalSettings
 from .windows import _batches, _window_batch, check_context, plan_windows
 
 
@@ -151,7 +152,42 @@ def evaluate_knnlm(
 ) -> KnnEval:
     """Base and kNN-LM perplexity of ``tokens`` for each site of the datastore, in one pass.
 
-    The grids (λ × T) are scored on the same text; the neighbours are searched once."""
+    The grids (λ × T) are scored on the same text; the neighbours are searched once. The
+    keywords become an ``EvalSettings`` for ``run_evaluate_knnlm``."""
+    return run_evaluate_knnlm(
+        lm,
+        datastore,
+        tokens,
+        EvalSettings(
+            k=k,
+            lmbda=lmbda,
+            temperature=temperature,
+            lmbda_grid=lmbda_grid,
+            temperature_grid=temperature_grid,
+            context=context,
+            stride=stride,
+            batch_size=batch_size,
+            nprobe=nprobe,
+        ),
+        sites,
+        source,
+        progress,
+    )
+
+
+def run_evaluate_knnlm(
+    lm: LoadedModel,
+    datastore: Datastore,
+    tokens: np.ndarray,
+    settings: EvalSettings,
+    sites: list[str] | None = None,
+    source: str = "",
+    progress: bool = True,
+) -> KnnEval:
+    """``evaluate_knnlm`` on an ``EvalSettings`` (the commands call this)."""
+    k, lmbda, temperature, nprobe = settings.k, settings.lmbda, settings.temperature, settings.nprobe
+    lmbda_grid, temperature_grid = settings.lmbda_grid, settings.temperature_grid
+    context, stride, batch_size = settings.context, settings.stride, settings.batch_size
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()

@@ -15,9 +15,10 @@ import numpy as np
 from ...core.models import LoadedModel
 from ...core.stats import mean_ci
 from ...io.results import Result, record, recorded
-from .datastore import BuildReport, Datastore, build_datastore
-from .evaluation import KnnEval, evaluate_knnlm, plot_eval
+from .datastore import BuildReport, Datastore, run_build_datastore
+from .evaluation import KnnEval, plot_eval, run_evaluate_knnlm
 from .keys import KeyProfile, profile_keys
+from .settings import BuildSettings, EvalSettings, Profiling
 from .windows import chunk_windows
 
 
@@ -143,28 +144,51 @@ def select_key(
 ) -> SelectReport:
     """Dispersion profile on the training text, one datastore with every candidate site (one
     forward pass), one evaluation pass, and whether the highest-dispersion site won.
-    ``cache`` is the profile's extraction cache (see ``repdisp.extract``)."""
-    windows = chunk_windows(train, chunk_len, lm.bos_id, train_source)
-    profile = profile_keys(
-        lm, windows, chunks=[chunks], seeds=seeds, sites=sites, cache=cache, progress=progress
-    )
-    build = build_datastore(
+    ``cache`` is the profile's extraction cache (see ``repdisp.extract``). The keywords become
+    ``Profiling``, ``BuildSettings`` and ``EvalSettings`` for ``run_select_key``."""
+    return run_select_key(
         lm,
         train,
-        folder,
-        sites=profile.sites,
-        source=train_source,
-        progress=progress,
-        **(build_kwargs or {}),
-    )
-    result = evaluate_knnlm(
-        lm,
-        Datastore.open(folder),
         evaluation,
-        source=eval_source,
-        progress=progress,
-        **(eval_kwargs or {}),
+        folder,
+        Profiling(
+            sites=sites,
+            chunks=chunks,
+            seeds=seeds,
+            chunk_len=chunk_len,
+            train_source=train_source,
+            eval_source=eval_source,
+            cache=cache,
+            progress=progress,
+        ),
+        BuildSettings(**(build_kwargs or {})),
+        EvalSettings(**(eval_kwargs or {})),
     )
+
+
+def run_select_key(
+    lm: LoadedModel,
+    train: np.ndarray,
+    evaluation: np.ndarray,
+    folder: str | Path,
+    profiling: Profiling,
+    build_settings: BuildSettings,
+    eval_settings: EvalSettings,
+) -> SelectReport:
+    """``select_key`` on settings objects (the command calls this)."""
+    progress, train_source = profiling.progress, profiling.train_source
+    windows = chunk_windows(train, profiling.chunk_len, lm.bos_id, train_source)
+    profile = profile_keys(
+        lm, windows, chunks=[profiling.chunks], seeds=profiling.seeds, sites=profiling.sites,
+        cache=profiling.cache, progress=progress,
+    )  # fmt: skip
+    build = run_build_datastore(
+        lm, train, folder, build_settings, profile.sites, train_source, progress
+    )
+    result = run_evaluate_knnlm(
+        lm, Datastore.open(folder), evaluation, eval_settings, None, profiling.eval_source,
+        progress,
+    )  # fmt: skip
     ranked = sorted(result.sites, key=lambda s: s.best_ppl)
     winner = ranked[0].site
     report = SelectReport(

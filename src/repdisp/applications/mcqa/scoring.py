@@ -247,6 +247,20 @@ def score(
     return MCResult(items, loglik, pred, pred_norm, emb, site_obj.name, lm.name)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TaskSettings:
+    """Which questions ``evaluate_task`` scores and how they are prompted: the prompt format
+    ``fmt`` (None: the task's default), ``shots`` examples from ``shots_data``, a seeded random
+    subset of ``limit`` items, and the ``columns`` of a ``jsonl`` task."""
+
+    fmt: str | None = None
+    shots: int = 0
+    shots_data: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
 def evaluate_task(
     lm: LoadedModel,
     task: str,
@@ -262,11 +276,36 @@ def evaluate_task(
     progress: bool = True,
     **columns: Any,
 ) -> MCResult:
-    """Load, format and score a task; ``limit`` keeps a seeded random subset of that size."""
+    """Load, format and score a task; ``limit`` keeps a seeded random subset of that size. The
+    keywords become a ``TaskSettings`` for ``run_evaluate_task``."""
+    return run_evaluate_task(
+        lm,
+        task,
+        data,
+        TaskSettings(
+            fmt=fmt, shots=shots, shots_data=shots_data, limit=limit, seed=seed, columns=columns
+        ),
+        site,
+        batch_size,
+        progress,
+    )
+
+
+def run_evaluate_task(
+    lm: LoadedModel,
+    task: str,
+    data: str,
+    settings: TaskSettings,
+    site: str = "final",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> MCResult:
+    """``evaluate_task`` on a ``TaskSettings`` (the commands call this)."""
+    columns, shots, limit = settings.columns, settings.shots, settings.limit
     items = load_task(task, data, **columns)
     if limit is not None and limit < len(items):
-        keep = np.sort(np.random.default_rng(seed).choice(len(items), limit, replace=False))
+        keep = np.sort(np.random.default_rng(settings.seed).choice(len(items), limit, replace=False))
         items = [items[i] for i in keep]
-    pool = load_task(task, shots_data, **columns) if shots and shots_data else None
-    prompts = make_prompts(items, fmt or default_format(task), shots, pool)
+    pool = load_task(task, settings.shots_data, **columns) if shots and settings.shots_data else None
+    prompts = make_prompts(items, settings.fmt or default_format(task), shots, pool)
     return score(lm, items, prompts, site=site, batch_size=batch_size, progress=progress)
