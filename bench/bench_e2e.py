@@ -4,6 +4,7 @@
     python bench/bench_e2e.py --segments 96         # a quick run
     python bench/bench_e2e.py --compare-dtypes      # bfloat16, bf16-mixed vs float32
     python bench/bench_e2e.py --device cuda         # GPU: bf16, batch 64, pinned transfers
+    python bench/bench_e2e.py --sides paper,mixed   # only the row a user would pick
 
 The work: per segment its sequence perplexity, its last-token vector at ``final`` and the
 dispersion among its own tokens (``within``); then Algorithm 1 bins by perplexity, and per bin
@@ -12,15 +13,23 @@ Data: WikiText-2 test from ``$REPDISP_SHARED_DATA/wikitext-2-raw/wiki.test.raw``
 else the built-in ``python-docs``. Every side starts from the documents (tokenisation included,
 cold: no token cache) and has the model already loaded.
 
-    paper    the authors' released analysis code's method, re-created from its description:
-             batch 1; one forward with ``labels=`` for perplexity and a second with
-             ``output_hidden_states=True``; the final hidden states of each segment saved as
-             one .npy file; then each file read back, a T x T cosine matrix per segment for
-             the within-segment dispersion, and a B x B matrix per bin for the across one.
+    paper    the authors' released analysis code's method, re-created from its description,
+             always in float32: batch 1 (one segment per forward, no padding, no batching);
+             one forward with ``labels=`` for perplexity and a second with
+             ``output_hidden_states=True`` (every layer's hidden states are materialised, the
+             last one kept); the final hidden states of each segment saved as one .npy file;
+             then each file read back, a T x T float32 cosine matrix per segment for the
+             within-segment dispersion (O(T^2) pairwise), and a B x B matrix per bin for the
+             across one (O(B^2) pairwise).
     floor    a plain batched forward ``model(ids, labels=ids)`` over the same segments: the
              cost of one pass, the floor for anything that needs perplexity.
     repdisp  ``ppl_vs_dispersion`` (what ``repdisp ppl-vs-dispersion --no-cache`` calls), plus
-             its figure and JSON written to a temp folder.
+             its figure and JSON written to a temp folder, at ``--dtype`` (float32 on CPU).
+    mixed    the same call with the model loaded at ``--dtype bf16-mixed`` (float32 weights,
+             bfloat16 matrix products under autocast): what a user picks on a CPU or GPU.
+             Compared with the float32 paper side: the speed ratio (target >= 4x) and the
+             largest difference of every bin value (mean perplexity relative, across and
+             within absolute; target <= 0.005), each side binning by its own perplexities.
 
 ``--compare-dtypes`` runs the repdisp extraction in float32, bfloat16 and bf16-mixed (float32
 weights, bfloat16 products under autocast) on the same segments and reports tokens/s and the
@@ -52,7 +61,7 @@ from repdisp.core.corpus import load_texts, make_segments
 from repdisp.core.models import load_model
 from repdisp.core.sampling import Sampling
 
-SIDES = ("paper", "floor", "repdisp")
+SIDES = ("paper", "floor", "repdisp", "mixed")
 
 
 def load_avg() -> str:
@@ -177,26 +186,48 @@ def warm_up(lm, args) -> None:
     sync(lm.device)
 
 
+def bin_differences(paper: list, other: list) -> tuple[float, float, float] | None:
+    """Largest |difference| per bin value: mean perplexity (relative), across, within."""
+    a, b = np.array(paper), np.array(other)
+    if a.shape != b.shape:
+        return None
+    return (
+        float(np.max(np.abs(a[:, 0] - b[:, 0]) / a[:, 0])),
+        float(np.max(np.abs(a[:, 1] - b[:, 1]))),
+        float(np.max(np.abs(a[:, 2] - b[:, 2]))),
+    )
+
+
 def e2e(args) -> None:
     data = args.data or default_data()
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    models = {"repdisp": lm, "floor": lm}
+    if "paper" in args.sides:  # the paper's method runs in float32 whatever --dtype is
+        fp32 = args.dtype == "float32"
+        models["paper"] = (
+            lm if fp32 else load_model(args.model, device=args.device, dtype="float32")
+        )
+    if "mixed" in args.sides:
+        models["mixed"] = load_model(args.model, device=args.device, dtype="bf16-mixed")
     print(
         f"# {args.model} {args.dtype} on {args.device} (torch {torch.__version__}, "
         f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs); data {Path(data).name}; "
         f"{args.segments} segments x {args.seq_len} tokens; batch {args.batch_size}; "
         f"{args.bins} bins of {args.bin_size}"
     )
-    warm_up(lm, args)
+    for m in {id(models[s]): models[s] for s in args.sides}.values():
+        warm_up(m, args)
     res = {}
     with tempfile.TemporaryDirectory(prefix="bench_e2e_") as tmp:
         for side in args.sides:
             folder = Path(tmp, side)
             folder.mkdir()
+            m = models[side]
             if side == "floor":
-                res[side] = timed(lm.device, partial(run_floor, lm, data, args))
+                res[side] = timed(m.device, partial(run_floor, m, data, args))
             else:
                 fn = run_paper if side == "paper" else run_repdisp
-                res[side] = timed(lm.device, partial(fn, lm, data, args, folder))
+                res[side] = timed(m.device, partial(fn, m, data, args, folder))
             r = res[side]
             extra = (
                 f", {r['bytes_written'] / 2**20:.0f} MiB of .npy written"
@@ -211,12 +242,22 @@ def e2e(args) -> None:
     if "repdisp" in res and "paper" in res:
         ratio = res["paper"]["seconds"] / res["repdisp"]["seconds"]
         print(f"repdisp vs paper: {ratio:.2f}x faster (target >= 4x)")
-        a, b = np.array(res["paper"]["bins"]), np.array(res["repdisp"]["bins"])
-        if a.shape == b.shape:
+        if d := bin_differences(res["paper"]["bins"], res["repdisp"]["bins"]):
             print(
-                "  same bins, largest differences: mean perplexity "
-                f"{np.max(np.abs(a[:, 0] - b[:, 0]) / a[:, 0]):.2e} relative, across "
-                f"{np.max(np.abs(a[:, 1] - b[:, 1])):.2e}, within {np.max(np.abs(a[:, 2] - b[:, 2])):.2e}"
+                f"  same bins, largest differences: mean perplexity {d[0]:.2e} relative, "
+                f"across {d[1]:.2e}, within {d[2]:.2e}"
+            )
+    if "mixed" in res and "paper" in res:
+        ratio = res["paper"]["seconds"] / res["mixed"]["seconds"]
+        print(
+            f"repdisp bf16-mixed vs paper (float32): {ratio:.2f}x faster (target >= 4x"
+            + (")" if ratio >= 4 else f"; {4 / ratio:.2f}x short)")
+        )
+        if d := bin_differences(res["paper"]["bins"], res["mixed"]["bins"]):
+            ok = "met" if max(d) <= 0.005 else "NOT met"
+            print(
+                f"  max bin-value difference {max(d):.5f} (target <= 0.005, {ok}): mean "
+                f"perplexity {d[0]:.5f} relative, across {d[1]:.5f}, within {d[2]:.5f}"
             )
     if "repdisp" in res and "floor" in res:
         rate = lambda s: res[s]["tokens"] / res[s]["seconds"]  # noqa: E731
@@ -287,7 +328,11 @@ def main() -> None:
     p.add_argument("--data", help="text source (default: WikiText-2 test, else python-docs)")
     p.add_argument("--segments", type=int, default=600)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: fp32 CPU, bf16 CUDA")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="the repdisp and floor sides (default: fp32 CPU, bf16 CUDA); paper is always fp32",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, help="default 8 on CPU, 64 on CUDA")
     p.add_argument(
