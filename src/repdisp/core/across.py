@@ -31,6 +31,7 @@ from scipy import sparse
 from scipy import stats as sps
 
 from .correlation import row_corr, row_slope
+from .geometry import _row_dot
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Stacked:
     def dispersions(self, units: np.ndarray) -> np.ndarray:
         """Per-row dispersion for float64 unit vectors ``units`` (N, d): one sparse product."""
         sums = np.asarray(self.w @ units)
-        norm2 = (sums * sums).sum(1)
+        norm2 = _row_dot(sums, sums)  # vecdot: one pass, no squared copy
         den = self.n * self.n - self.sq
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, 1 - (norm2 - self.sq) / np.where(den > 0, den, 1), np.nan)
