@@ -77,6 +77,7 @@ def run(
     jobs += [(s, ()) for s in on if s.over == "grid"]
     for s, where in jobs:
         ctx.steps.started = time.perf_counter()
+        ctx.steps.floor = 0.0
         s.fn(ctx, *where)
         findings(cfg, out)
     return findings(cfg, out, seconds=time.perf_counter() - t0)

@@ -9,6 +9,9 @@ keyed by the model's identity and everything that picks the segments, so two run
 with other settings never share it);
 across processes the shard cache makes a rerun read it back instead of running the model.
 
+Each computed extraction also times a plain forward over its segments (``plain_forward``, a
+calibrated sample) and adds it to the running step's floor (``steps.Steps.floor``).
+
 Contract: ``main_extraction(run, spec, data, lm)`` returns ``(segments, extraction, n_windows)``
 where ``n_windows`` is how many non-overlapping windows of ``seq_len`` the corpus holds.
 """
@@ -66,9 +69,29 @@ def main_extraction(run: Run, spec: str, data: str, lm: Any) -> tuple[Any, Any, 
         )
         segs, ex = sampling(run, n, cfg["seq_len"]).run(lm, data, SITES, POOLS, docs)
         run.say(f"  extraction {time.perf_counter() - t:.0f} s")
+        run.steps.floor += plain_forward(lm, segs.ids, cfg["batch_size"])
         _EXTRACTIONS.clear()  # keep one cell's vectors in memory
         _EXTRACTIONS[key] = (segs, ex, n_avail)
     return _EXTRACTIONS[key]
+
+
+def plain_forward(lm: Any, ids: Any, batch_size: int, sample: int = 2) -> float:
+    """Seconds a plain batched forward (``lm.model(ids)``: logits, no sites read) takes over all
+    ``len(ids)`` segments, calibrated on ``sample`` batches after one warm-up batch and scaled
+    linearly: the floor of a pass that reads those segments."""
+    import torch
+
+    n = len(ids)
+    m = min(n, sample * batch_size)
+    with torch.inference_mode(), lm.inference():
+        x = torch.as_tensor(ids[:m]).to(lm.device)
+        lm.model(input_ids=x[:batch_size], use_cache=False)
+        t = time.perf_counter()
+        for i in range(0, m, batch_size):
+            lm.model(input_ids=x[i : i + batch_size], use_cache=False)
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) * n / max(m, 1)
 
 
 def bin_settings(cfg: dict[str, Any], n_segments: int) -> dict[str, Any]:
