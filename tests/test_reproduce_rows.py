@@ -263,6 +263,16 @@ def test_new_rows_end_to_end_only_and_resume(tiny_cfg, monkeypatch, capsys):
     names = ("ppl_vs_dispersion", "layers", "sublayer_link", "layers_random_init", "knnlm_keys_ppl")
     assert sorted(timing) == sorted(f"{part}/{n}" for n in names)
     assert all(v >= 0 for v in timing.values()) and "## Wall time per step" in md
+    # the floor beside each step: the extraction's plain forward went to the step that ran it
+    floors = json.loads((out / "floor_seconds.json").read_text())
+    assert sorted(floors) == sorted(timing)
+    assert floors[f"{part}/ppl_vs_dispersion"] > 0  # it ran the main extraction (--only fig4)
+    for k, v in timing.items():
+        f = floors[k]
+        assert f"| {k} | {v:.1f} | {f:.1f} | {f'{v / f:.2f}x' if f > 0 else '-'} |" in md
+    total, floor = sum(timing.values()), sum(floors.values())
+    assert f"| all steps | {total:.1f} | {floor:.1f} | {total / floor:.2f}x |" in md
+    assert f"Whole run: {total:.1f} s, {total / floor:.2f}x its floor." in md
 
     # rerun: every step skipped, no forward pass, the same rows
     import repdisp.core.extract as extract_mod

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from .across import draw_values, stack_draws
 from .bootstrap import bca_interval, interval_method, jackknife_groups, mean_ci, n_to_decide
 from .correlation import Correlation, correlation, row_corr, row_slope
 from .errors import RepdispError
@@ -39,6 +40,7 @@ __all__ = [
     "unit_vectors",
     "within_stats",
 ]
+PER_DRAW = False  # True: the per-draw loop on the CPU too (the reference of core.across)
 unit_vectors = unit_rows  # the one normaliser (``core.geometry.unit_rows``)
 _row_corr, _row_slope, _p_perm = row_corr, row_slope, p_perm  # old private names
 
@@ -392,17 +394,23 @@ def across_stats(
     how_k = f"{PERM_INVERSION}, {perms} permutations of perplexity over segments, re-binned"
     how_k += "; p_perm: the same permutations"
     results = []
+    stacked = stack_draws(plans, n) if dev is None and not PER_DRAW else None
     for m in mats:
         u = unit_vectors(m)
-        if dev is not None:
-            u = torch.from_numpy(u).to(dev)
-        vals = np.full((len(plans), 4), np.nan)
-        d_obs = None
-        for j, p in enumerate(plans):
-            if p is not None:
-                d = _weights_dispersion(u, p.rows, p.cols, p.n_groups)
-                vals[j] = _plan_stats(d, p)
-                d_obs = d if j == 0 else d_obs
+        if stacked is not None:  # one sparse product per site over every draw (core.across)
+            d_all = stacked.dispersions(u)
+            vals = draw_values(d_all, plans, stacked.offsets, _plan_stats)
+            d_obs = d_all[: stacked.offsets[1]]
+        else:  # per draw: the GPU (one GEMM each) and the reference path (PER_DRAW)
+            if dev is not None:
+                u = torch.from_numpy(u).to(dev)
+            vals = np.full((len(plans), 4), np.nan)
+            d_obs = None
+            for j, p in enumerate(plans):
+                if p is not None:
+                    d = _weights_dispersion(u, p.rows, p.cols, p.n_groups)
+                    vals[j] = _plan_stats(d, p)
+                    d_obs = d if j == 0 else d_obs
         del u
         obs, boots = vals[0], vals[1 : 1 + reps]
         null, jack = vals[1 + reps : 1 + reps + perms], vals[1 + reps + perms :]

@@ -71,7 +71,7 @@ def run(
     out = Path(out)
     t0 = time.perf_counter()
     dist = distributed.from_env()
-    shared: dict[tuple[str, ...], float] = {}  # seconds of each cell's shared extraction
+    shared: dict[tuple[str, ...], tuple[float, float]] = {}  # (seconds, floor) per shared cell
     load = loader(cfg, model_args, trust_remote_code, allow_pickle)
     ctx = Run(cfg, out, load, progress and dist.is_main)
     on = [s for s in STEPS if s.enabled(cfg) and (need is None or s.name in need)]
@@ -96,7 +96,9 @@ def run(
         jobs += [(s, (spec, mc)) for mc in cfg.get("mc") or [] for s in on if s.over == "task"]
     jobs += [(s, ()) for s in on if s.over == "grid"]
     for s, where in jobs:
-        ctx.steps.started = time.perf_counter() - shared.pop(where, 0.0)
+        seconds, floor = shared.pop(where, (0.0, 0.0))
+        ctx.steps.started = time.perf_counter() - seconds
+        ctx.steps.floor = floor
         s.fn(ctx, *where)
         findings(cfg, out)
     return findings(cfg, out, seconds=time.perf_counter() - t0)

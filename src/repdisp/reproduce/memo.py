@@ -12,6 +12,9 @@ Under ``torchrun`` every process joins each cell's extraction first (``share_cel
 any step): the shards are split over the ranks and gathered to rank 0, and each rank caches
 its own shards, so rank 0's steps find the cell in memory or in the shard cache.
 
+Each computed extraction also times a plain forward over its segments (``plain_forward``, a
+calibrated sample) and adds it to the running step's floor (``steps.Steps.floor``).
+
 Contract: ``main_extraction(run, spec, data, lm)`` returns ``(segments, extraction, n_windows)``
 where ``n_windows`` is how many non-overlapping windows of ``seq_len`` the corpus holds.
 """
@@ -74,6 +77,8 @@ def main_extraction(
         )
         segs, ex = sampling(run, n, cfg["seq_len"]).run(lm, data, SITES, POOLS, docs, dist=dist)
         say(f"  extraction {time.perf_counter() - t:.0f} s")
+        if dist is None or dist.is_main:
+            run.steps.floor += plain_forward(lm, segs.ids, cfg["batch_size"])
         _EXTRACTIONS.clear()  # keep one cell's vectors in memory
         _EXTRACTIONS[key] = (segs, ex, n_avail)
     return _EXTRACTIONS[key]
@@ -81,18 +86,40 @@ def main_extraction(
 
 def share_cells(
     run: Run, cells: list[tuple[str, str]], dist: Any
-) -> dict[tuple[str, str], float]:
+) -> dict[tuple[str, str], tuple[float, float]]:
     """Under a launcher (``dist.world_size > 1``): the main extraction of every cell, shared
     by all processes (each computes and caches its shards; rank 0 gathers them). The cells go
     in reverse, so rank 0 ends holding the first cell the grid runs; it reads the others back
     from the shard cache when it gets to them. The other ranks are then done. Returns each
-    cell's seconds (the grid adds them to the cell's first step, as one process counts it)."""
+    cell's (seconds, floor seconds): the grid adds them to the cell's first step, as one process
+    counts it."""
     seconds = {}
     for spec, data in reversed(cells):
         t = time.perf_counter()
+        run.steps.floor = 0.0
         main_extraction(run, spec, data, run.model(spec), dist)
-        seconds[spec, data] = time.perf_counter() - t
+        seconds[spec, data] = (time.perf_counter() - t, run.steps.floor)
+    run.steps.floor = 0.0
     return seconds
+
+
+def plain_forward(lm: Any, ids: Any, batch_size: int, sample: int = 2) -> float:
+    """Seconds a plain batched forward (``lm.model(ids)``: logits, no sites read) takes over all
+    ``len(ids)`` segments, calibrated on ``sample`` batches after one warm-up batch and scaled
+    linearly: the floor of a pass that reads those segments."""
+    import torch
+
+    n = len(ids)
+    m = min(n, sample * batch_size)
+    with torch.inference_mode(), lm.inference():
+        x = torch.as_tensor(ids[:m]).to(lm.device)
+        lm.model(input_ids=x[:batch_size], use_cache=False)
+        t = time.perf_counter()
+        for i in range(0, m, batch_size):
+            lm.model(input_ids=x[i : i + batch_size], use_cache=False)
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) * n / max(m, 1)
 
 
 def bin_settings(cfg: dict[str, Any], n_segments: int) -> dict[str, Any]:

@@ -273,10 +273,7 @@ def findings(cfg: dict[str, Any], out: Path, seconds: float | None = None) -> tu
         sections.append(("Not finished yet", "\n".join(f"- {m}" for m in missing)))
     timing = read(out / "step_seconds.json")
     if timing:
-        lines = [f"- {k}: {v:.1f} s" for k, v in timing.items()]
-        note = "(the first step of a cell includes the cell's extraction; a skipped step keeps "
-        note += "the time of the run that computed it)"
-        sections.append(("Wall time per step", note + "\n\n" + "\n".join(lines)))
+        sections.append(("Wall time per step", timing_table(timing, read(out / "floor_seconds.json"))))
     if seconds is not None:
         intro.append(f"Wall time of this invocation: {seconds:.0f} s.")
     if rows:
@@ -285,6 +282,23 @@ def findings(cfg: dict[str, Any], out: Path, seconds: float | None = None) -> tu
     return write_findings(
         out, "repdisp reproduce: findings", intro, rows, sections, figures(cfg, out)
     )
+
+
+def timing_table(timing: dict[str, float], floors: dict[str, float] | None) -> str:
+    """Markdown table: step, seconds, floor seconds (the plain forwards it ran), ratio; then the
+    whole run against its floor (sums over the steps)."""
+    floors = floors or {}
+    note = "(the first step of a cell includes the cell's extraction; a skipped step keeps the "
+    note += "time of the run that computed it. Floor: a plain batched forward over the same "
+    note += "segments, the passes the step ran; the grid's floor is their sum)"
+    lines = ["| step | seconds | floor s | ratio |", "|---|---:|---:|---:|"]
+    for k, v in timing.items():
+        f = floors.get(k, 0.0)
+        lines.append(f"| {k} | {v:.1f} | {f:.1f} | {f'{v / f:.2f}x' if f > 0 else '-'} |")
+    total, floor = sum(timing.values()), sum(floors.get(k, 0.0) for k in timing)
+    ratio = f"{total / floor:.2f}x its floor" if floor > 0 else "no floor measured"
+    lines.append(f"| all steps | {total:.1f} | {floor:.1f} | {ratio.split()[0] if floor else '-'} |")
+    return note + "\n\n" + "\n".join(lines) + f"\n\nWhole run: {total:.1f} s, {ratio}."
 
 
 def figures(cfg: dict[str, Any], out: Path) -> list[tuple[str, str]]:

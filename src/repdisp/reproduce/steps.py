@@ -3,7 +3,8 @@
 A step computes one or more results and writes them into its folder (``io.results``: JSON with
 kind, provenance and run blocks, CSV tables, figure), then a marker ``FOLDER/.NAME.done.json``
 holding the parameters it ran with (and its wall time into ``out/step_seconds.json``; the first
-step of a cell includes the cell's extraction). On rerun a step whose marker equals its parameters (after a
+step of a cell includes the cell's extraction; beside it ``out/floor_seconds.json`` holds, under
+the same key, the plain-forward seconds of the passes the step ran: its floor). On rerun a step whose marker equals its parameters (after a
 JSON round trip) and whose files all exist is skipped; a step killed before its marker reruns.
 
 Registry: ``@step(over=..., when=...)`` appends the function to ``STEPS`` in definition order
@@ -68,6 +69,7 @@ class Steps:
         self.out = out
         self.log: list[str] = []
         self.started = time.perf_counter()  # the driver resets it before each step
+        self.floor = 0.0  # plain-forward seconds of the passes this step ran (memo.plain_forward)
 
     def done(
         self, folder: Path, name: str, params: dict[str, Any], needs: tuple[str, ...] = ()
@@ -102,13 +104,25 @@ class Steps:
         except ValueError:
             where = folder.as_posix()
         table[f"{where}/{name}"] = round(seconds, 1)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        os.replace(tmp, path)
+        _write(path, table)
+        floor_path = self.out / "floor_seconds.json"  # the same keys: the step's plain forwards
+        try:
+            floors = json.loads(floor_path.read_text())
+        except (OSError, ValueError):
+            floors = {}
+        floors[f"{where}/{name}"] = round(self.floor, 1)
+        self.floor = 0.0
+        _write(floor_path, floors)
 
     def say(self, text: str) -> None:
         print(text, flush=True)
         self.log.append(text)
+
+
+def _write(path: Path, table: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(table, indent=1))
+    os.replace(tmp, path)
 
 
 @dataclass
