@@ -110,7 +110,7 @@ class Steps:
             floors = json.loads(floor_path.read_text())
         except (OSError, ValueError):
             floors = {}
-        floors[f"{where}/{name}"] = round(self.floor, 1)
+        floors[f"{where}/{name}"] = round(self.floor, 4)
         self.floor = 0.0
         _write(floor_path, floors)
 
