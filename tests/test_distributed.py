@@ -86,7 +86,7 @@ def _result(path: Path) -> dict:
 def _same_folders(one: Path, two: Path) -> int:
     """Every JSON/CSV result file of ``one`` is in ``two`` with the same values; their count."""
     files = sorted(p.relative_to(one) for p in one.rglob("*") if p.suffix in (".json", ".csv"))
-    files = [f for f in files if f.name not in ("step_seconds.json",)]  # wall times
+    files = [f for f in files if f.name not in ("step_seconds.json", "floor_seconds.json")]  # wall times
     for f in files:
         if f.suffix == ".csv":
             assert (one / f).read_text() == (two / f).read_text(), f
@@ -246,7 +246,8 @@ def test_reproduce_under_torchrun_equals_one_process(
         assert names == {"ppl_vs_dispersion.json", "layers.json"}
     # claims.json/.csv, config.json, per cell 2 results, 2 step markers and 7 CSV tables
     assert _same_folders(tmp_path / "one", tmp_path / "two") == 25
-    timed = re.compile(r"^Wall time|: [0-9.]+ s$")  # the wall time and the per-step seconds
+    # the wall time, and the per-step seconds and floors (a table: step | s | floor s | ratio)
+    timed = re.compile(r"^Wall time|: [0-9.]+ s$|^\| .* \| [0-9.]+ \| [0-9.]+ \| .* \|$|^Whole run")
     one, two = (
         [
             ln

@@ -135,7 +135,9 @@ def test_reproduce_end_to_end_and_resume(grid, monkeypatch, capsys):
     assert f"N ≈ {expected:,} would decide" in rows[0]["result"]
     md = (out / "findings.md").read_text()
     assert "Verdict rule" in md and "| claim | scope | paper | result | verdict |" in md
-    assert md.count("\n| ") == len(rows) + 1
+    claims_table = md.split("## Claims", 1)[1].split("\n## ", 1)[0]
+    assert claims_table.count("\n| ") == len(rows) + 1
+    assert "| step | seconds | floor s | ratio |" in md  # the timing table, apart from the claims
     # Benjamini-Hochberg over the rows with a p-value, against its definition by brute force:
     # q_(i) = min over j >= i of p_(j) * m / j, with p sorted ascending
     with_p = [r for r in rows if r.get("p") is not None]
