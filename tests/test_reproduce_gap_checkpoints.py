@@ -30,6 +30,7 @@ def tok():
     """A byte-level BPE (EOS ``<|endoftext|>``) whose vocabulary holds most python keywords and
     everyday words as single tokens (trained on them and some prose)."""
     from pydoc_data.topics import topics
+
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -153,7 +154,9 @@ def test_exact_p_against_scipy_and_brute_force():
         assert t["value"] == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
         rho = [stats.spearmanr(x, np.array(p))[0] for p in itertools.permutations(y)]
         brute = np.mean(np.abs(rho) >= abs(t["value"]) - 1e-12)
-        assert t["p_value"] == pytest.approx(brute, abs=1e-12) and t["orderings"] == math.factorial(k)
+        assert t["p_value"] == pytest.approx(brute, abs=1e-12) and t["orderings"] == math.factorial(
+            k
+        )
         assert t["null_low"] <= 0 <= t["null_high"]
     tied = spearman_exact([1, 1, 2, 3, 5], [2, 1, 1, 4, 4])
     assert tied["value"] == pytest.approx(stats.spearmanr([1, 1, 2, 3, 5], [2, 1, 1, 4, 4])[0])
@@ -178,7 +181,7 @@ def test_verdict_rule_both_ways():
 
 def _config(tmp_path: Path, gap: dict) -> Path:
     path = tmp_path / "configs" / "c.yaml"
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"models": ["m"], "data": ["python-docs"], "gap": gap}))
     return path
 
@@ -202,12 +205,15 @@ def test_planted_ordering_gives_the_verdict_both_ways(tok, tmp_path, monkeypatch
     specs = [str(_save(tmp_path / f"c{i}", tok, 0, pull=p)) for i, p in enumerate(pulls)]
     # accuracy rising with G (sign +1: the paper's direction) or falling with it
     acc = [50 - sign * 10 * i for i in range(5)]
-    entries = [{"model": s, "accuracy": a, "name": f"c{i}"} for i, (s, a) in enumerate(zip(specs, acc))]
+    entries = [
+        {"model": s, "accuracy": a, "name": f"c{i}"}
+        for i, (s, a) in enumerate(zip(specs, acc, strict=False))
+    ]
     run = _grid(tmp_path, {"domain": "python", "reference": "everyday", "checkpoints": entries})
     gc.gap_checkpoints(run)
     doc = json.loads((run.out / "gap_checkpoints" / "gap_checkpoints.json").read_text())
     g = [r["cosine_gap"] for r in doc["checkpoints"]]
-    assert all(a > b for a, b in zip(g, g[1:]))  # the planted ordering holds
+    assert all(a > b for a, b in zip(g, g[1:], strict=False))  # the planted ordering holds
     rows, _ = claims(run.cfg | {"only": ["gap-checkpoints"]}, run.out)
     (row,) = rows
     assert row["verdict"] == ("supported" if sign == 1 else "contradicted")
@@ -237,7 +243,7 @@ def test_measured_perplexity_matches_the_model_loss(tok, tmp_path):
     doc = json.loads((run.out / "gap_checkpoints" / "gap_checkpoints.json").read_text())
     assert doc["accuracy_kind"] == "measured perplexity"
     ids = torch.as_tensor(token_stream(tok, [text.read_text()])[: 6 * 16].reshape(6, 16))
-    for spec, r in zip(specs, doc["checkpoints"]):
+    for spec, r in zip(specs, doc["checkpoints"], strict=False):
         model = AutoModelForCausalLM.from_pretrained(spec).eval()
         with torch.no_grad():
             loss = float(model(input_ids=ids, labels=ids).loss)  # mean over 6·15 predictions
@@ -253,19 +259,30 @@ def test_measured_perplexity_matches_the_model_loss(tok, tmp_path):
     ("gap", "match"),
     [
         ({"domain": "python", "colour": 1}, "unknown key"),
-        ({"domain": "python", "checkpoints": [{"model": "./nowhere", "accuracy": 1}] * 3}, "no such"),
+        (
+            {"domain": "python", "checkpoints": [{"model": "./nowhere", "accuracy": 1}] * 3},
+            "no such",
+        ),
         ({"domain": "python", "checkpoints": [{"model": "a/b", "acc": 1}]}, "unknown key"),
         ({"domain": "python", "checkpoints": [{"model": "a/b", "accuracy": 1}]}, "at least 3"),
         (
-            {"domain": "python", "checkpoints": [
-                {"model": "a/b", "accuracy": 1}, {"model": "a/c"}, {"model": "a/d", "accuracy": 2}
-            ]},
+            {
+                "domain": "python",
+                "checkpoints": [
+                    {"model": "a/b", "accuracy": 1},
+                    {"model": "a/c"},
+                    {"model": "a/d", "accuracy": 2},
+                ],
+            },
             "for every checkpoint or for none",
         ),
         ({"domain": "python", "checkpoints": [{"model": f"a/{c}"} for c in "xyz"]}, "perplexity"),
         (
-            {"domain": "python", "checkpoints": [{"model": f"a/{c}"} for c in "xyz"],
-             "perplexity": {"data": "./absent.txt"}},
+            {
+                "domain": "python",
+                "checkpoints": [{"model": f"a/{c}"} for c in "xyz"],
+                "perplexity": {"data": "./absent.txt"},
+            },
             "no such file",
         ),
         ({"domain": "python", "train": {"recipe": "./nope.yaml", "save_at": [1, 2, 3]}}, "recipe"),
@@ -287,3 +304,93 @@ def test_shipped_configs_load():
     assert len(cpu["train"]["save_at"]) >= 5 and cpu["perplexity"]["data"]
     gpu = load_config("gpu", root / "reproduce_gpu.yaml")["gap"]
     assert len(gpu["checkpoints"]) >= 3 and all("accuracy" in e for e in gpu["checkpoints"])
+
+
+def _train_block(tmp_path: Path) -> dict:
+    recipe = tmp_path / "configs" / "tiny_train.yaml"
+    recipe.parent.mkdir(exist_ok=True)
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-code",
+                "domains": [{"name": "code", "train": "python-code", "max_chars": 40000}],
+                "model": {"n_layer": 1, "n_embd": 16, "n_head": 2},
+                "vocab_size": 1000,
+                "block_size": 16,
+                "batch_size": 4,
+                "lr": 3.0e-3,
+                "warmup_steps": 2,
+                "eval_blocks": 8,
+                "log_steps": 2,
+            }
+        )
+    )
+    text = tmp_path / "heldout.txt"
+    text.write_text("def add(a, b):\n    return a + b\n\nclass Point:\n    pass\n" * 30)
+    words = tmp_path / "prose.txt"  # English words that the code's comments hold as one token
+    words.write_text(
+        "the value file name list object function default number string data "
+        "first time line error type path module used called given new"
+    )
+    return {
+        "domain": "python",
+        "reference": str(words),
+        "train": {
+            "recipe": str(recipe),
+            "save_at": [2, 4, 6, 8],
+            "save_every": 4,
+            "max_steps": 8,
+            "eval_steps": [8],
+        },
+        "perplexity": {"data": str(text), "seq_len": 16, "windows": 4},
+    }
+
+
+def test_trained_checkpoints_resume_after_a_crash_equal_an_uninterrupted_run(tmp_path, monkeypatch):
+    """The bundled kind of run: a GPT-2 from scratch saved at 4 steps. A run stopped at step 6
+    (after the Trainer checkpoint of step 4; a kill leaves the same files) and run again gives
+    the same checkpoints, G and perplexities as a run never stopped."""
+    import repdisp.training.run as tr
+    from repdisp.reproduce import gap_checkpoints as gc
+
+    block = _train_block(tmp_path)
+    whole = _grid(tmp_path / "a", block)
+    gc.gap_checkpoints(whole)
+    ref = json.loads((whole.out / "gap_checkpoints" / "gap_checkpoints.json").read_text())
+    assert [r["name"] for r in ref["checkpoints"]] == ["step-2", "step-4", "step-6", "step-8"]
+    assert all(
+        r["ppl"] > 1 and r["tokenizer"] == ref["checkpoints"][0]["tokenizer"]
+        for r in ref["checkpoints"]
+    )
+    row = gc.row_of(whole.cfg, ref)
+    assert "steps 2, 4, 6, 8 of 8" in row["scope"] and "k=4" in row["scope"]
+
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 6:
+                raise KeyboardInterrupt
+
+    original = tr.run_train
+
+    def crashing(cfg, data=None, progress=False, options=None):
+        from dataclasses import replace
+
+        return original(
+            cfg, data, progress, replace(options, callbacks=[*options.callbacks, Crash()])
+        )
+
+    cut = _grid(tmp_path / "b", block)
+    monkeypatch.setattr(tr, "run_train", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        gc.gap_checkpoints(cut)
+    assert (cut.out / "gap_checkpoints" / "work" / "checkpoint-4").is_dir()
+    assert not (cut.out / "gap_checkpoints" / "gap_checkpoints.json").exists()
+    monkeypatch.setattr(tr, "run_train", original)
+    gc.gap_checkpoints(cut)
+    again = json.loads((cut.out / "gap_checkpoints" / "gap_checkpoints.json").read_text())
+    for a, b in zip(ref["checkpoints"], again["checkpoints"], strict=True):
+        assert a["cosine_gap"] == pytest.approx(b["cosine_gap"], abs=1e-12)
+        assert a["ppl"] == pytest.approx(b["ppl"], rel=1e-12)
+    assert again["spearman"] == ref["spearman"]
