@@ -8,8 +8,8 @@ equally likely.
 
     ρ          Pearson correlation of the average ranks of x and of y (ties share a rank)
     p          two-sided exact permutation p: the share of the k! orderings π with
-               |ρ(x, y∘π)| >= |ρ_obs| (the observed ordering counts, so p >= 1/k! · #ties, and
-               p >= 2/k! whenever ρ_obs != 0: the floor is 1/12 at k = 4, 1/60 at k = 5)
+               |ρ(x, y∘π)| >= |ρ_obs|; the observed ordering and its mirror always count, so
+               without ties p >= 2/k! (the floor: 1/12 at k = 4, 1/60 at k = 5, 1/360 at k = 6)
     p_paper    one-sided: the share with ρ(x, y∘π) >= ρ_obs (ρ <= ρ_obs for direction -1)
     null band  the 2.5% and 97.5% points of ρ over the k! orderings: the range a ρ falls in
                under no relation, 95% of the time
