@@ -242,6 +242,9 @@ def load_config(
             raise RepdispError(f"{key} must be a positive integer, got {cfg[key]!r}")
     if not cfg["models"] or not cfg["data"]:
         raise RepdispError("give at least one model and one corpus")
+    from .gap_checkpoints import check_block  # §3.2 checkpoints: files exist, keys known
+
+    check_block(cfg.get("gap"))
     return cfg
 
 

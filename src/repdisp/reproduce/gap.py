@@ -24,7 +24,7 @@ def gap_step(run: Run, spec: str) -> None:
     from ..applications.gap import rank_by_gap
 
     cfg, folder = run.cfg, run.folder(spec)
-    params = {"model": spec} | cfg["gap"]
+    params = {"model": spec} | {k: v for k, v in cfg["gap"].items() if k in ("domain", "reference")}
     if run.steps.done(folder, "gap", params):
         return
     res = rank_by_gap(

@@ -85,15 +85,17 @@ def _token_sets(
 
 
 def checkpoint_gap(
-    spec: str,
+    spec: str | EmbeddingRows,
     domain_words: tuple[str, list[str]],
     reference_words: tuple[str, list[str]],
     tokenizers: dict[str, Any] | None = None,
 ) -> CheckpointGap:
-    """Gap components of one checkpoint, reading only the rows of the two token sets.
-    ``tokenizers`` caches loaded tokenizers by ``tokenizer_key`` across checkpoints."""
-    src = EmbeddingRows(spec)
-    t, r = _token_sets(src, domain_words, reference_words, tokenizers if tokenizers else {})
+    """Gap components of one checkpoint (a spec, or its opened ``EmbeddingRows``), reading only
+    the rows of the two token sets. ``tokenizers`` caches loaded tokenizers by
+    ``tokenizer_key`` across checkpoints."""
+    src = spec if isinstance(spec, EmbeddingRows) else EmbeddingRows(spec)
+    spec = src.spec
+    t, r = _token_sets(src, domain_words, reference_words, {} if tokenizers is None else tokenizers)
     rows = src.rows(np.concatenate([t.ids, r.ids]))
     dom, ref = rows[: len(t.ids)], rows[len(t.ids) :]
     return CheckpointGap(

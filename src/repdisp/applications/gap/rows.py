@@ -3,6 +3,9 @@
 safetensors  ``safe_open`` memory-maps the file; ``get_slice`` reads single rows
 URL          any fsspec URL (``hf://``, ``s3://``, ``https://``, ``file://``) of a safetensors
              file or folder: the header and the needed rows' byte ranges only (``remote``)
+hub id       ``org/name`` that is no local path: its snapshot in the local hub cache when it
+             holds the safetensors there (nothing is downloaded), else ``hf://org/name``
+             (the header, the rows' byte ranges and ``tokenizer.json``: no weights download)
 GGUF         the header's tensor table (``core.gguf``) locates ``output.weight`` (or
              ``token_embd.weight``); the needed rows are read through a memory map and
              dequantised with ``gguf.quants.dequantize``
@@ -18,11 +21,34 @@ import numpy as np
 
 from ...core.errors import RepdispError
 from ...core.gguf import tensor_infos
+from ...core.hub import is_hub_id, offline
 from ...core.models import BUNDLED, file_fingerprint, prepare
 from .remote import RemoteSafetensors, is_url
 
 _HEAD_KEYS = ("lm_head.weight", "embed_out.weight", "output.weight")
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+
+
+def hub_source(repo: str) -> str:
+    """Where the rows of hub model ``repo`` are read from: its cached snapshot folder when that
+    holds ``*.safetensors`` (local files only), else ``hf://repo`` (byte ranges)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(
+            snapshot_download(
+                repo,
+                allow_patterns=["*.safetensors", "*.safetensors.index.json", "tokenizer.json"],
+                local_files_only=True,
+            )
+        )
+        if any(folder.glob("*.safetensors")):
+            return str(folder)
+    except Exception:  # not cached (huggingface_hub raises its own types)
+        pass
+    if offline():
+        raise RepdispError(f"{repo}: not in the local hub cache and the hub is off (HF_HUB_OFFLINE)")
+    return f"hf://{repo}"
 
 
 class EmbeddingRows:
@@ -31,6 +57,8 @@ class EmbeddingRows:
     def __init__(self, spec: str):
         self.spec = spec
         self._remote: RemoteSafetensors | None = None
+        if spec not in BUNDLED and not Path(spec).expanduser().exists() and is_hub_id(spec):
+            spec = hub_source(spec)
         if is_url(spec):
             self._remote = r = RemoteSafetensors(spec, _HEAD_KEYS, _EMBED_SUFFIXES)
             self.tensor, self.tied, self.kind, self.path = r.tensor, r.tied, "safetensors", None
