@@ -52,8 +52,12 @@ from .verdict import verdict
 NAME = "scratch_clusters"
 ROWS = (  # (claim id, statistic, paper direction, the paper's statement)
     ("fig7-within", "within", +1, "within-cluster distance (to the centroid) grows over training"),
-    ("fig7-between", "between", +1, "between-cluster distance (among centroids) grows over "
-     "training"),  # fmt: skip
+    (
+        "fig7-between",
+        "between",
+        +1,
+        "between-cluster distance (among centroids) grows over training",
+    ),  # fmt: skip
     ("fig7-loss", "loss", -1, "while the held-out loss falls"),
 )
 DEFAULTS: dict[str, Any] = {  # a config's ``fig7:`` block is read over these

@@ -107,8 +107,9 @@ def analyse(
     brow = list(bootstrap_weights(b, reps, seed + 1))  # and one of the held-out blocks
     parts: dict[str, list[list[tuple[float, np.ndarray, np.ndarray]]]] = {
         "within": [[_mean_parts(within[s, t], crow) for t in range(t_n)] for s in range(s_n)],
-        "between": [[_dispersion_parts(centroids[s, t], crow) for t in range(t_n)]
-                    for s in range(s_n)],  # fmt: skip
+        "between": [
+            [_dispersion_parts(centroids[s, t], crow) for t in range(t_n)] for s in range(s_n)
+        ],  # fmt: skip
         "loss": [[_mean_parts(nll[s, t], brow) for t in range(t_n)] for s in range(s_n)],
     }
     units = {"within": ("clusters", k), "between": ("clusters", k), "loss": ("held-out blocks", b)}
@@ -127,7 +128,11 @@ def analyse(
         row: dict[str, Any] = {"step": int(step)}
         for stat in STATS:
             e = _interval(*combo(stat, {t: 1.0}), units[stat][0], reps, units[stat][1])
-            row |= {stat: e["value"], f"{stat}_ci_low": e["ci_low"], f"{stat}_ci_high": e["ci_high"]}
+            row |= {
+                stat: e["value"],
+                f"{stat}_ci_low": e["ci_low"],
+                f"{stat}_ci_high": e["ci_high"],
+            }
         rows.append(row)
     trends = []
     x = np.asarray(steps, dtype=np.float64)
@@ -142,7 +147,9 @@ def analyse(
         trend = {"stat": stat, **e, "first": first, "last": last, "spearman": rho,
                  "spearman_ci_low": float(lo), "spearman_ci_high": float(hi)}  # fmt: skip
         if steps[0] == 0 and t_n >= 3:  # descriptive: from the first trained checkpoint on
-            a = _interval(*combo(stat, {1: -1.0, t_n - 1: 1.0}), units[stat][0], reps, units[stat][1])
+            a = _interval(
+                *combo(stat, {1: -1.0, t_n - 1: 1.0}), units[stat][0], reps, units[stat][1]
+            )
             trend |= {"after_init": {k: a[k] for k in ("value", "ci_low", "ci_high")}}
         trends.append(trend)
     return rows, trends
@@ -225,7 +232,9 @@ class ScratchClusters(Result):
         ax2 = ax.twinx()
         ax2.plot(x, [r["loss"] for r in self.checkpoints], "^--", color="C2", label="held-out loss")
         ax2.set_ylabel("held-out loss (nats/token)")
-        ax.set_title(f"{self.clusters_used} clusters of {self.ngram}-gram contexts, {Path(self.data).name}")
+        ax.set_title(
+            f"{self.clusters_used} clusters of {self.ngram}-gram contexts, {Path(self.data).name}"
+        )
         ax.legend(loc="upper left", fontsize=8)
         ax2.legend(loc="upper right", fontsize=8)
         return fig
