@@ -30,7 +30,7 @@ by SIGKILL resumes from the last one, its kept ``step-T`` folders stay); a finis
 while those match (a seed folder of other parameters is cleared: it is this step's own cache);
 the step's marker ``.scratch_clusters.done.json`` (its parameters) skips it on rerun. The arrays
 behind the numbers are written as ``scratch_clusters_arrays.npz`` (steps, within values,
-centroids, block NLLs, contexts and labels).
+centroids, block NLLs, contexts, their n-gram's position in the held-out stream, labels).
 
 Claims (once per grid): ``fig7-within``, ``fig7-between``, ``fig7-loss`` (figure "Fig. 7").
 """
@@ -314,6 +314,7 @@ def scratch_clusters(run: Run) -> None:
     np.savez(
         top / f"{NAME}_arrays.npz", steps=np.asarray(steps), seeds=np.asarray(seeds),
         within=within, centroids=cents, nll=nlls, ids=ctx.segments.ids, labels=ctx.labels,
+        starts=ctx.segments.index,
     )  # fmt: skip
     write_result(top, NAME, result, segs=ctx.segments, seed=cfg["seed"])
     run.steps.finish(top, NAME, p)
