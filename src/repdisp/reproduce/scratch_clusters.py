@@ -255,7 +255,10 @@ def scratch_clusters(run: Run) -> None:
             f"fig7: {len(mined)} {block['ngram']}-gram(s) occur {block['min_count']}+ times in "
             f"the {len(stream):,} held-out tokens; lower fig7.min_count or fig7.ngram"
         )
-    load = lambda path: load_model(str(path), cfg["device"], "float32")  # noqa: E731
+
+    def load(path: Path) -> Any:
+        return load_model(str(path), cfg["device"], "float32")
+
     first = load(runs[0][0] / f"step-{steps[0]}")
     first.check_window(block["context"], "fig7.context")
     ctx = sample_contexts(
