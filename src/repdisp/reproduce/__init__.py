@@ -14,7 +14,9 @@ verdicts follow one stated rule (``verdict.VERDICT_RULE``).
 Files: ``config`` (scales, YAML loading, names and N per cell), ``steps`` (step registry, run
 context, resume markers), ``memo`` (the cell's extraction), ``claims`` (claim registry, row
 helpers), one module per family of steps and claims (``ppl``, ``layers``, ``knn``, ``mc``,
-``gap``, ``sublayers``, ``emergence``, ``knnlm_ppl``, ``gap_checkpoints``), ``verdict`` (the rule), ``page`` (the findings page), ``grid`` (the driver).
+``gap``, ``sublayers``, ``emergence``, ``knnlm_ppl``, ``pushaway``, ``finetune_shift``,
+``gap_checkpoints``, ``scratch_clusters``), ``verdict`` (the rule), ``page`` (the findings
+page), ``grid`` (the driver).
 
 Resume: extractions go through the shard cache (a killed run restarts from its finished shards;
 a second model adds only its own work); each step writes its files and then a ``.done.json``
@@ -42,6 +44,7 @@ from . import knnlm_ppl  # noqa: F401
 from . import pushaway  # noqa: F401
 from . import finetune_shift  # noqa: F401
 from . import gap_checkpoints  # noqa: F401
+from . import scratch_clusters  # noqa: F401
 
 # isort: on
 from .config import SCALES, load_config, segments

@@ -54,6 +54,9 @@ _COMMON: dict[str, Any] = {  # what both scales share; load_config deep-copies a
     # Fig. 6 (reproduce.finetune_shift): LoRA and full fine-tunes, off unless a config file
     # gives the block (configs/reproduce_*.yaml; hours of training at the GPU scale)
     "finetune": None,
+    # Fig. 7 (reproduce.scratch_clusters): checkpoints of one from-scratch training run, n-gram
+    # clusters of held-out contexts; off unless a config file gives the block
+    "fig7": None,
     "only": None,  # claim ids (--only): run only the steps those rows need, show only them
 }
 _WIKI = {
