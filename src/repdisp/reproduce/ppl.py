@@ -21,7 +21,7 @@ from typing import Any
 
 from .claims import Where, claim, command, fmt
 from .config import cell_params, label, segments, stem
-from .memo import bin_settings, main_extraction, n_available, sampling
+from .memo import bin_settings, main_extraction, n_available, plain_forward, sampling
 from .steps import Run, step, write_result
 from .verdict import n_to_decide, p_of, verdict
 
@@ -61,6 +61,7 @@ def ppl_step(run: Run, spec: str, data: str) -> None:
             c_segs, c_ex = sampling(run, n, ctx).run(
                 lm, data, "final", ["last", "within"], run.docs(data)
             )
+            run.steps.floor += plain_forward(lm, c_segs.ids, cfg["batch_size"])  # ctx's floor
             parts.append((c_segs, c_ex, True, ctx))
     stats = Statistics(
         **bin_settings(cfg, len(segs)),
