@@ -41,6 +41,7 @@ from . import emergence  # noqa: F401
 from . import knnlm_ppl  # noqa: F401
 from . import pushaway  # noqa: F401
 from . import finetune_shift  # noqa: F401
+from . import cloze  # noqa: F401
 
 # isort: on
 from .config import SCALES, load_config, segments

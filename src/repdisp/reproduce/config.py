@@ -54,6 +54,8 @@ _COMMON: dict[str, Any] = {  # what both scales share; load_config deep-copies a
     # Fig. 6 (reproduce.finetune_shift): LoRA and full fine-tunes, off unless a config file
     # gives the block (configs/reproduce_*.yaml; hours of training at the GPU scale)
     "finetune": None,
+    # Fig. 8 on next-word cloze (reproduce.cloze), off unless a config file gives the block
+    "cloze": None,
     "only": None,  # claim ids (--only): run only the steps those rows need, show only them
 }
 _WIKI = {
