@@ -183,7 +183,7 @@ def cloze_step(run: Run, spec: str) -> None:
         levels=levels,
         rho=ci["rho"],
         slope=ci["slope"],
-        notes=notes,
+        remarks=notes,
         seconds=time.perf_counter() - t0,
     )
     write_result(top, NAME, result, lm, seed=cfg["seed"], figure=bool(levels))
@@ -217,13 +217,16 @@ def row_of(cfg: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
         f"{guess['rate']:.3f} ({guess['token']!r}): "
         + ("not above it, too weak to test" if weak else "clearly above chance")
     )
-    rho, slope = doc["rho"], doc["slope"]
+    nan = float("nan")  # a NaN is written as null
+    rho, slope = ({k: nan if v is None else v for k, v in doc[s].items()} for s in ("rho", "slope"))
     if doc["levels"]:
         means = ", ".join(f"{lv['mean']:.4f}" for lv in (doc["levels"][0], doc["levels"][-1]))
         res = (f"mean per-seed Spearman(f, D) {fmt(rho, 3)}; slope D(100%) − D(0%) "
                f"{fmt(slope, 4)} (D {means}); {acc}")  # fmt: skip
     else:
-        res = f"no mixtures ({'; '.join(doc['notes'])}); {acc}"
+        res = f"no mixtures; {acc}"
+    if doc.get("remarks"):
+        res += f" ({'; '.join(doc['remarks'])})"
     v = row_verdict(rho, slope)
     return {
         "id": "fig8-cloze",

@@ -207,7 +207,7 @@ class ClozeResult(Result):
     levels: list[dict[str, Any]]  # level, n_correct, n_incorrect, mean, sem
     rho: dict[str, Any]
     slope: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
+    remarks: list[str] = field(default_factory=list)  # pool too small, no test
     seconds: float = 0.0
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
