@@ -157,8 +157,13 @@ def cloze_step(run: Run, spec: str) -> None:
                          block["seeds"])  # fmt: skip
         sem = D.std(axis=1, ddof=1) / np.sqrt(D.shape[1]) if D.shape[1] > 1 else D[:, 0] * np.nan
         levels = [
-            {"level": lv, "n_correct": int(round(lv * m)), "n_incorrect": m - int(round(lv * m)),
-             "mean": float(D[i].mean()), "sem": float(sem[i])}  # fmt: skip
+            {
+                "level": lv,
+                "n_correct": int(round(lv * m)),
+                "n_incorrect": m - int(round(lv * m)),
+                "mean": float(D[i].mean()),
+                "sem": float(sem[i]),
+            }  # fmt: skip
             for i, lv in enumerate(cr.LEVELS)
         ]
     else:
@@ -175,8 +180,10 @@ def cloze_step(run: Run, spec: str) -> None:
         n_correct=k,
         acc=k / n,
         acc_ci=list(cr.wilson(k, n)),
-        constant_guess={"token": lm.tokenizer.decode([int(first[best])]),
-                        "rate": float(counts[best] / n)},  # fmt: skip
+        constant_guess={
+            "token": lm.tokenizer.decode([int(first[best])]),
+            "rate": float(counts[best] / n),
+        },  # fmt: skip
         single_token_words=float(np.mean(got["n_word_tokens"] == 1)),
         sample=m,
         seeds=block["seeds"],

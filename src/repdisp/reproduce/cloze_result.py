@@ -46,15 +46,15 @@ def paragraphs(docs: list[str]) -> list[list[str]]:
     return out
 
 
-def make_queries(
-    docs: list[str], n: int, context_words: int, seed: int
-) -> list[tuple[str, str]]:
+def make_queries(docs: list[str], n: int, context_words: int, seed: int) -> list[tuple[str, str]]:
     """``n`` (context, next word) pairs: every position k >= ``context_words`` of a paragraph
     whose word k fully matches ``WORD`` is a candidate; ``n`` of them are drawn without
     replacement (``default_rng(seed)``), kept in text order. The context is the ``context_words``
     words before k joined by single spaces (it ends with a whole word, no trailing space)."""
     if context_words < 1 or n < 1:
-        raise RepdispError(f"cloze: queries and context_words must be >= 1, got {n}, {context_words}")
+        raise RepdispError(
+            f"cloze: queries and context_words must be >= 1, got {n}, {context_words}"
+        )
     pars = paragraphs(docs)
     cand = [
         (p, k)
