@@ -288,3 +288,36 @@ def test_a_model_at_chance_gets_no_test_and_a_bad_block_exits_2(tiny_gpt2_dir, t
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cloze: unknown key(s) ['repz']" in err[0]
+
+
+def test_a_killed_scoring_pass_resumes_at_its_first_missing_part(
+    tiny_gpt2_dir, tmp_path, monkeypatch
+):
+    """Parts of 30 queries: a run killed while scoring the second part rescores only the
+    parts after the first, and its queries equal those of an uninterrupted run."""
+    monkeypatch.setattr(cloze, "PART", 30)
+    real, calls = cr.score_cloze, []
+
+    def counted(lm, chunk, *a, **k):
+        calls.append(len(chunk))
+        if fail and len(calls) == 2:
+            raise KeyboardInterrupt  # killed while scoring the second part
+        return real(lm, chunk, *a, **k)
+
+    monkeypatch.setattr(cr, "score_cloze", counted)
+    cfg = write_cfg(tmp_path, tiny_gpt2_dir)
+    run = ["reproduce", "--config", str(cfg), "--only", "fig8-cloze", "--out"]
+    fail = False
+    assert main([*run, str(tmp_path / "whole")]) == 0 and calls == [30, 30, 20]
+    fail, calls = True, []
+    assert main([*run, str(tmp_path / "cut")]) == 130  # the CLI's exit code for Ctrl-C
+    (top,) = (tmp_path / "cut").glob("*/cloze-python-docs")
+    assert [p.name for p in top.glob("cloze_part*.npz")] == ["cloze_part0.npz"]
+    fail, calls = False, []
+    assert main([*run, str(tmp_path / "cut")]) == 0 and calls == [30, 20]
+    assert not list(top.glob("cloze_part*"))  # gathered into cloze_queries.npz
+    (whole,) = (tmp_path / "whole").glob("*/cloze-python-docs")
+    a, b = np.load(whole / "cloze_queries.npz"), np.load(top / "cloze_queries.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])

@@ -39,8 +39,9 @@ on each of rho and Δ (direction +1: dispersion rises with the fraction correct)
 supported when both are, contradicted when both are contradicted, else inconclusive. A model
 whose accuracy's Wilson CI does not exceed the best constant guess is marked too weak to test.
 
-Step ``cloze_step`` (per model, when ``cfg["cloze"]``; folder out/LABEL/cloze-STEM): the scored
-queries go to ``cloze_queries.npz`` behind their own marker (a rerun with other mixture or
+Step ``cloze_step`` (per model, when ``cfg["cloze"]``; folder out/LABEL/cloze-STEM): the queries
+are scored ``PART`` at a time, each part saved (a killed run resumes at its first missing part),
+then gathered into ``cloze_queries.npz`` behind their own marker (a rerun with other mixture or
 bootstrap settings reuses them), then ``cloze.json`` and its marker; a matching marker skips the
 step. Claim ``fig8-cloze`` (figure "Fig. 8", beside the ``fig8`` rows): one row per model.
 """
@@ -59,6 +60,7 @@ from .verdict import verdict
 
 NAME = "cloze"
 MIN_SAMPLE = 10
+PART = 100  # queries scored and saved together (a killed scoring pass resumes per part)
 DEFAULTS: dict[str, Any] = {  # a config's ``cloze:`` block is read over these
     "models": None,  # None / []: the grid's models
     "data": None,  # None: the grid's first corpus
@@ -131,18 +133,13 @@ def cloze_step(run: Run, spec: str) -> None:
         with np.load(qfile) as z:
             got = {k: z[k] for k in z.files}
     else:
-        queries = cr.make_queries(
-            run.docs(block["data"]), block["queries"], block["context_words"], cfg["seed"]
-        )
-        run.say(f"[cloze] {label(spec)}: scoring {len(queries)} queries")
-        got = cr.score_cloze(lm, queries, cfg["batch_size"], run.progress)
-        got["context"] = np.array([c for c, _ in queries])
-        got["word"] = np.array([w for _, w in queries])
-        top.mkdir(parents=True, exist_ok=True)
+        got = score_in_parts(run, lm, top, qp)
         tmp = top / f"{NAME}_queries.tmp.npz"
         np.savez(tmp, **got)
         tmp.replace(qfile)
         run.steps.finish(top, "cloze_queries", qp)
+        for part in top.glob(f"{NAME}_part*.npz"):
+            part.unlink()
     correct = np.asarray(got["correct"], dtype=bool)
     n, k = len(correct), int(correct.sum())
     m = min(block["sample"], k, n - k)
@@ -196,6 +193,42 @@ def cloze_step(run: Run, spec: str) -> None:
     write_result(top, NAME, result, lm, seed=cfg["seed"], figure=bool(levels))
     run.steps.finish(top, NAME, p)
     run.say(f"[cloze] {label(spec)}: acc {k / n:.3f}, {result.seconds:.0f} s")
+
+
+def score_in_parts(run: Run, lm: Any, top: Path, qp: dict[str, Any]) -> dict[str, Any]:
+    """The scored queries (``cloze_result.score_cloze``), ``PART`` queries at a time, each part
+    saved with the parameters it was scored for (``cloze_partJ.npz``), so a killed scoring pass
+    resumes at its first missing part; parts of other parameters are scored again."""
+    import json
+
+    import numpy as np
+
+    from . import cloze_result as cr
+
+    block, cfg = settings(run.cfg), run.cfg
+    queries = cr.make_queries(
+        run.docs(block["data"]), block["queries"], block["context_words"], cfg["seed"]
+    )
+    top.mkdir(parents=True, exist_ok=True)
+    want, parts = json.dumps(qp, sort_keys=True), []
+    for j, s in enumerate(range(0, len(queries), PART)):
+        path, chunk = top / f"{NAME}_part{j}.npz", queries[s : s + PART]
+        try:
+            with np.load(path) as z:
+                if str(z["params"]) == want:
+                    parts.append({k: z[k] for k in z.files if k != "params"})
+                    continue
+        except (OSError, KeyError, ValueError):
+            pass
+        run.say(f"[cloze] {label(qp['model'])}: scoring queries {s}-{s + len(chunk) - 1}")
+        got = cr.score_cloze(lm, chunk, cfg["batch_size"], run.progress)
+        got["context"] = np.array([c for c, _ in chunk])
+        got["word"] = np.array([w for _, w in chunk])
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, params=np.array(want), **got)
+        tmp.replace(path)
+        parts.append(got)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def row_verdict(rho: dict[str, Any], slope: dict[str, Any]) -> str:
