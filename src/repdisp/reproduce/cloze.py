@@ -62,7 +62,7 @@ NAME = "cloze"
 MIN_SAMPLE = 10
 PART = 100  # queries scored and saved together (a killed scoring pass resumes per part)
 DEFAULTS: dict[str, Any] = {  # a config's ``cloze:`` block is read over these
-    "models": None,  # None / []: the grid's models
+    "models": None,  # None / []: the grid's models; else those of them that the grid runs
     "data": None,  # None: the grid's first corpus
     "queries": 800,
     "context_words": 48,
@@ -92,7 +92,8 @@ def settings(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def block_models(cfg: dict[str, Any]) -> list[str]:
-    return list(settings(cfg)["models"] or cfg["models"])
+    """The block's ``models`` that the grid runs (all of the grid's when not given)."""
+    return [m for m in settings(cfg)["models"] or cfg["models"] if m in cfg["models"]]
 
 
 def folder(out: Path, spec: str, data: str) -> Path:
