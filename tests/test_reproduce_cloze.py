@@ -321,3 +321,20 @@ def test_a_killed_scoring_pass_resumes_at_its_first_missing_part(
     assert sorted(a.files) == sorted(b.files)
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_the_shipped_configs_give_valid_cloze_blocks():
+    from repdisp.reproduce.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cpu = cloze.settings(load_config("cpu", root / "configs/reproduce_cpu.yaml"))
+    gpu = cloze.settings(load_config("gpu", root / "configs/reproduce_gpu.yaml"))
+    assert (cpu["queries"], cpu["context_words"], cpu["sample"], cpu["seeds"]) == (
+        1000,
+        24,
+        100,
+        10,
+    )
+    assert (gpu["queries"], gpu["sample"], gpu["seeds"]) == (4000, 100, 10)
+    assert cpu["data"].endswith("wikitext-2-raw/wiki.test.raw") and gpu["data"] == cpu["data"]
+    assert load_config("cpu")["cloze"] is None  # off unless a config file gives the block
