@@ -248,13 +248,14 @@ def test_registries_keep_the_page_order():
     assert [c.name for c in CLAIMS] == [
         "ppl_rows", "layer_rows", "knn_rows", "mc_rows", "gap_rows", "sublayer_rows",
         "emergence_rows", "knnlm_rows", "table2_rows", "fig6_rows", "gap_checkpoint_rows",
-        "fig7_rows",
+        "fig7_rows", "fig8_cloze_rows",
     ]  # fmt: skip
     assert [(s.name, s.over) for s in STEPS] == [
         ("ppl_step", "cell"), ("layers_step", "cell"), ("knn_step", "cell"),
         ("mc_step", "task"), ("gap_step", "model"), ("sublayer_step", "cell"),
         ("random_init_step", "cell"), ("knnlm_step", "cell"), ("pushaway", "grid"),
         ("finetune_shift", "grid"), ("gap_checkpoints", "grid"), ("scratch_clusters", "grid"),
+        ("cloze_step", "model"),
     ]  # fmt: skip
 
 

@@ -7,7 +7,8 @@ analysis (``layers``), the kNN key profile (``knn``, Table 1) and the per-chunk 
 (``sublayers``, Fig. 31); a second pass of the same architecture at random init (``emergence``,
 §2.2(2) end); a kNN-LM datastore + evaluation per candidate key (``knnlm_ppl``, §3.3); per model
 the dispersion gap of its output embeddings (``gap``); per model x multiple-choice task the
-accuracy probe and hard slices (``mc``). ``--only ID[,ID]`` (``cfg["only"]``) runs the steps of
+accuracy probe and hard slices (``mc``); per model the same probe on next-word cloze (``cloze``,
+Fig. 8 where the bundled models are above chance). ``--only ID[,ID]`` (``cfg["only"]``) runs the steps of
 those claim rows only. Then ``findings.md``/``findings.html`` (``page``) with a claims table whose
 verdicts follow one stated rule (``verdict.VERDICT_RULE``).
 
@@ -15,8 +16,8 @@ Files: ``config`` (scales, YAML loading, names and N per cell), ``steps`` (step 
 context, resume markers), ``memo`` (the cell's extraction), ``claims`` (claim registry, row
 helpers), one module per family of steps and claims (``ppl``, ``layers``, ``knn``, ``mc``,
 ``gap``, ``sublayers``, ``emergence``, ``knnlm_ppl``, ``pushaway``, ``finetune_shift``,
-``gap_checkpoints``, ``scratch_clusters``), ``verdict`` (the rule), ``page`` (the findings
-page), ``grid`` (the driver).
+``gap_checkpoints``, ``scratch_clusters``, ``cloze``), ``verdict`` (the rule), ``page`` (the
+findings page), ``grid`` (the driver).
 
 Resume: extractions go through the shard cache (a killed run restarts from its finished shards;
 a second model adds only its own work); each step writes its files and then a ``.done.json``
@@ -45,6 +46,7 @@ from . import pushaway  # noqa: F401
 from . import finetune_shift  # noqa: F401
 from . import gap_checkpoints  # noqa: F401
 from . import scratch_clusters  # noqa: F401
+from . import cloze  # noqa: F401
 
 # isort: on
 from .config import SCALES, load_config, segments

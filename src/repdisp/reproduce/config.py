@@ -57,6 +57,8 @@ _COMMON: dict[str, Any] = {  # what both scales share; load_config deep-copies a
     # Fig. 7 (reproduce.scratch_clusters): checkpoints of one from-scratch training run, n-gram
     # clusters of held-out contexts; off unless a config file gives the block
     "fig7": None,
+    # Fig. 8 on next-word cloze (reproduce.cloze), off unless a config file gives the block
+    "cloze": None,
     "only": None,  # claim ids (--only): run only the steps those rows need, show only them
 }
 _WIKI = {
