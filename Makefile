@@ -21,15 +21,18 @@ install: $(BIN)/repdisp
 
 demo: install
 	@start=$$(date +%s); \
-	$(BIN)/repdisp models prepare smollm2-135m && \
-	$(BIN)/repdisp measure --model smollm2-135m --data python-docs --site final --site -1.attn \
-	    --segments 100 --seq-len 128 --batch-size 16 --out $(OUT) --overwrite && \
-	$(BIN)/repdisp ppl-vs-dispersion --model smollm2-135m --data python-docs --data python-code \
-	    --segments 300 --seq-len 64 --batch-size 16 --bin-size 20 --bins 12 --out $(OUT) \
-	    --overwrite && \
-	$(BIN)/repdisp report $(OUT) && \
+	step() { label=$$1; shift; t=$$(date +%s); "$$@" || exit 1; \
+	    echo "demo step $$label: $$(( $$(date +%s) - t )) s"; }; \
+	step prepare $(BIN)/repdisp models prepare smollm2-135m && \
+	step measure $(BIN)/repdisp measure --model smollm2-135m --data python-docs --site final \
+	    --site -1.attn --segments 64 --seq-len 128 --batch-size 16 --out $(OUT) --overwrite && \
+	step ppl-vs-dispersion $(BIN)/repdisp ppl-vs-dispersion --model smollm2-135m \
+	    --data python-docs --data python-code --segments 160 --seq-len 64 --batch-size 16 \
+	    --bin-size 10 --bins 12 --out $(OUT) --overwrite && \
+	step report $(BIN)/repdisp report $(OUT) && \
 	echo "open $(OUT)/report.html" && \
-	echo "demo: $$(( $$(date +%s) - start )) s (after installation)"
+	echo "demo: $$(( $$(date +%s) - start )) s (after installation; load average" \
+	    "$$(uptime | sed 's/.*load averages*: //'))"
 
 test: install
 	$(BIN)/ruff check src tests bench

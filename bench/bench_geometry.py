@@ -73,7 +73,7 @@ def bench_big(n_big: int, d: int, reps: int) -> None:
     print(
         f"[1] N={n_big} d={d} float32 ({x.nbytes / 2**20:.0f} MiB): X.sum(0) {t['sum'] * 1e3:.1f} ms, "
         f"dispersion {t['dispersion'] * 1e3:.1f} ms, ratio {t['dispersion'] / t['sum']:.2f}x "
-        "(target <= 3x)"
+        "(target <= 2.5x)"
     )
 
     tracemalloc.start()
