@@ -25,10 +25,10 @@ demo: install
 	    echo "demo step $$label: $$(( $$(date +%s) - t )) s"; }; \
 	step prepare $(BIN)/repdisp models prepare smollm2-135m && \
 	step measure $(BIN)/repdisp measure --model smollm2-135m --data python-docs --site final \
-	    --site -1.attn --segments 64 --seq-len 128 --batch-size 16 --out $(OUT) --overwrite && \
+	    --site -1.attn --segments 48 --seq-len 128 --batch-size 16 --out $(OUT) --overwrite && \
 	step ppl-vs-dispersion $(BIN)/repdisp ppl-vs-dispersion --model smollm2-135m \
-	    --data python-docs --data python-code --segments 160 --seq-len 64 --batch-size 16 \
-	    --bin-size 10 --bins 12 --out $(OUT) --overwrite && \
+	    --data python-docs --data python-code --segments 96 --seq-len 64 --batch-size 16 \
+	    --bin-size 10 --bins 8 --out $(OUT) --overwrite && \
 	step report $(BIN)/repdisp report $(OUT) && \
 	echo "open $(OUT)/report.html" && \
 	echo "demo: $$(( $$(date +%s) - start )) s (after installation; load average" \
