@@ -249,7 +249,7 @@ def load_config(
         raise RepdispError("give at least one model and one corpus")
     from .gap_checkpoints import check_block  # §3.2 checkpoints: files exist, keys known
 
-    check_block(cfg.get("gap"))
+    check_block(cfg.get("gap"), data_files=False)
     return cfg
 
 

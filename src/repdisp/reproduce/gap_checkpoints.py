@@ -71,8 +71,10 @@ def _recipe_path(spec: dict[str, Any]) -> Path:
     return recipe_path(spec)
 
 
-def check_block(block: Any) -> None:
-    """The ``gap:`` block's checkpoint settings (module docstring); a one-line error."""
+def check_block(block: Any, data_files: bool = True) -> None:
+    """The ``gap:`` block's checkpoint settings (module docstring); a one-line error.
+    ``data_files=False`` (when the config loads) leaves the perplexity text's existence to the
+    step, as every other step's data: a config naming the shared data loads without it."""
     from ..core.validate import check_keys
 
     if not block:
@@ -126,7 +128,8 @@ def check_block(block: Any) -> None:
         data = str(ppl["data"])
         from ..core.texts import BUILTIN_SOURCES
 
-        if data not in BUILTIN_SOURCES and not data.startswith("hf:") and not Path(data).exists():
+        local = data not in BUILTIN_SOURCES and not data.startswith("hf:")
+        if data_files and local and not Path(data).exists():
             raise RepdispError(f"gap.perplexity.data: {data}: no such file")
         for key in ("seq_len", "windows", "batch_size"):
             v = ppl.get(key, 2)
