@@ -54,7 +54,7 @@ from typing import Any
 
 from ..core.errors import RepdispError
 from .claims import claim, fmt, read
-from .config import label, stem
+from .config import block_over, label, stem
 from .steps import Run, step, write_result
 from .verdict import verdict
 
@@ -75,13 +75,7 @@ DEFAULTS: dict[str, Any] = {  # a config's ``cloze:`` block is read over these
 def settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The ``cloze`` block over ``DEFAULTS``; an unknown key or a bad size is a
     ``RepdispError``."""
-    given = cfg.get("cloze") or {}
-    if not isinstance(given, dict):
-        raise RepdispError(f"cloze: expected a mapping of settings, got {given!r}")
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise RepdispError(f"cloze: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
-    block = DEFAULTS | given
+    block = block_over(cfg, "cloze", DEFAULTS)
     block["data"] = block["data"] or cfg["data"][0]
     for key in ("queries", "context_words", "sample", "seeds", "reps"):
         if not isinstance(block[key], int) or block[key] < 1:

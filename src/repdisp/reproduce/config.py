@@ -287,3 +287,15 @@ def cell_params(cfg: dict[str, Any], spec: str, data: str) -> dict[str, Any]:
     """What identifies a cell's segments (part of every cell step's marker)."""
     n = segments(cfg, spec, data)
     return {"segments": n, "seq_len": cfg["seq_len"], "seed": cfg["seed"]}
+
+
+def block_over(cfg: dict[str, Any], name: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A step's config block ``cfg[name]`` read over its ``defaults`` (a new dict); not a
+    mapping or an unknown key is a one-line ``RepdispError``."""
+    given = cfg.get(name) or {}
+    if not isinstance(given, dict):
+        raise RepdispError(f"{name}: expected a mapping of settings, got {given!r}")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise RepdispError(f"{name}: unknown key(s) {unknown}; known: {sorted(defaults)}")
+    return defaults | given

@@ -44,7 +44,7 @@ from typing import Any
 
 from ..core.errors import RepdispError
 from .claims import claim, fmt, read
-from .config import label, stem
+from .config import block_over, label, stem
 from .memo import n_available, sampling
 from .steps import Run, step, write_result
 from .verdict import verdict
@@ -77,13 +77,7 @@ DEFAULTS: dict[str, Any] = {  # a config's ``finetune:`` block is read over thes
 
 def settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The ``finetune`` block over ``DEFAULTS``; an unknown key is a ``RepdispError``."""
-    given = cfg.get("finetune") or {}
-    if not isinstance(given, dict):
-        raise RepdispError(f"finetune: expected a mapping of settings, got {given!r}")
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise RepdispError(f"finetune: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
-    return DEFAULTS | given
+    return block_over(cfg, "finetune", DEFAULTS)
 
 
 def block_models(cfg: dict[str, Any]) -> list[str]:

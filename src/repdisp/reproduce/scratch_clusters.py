@@ -45,6 +45,7 @@ from typing import Any
 
 from ..core.errors import RepdispError
 from .claims import claim, fmt, read
+from .config import block_over
 from .pushaway import recipe_path
 from .steps import Run, step, write_result
 from .verdict import verdict
@@ -81,13 +82,7 @@ def folder(out: Path) -> Path:
 
 def settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The ``fig7`` block over ``DEFAULTS``; an unknown key or a bad value: ``RepdispError``."""
-    given = cfg.get("fig7") or {}
-    if not isinstance(given, dict):
-        raise RepdispError(f"fig7: expected a mapping of settings, got {given!r}")
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise RepdispError(f"fig7: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
-    block = DEFAULTS | given
+    block = block_over(cfg, "fig7", DEFAULTS)
     steps = block["checkpoints"]
     if (
         not isinstance(steps, list)
