@@ -27,7 +27,8 @@ table or section it belongs to; the page groups rows by it).
 
 then one parsed JSON document per file in ``reads`` (relative to ``at.folder``). When one of
 them is absent the builder is not called and "SCOPE: MISSING" goes to the page's "Not finished
-yet" list. ``when``: a config key that must be truthy (None: always). ``figure``: (file, caption)
+yet" list. ``when``: a config key that must be truthy (None: always); a cell builder whose
+``when`` block has a ``data`` list runs only for those corpora (``config.on_cell``). ``figure``: (file, caption)
 of a cell's figure, linked on the page when the file exists. Rows come out in grid
 order: per model, its cells (per corpus, the cell builders in registration order), then its
 tasks; the grid builders after all models.
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import label, segments, stem
+from .config import label, on_cell, segments, stem
 
 OVERS = ("cell", "task", "grid")
 Row = dict[str, Any]
@@ -154,7 +155,8 @@ def claims(cfg: dict[str, Any], out: Path) -> tuple[list[Row], list[str]]:
             folder = out / label(spec) / stem(data)
             at = Where(spec, folder, f"{label(spec)} · {stem(data)}", data=data)
             for c in (c for c in active if c.over == "cell"):
-                take(c, at)
+                if on_cell(cfg, c.when, data):  # the ``when`` block's ``data`` list
+                    take(c, at)
         for mc in cfg.get("mc") or []:
             at = Where(spec, out / label(spec) / mc["task"], f"{label(spec)} · {mc['task']}", mc=mc)
             for c in (c for c in active if c.over == "task"):

@@ -11,6 +11,11 @@ A new claim's settings are one new key in ``_COMMON`` (or per scale in ``SCALES`
 key in ``configs/reproduce_*.yaml``; a step or claim registered with ``when=KEY`` runs only when
 the key is truthy (``null`` in a file turns it off).
 
+Corpora per step: the blocks in ``CELL_BLOCKS`` may carry ``data: [CORPUS, ...]`` (a corpus's
+path or stem, ``stem``); their step and rows then run on those corpora only (``on_cell``).
+Every name must be a corpus of the run; ``--data`` on the command line clears the lists (the
+run's corpora are then the user's, all of them).
+
 Also here: where a model's and a corpus's results go (``label``, ``stem``), the N of a model on a
 corpus (``segments``: ``segments_for`` MODEL@CORPUS, then MODEL, then ``segments``) and the
 parameters that identify a grid cell's extraction (``cell_params``).
@@ -51,6 +56,9 @@ _COMMON: dict[str, Any] = {  # what both scales share; load_config deep-copies a
     # §2.2(2) end: the same architecture, randomly initialised (seeded), through the layer-wise
     # analysis on the same segments
     "random_init": {"seed": 0},
+    # Fig. 4's last-token lengths other than seq_len: one final-site pass each, on the corpora in
+    # ``data`` (null: every corpus) with at most ``segments`` segments (null: the cell's N)
+    "context_passes": {"data": None, "segments": None},
     # Fig. 6 (reproduce.finetune_shift): LoRA and full fine-tunes, off unless a config file
     # gives the block (configs/reproduce_*.yaml; hours of training at the GPU scale)
     "finetune": None,
@@ -161,6 +169,7 @@ SCALES: dict[str, dict[str, Any]] = {
     },
 }
 _KEYS = set(SCALES["cpu"])
+CELL_BLOCKS = ("random_init", "knnlm", "context_passes")  # blocks whose ``data`` limits cells
 OVERRIDABLE = ("models", "data", "segments", "seq_len", "dtype", "device", "batch_size")
 
 
@@ -226,6 +235,10 @@ def load_config(
         if key not in OVERRIDABLE:
             raise RepdispError(f"cannot override {key!r}; overridable: {', '.join(OVERRIDABLE)}")
         cfg[key] = value
+    if "data" in (overrides or {}):  # the user's corpora: every block runs on all of them
+        for key in CELL_BLOCKS:
+            if isinstance(cfg.get(key), dict):
+                cfg[key] = cfg[key] | {"data": None}
     for item in segments_for:
         name, _, n = item.rpartition("=")
         if not name or not n.isdigit():
@@ -247,10 +260,41 @@ def load_config(
             raise RepdispError(f"{key} must be a positive integer, got {cfg[key]!r}")
     if not cfg["models"] or not cfg["data"]:
         raise RepdispError("give at least one model and one corpus")
+    _check_cells(cfg)
     from .gap_checkpoints import check_block  # §3.2 checkpoints: files exist, keys known
 
     check_block(cfg.get("gap"), data_files=False)
     return cfg
+
+
+def _check_cells(cfg: dict[str, Any]) -> None:
+    """Each ``CELL_BLOCKS`` block's ``data`` names corpora of the run (one-line error if not)."""
+    known = {n for d in cfg["data"] for n in (d, stem(d))}
+    for key in CELL_BLOCKS:
+        block = cfg.get(key)
+        if block is not None and not isinstance(block, dict):
+            raise RepdispError(f"{key}: expected a mapping of settings or null, got {block!r}")
+        names = (block or {}).get("data")
+        if names is None:
+            continue
+        if isinstance(names, str):
+            names = block["data"] = [names]
+        bad = [n for n in names if n not in known]
+        if bad or not names:
+            raise RepdispError(
+                f"{key}.data: {', '.join(map(str, bad)) or 'empty list'} is not a corpus of "
+                f"this run; known: {', '.join(sorted(stem(d) for d in cfg['data']))} (or null: all)"
+            )
+    n = (cfg.get("context_passes") or {}).get("segments")
+    if n is not None and (not isinstance(n, int) or n < 2):
+        raise RepdispError(f"context_passes.segments must be an integer >= 2 or null, got {n!r}")
+
+
+def on_cell(cfg: dict[str, Any], key: str | None, data: str) -> bool:
+    """Whether the block ``cfg[key]``'s step runs on corpus ``data`` (its ``data`` list)."""
+    block = cfg.get(key) if key else None
+    names = block.get("data") if isinstance(block, dict) else None
+    return not names or data in names or stem(data) in names
 
 
 def parse_mc(text: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .claims import needed_steps
+from .config import on_cell
 from .memo import share_cells
 from .page import findings
 from .steps import STEPS, Run
@@ -89,7 +90,12 @@ def run(
     write_json(out / "config.json", cfg)
     jobs: list[tuple[Any, tuple[Any, ...]]] = []
     for spec in cfg["models"]:
-        jobs += [(s, (spec, d)) for d in cfg["data"] for s in on if s.over == "cell"]
+        jobs += [
+            (s, (spec, d))
+            for d in cfg["data"]
+            for s in on
+            if s.over == "cell" and on_cell(cfg, s.when, d)  # a block's ``data`` list
+        ]
     for spec in cfg["models"]:
         jobs += [(s, (spec,)) for s in on if s.over == "model"]
     for spec in cfg["models"]:

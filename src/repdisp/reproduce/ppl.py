@@ -4,7 +4,8 @@ Step ``ppl_vs_dispersion`` (per cell) writes one ``PplDispersionResult`` (site `
 last-token vectors, first token skipped) whose series are, in order: the sequence-perplexity
 series of the cell's main extraction (``memo``), then one last-token series per length in
 ``contexts`` (the length ``seq_len`` reuses the main extraction; any other length is a
-``final``-only pass over ``min(N, windows at that length)`` segments). Each series is
+``final``-only pass over ``min(N, windows at that length)`` segments, where N is
+``context_passes.segments`` or the cell's; only on the corpora of ``context_passes.data``). Each series is
 ``analyses.ppl_dispersion.series_from_extraction`` with Algorithm 1 settings from
 ``memo.bin_settings``, ``stats_reps`` resamples and ``permutations`` shuffles.
 
@@ -20,7 +21,7 @@ import time
 from typing import Any
 
 from .claims import Where, claim, command, fmt
-from .config import cell_params, label, segments, stem
+from .config import cell_params, label, on_cell, segments, stem
 from .memo import bin_settings, main_extraction, n_available, plain_forward, sampling
 from .steps import Run, step, write_result
 from .verdict import n_to_decide, p_of, verdict
@@ -36,6 +37,7 @@ def params(cfg: dict[str, Any], spec: str, data: str) -> dict[str, Any]:
         "stats_reps": cfg["stats_reps"],
         "permutations": cfg["permutations"],
         "contexts": cfg["contexts"],
+        "context_passes": cfg["context_passes"],
         "bootstrap": cfg["bootstrap"],
     }
 
@@ -56,8 +58,9 @@ def ppl_step(run: Run, spec: str, data: str) -> None:
     for ctx in cfg["contexts"]:
         if ctx == cfg["seq_len"]:
             parts.append((segs, ex, True, ctx))
-        else:
-            n = min(segments(cfg, spec, data), n_available(lm, run.docs(data), ctx))
+        elif on_cell(cfg, "context_passes", data):
+            cap = (cfg["context_passes"] or {}).get("segments") or segments(cfg, spec, data)
+            n = min(cap, n_available(lm, run.docs(data), ctx))
             c_segs, c_ex = sampling(run, n, ctx).run(
                 lm, data, "final", ["last", "within"], run.docs(data)
             )
