@@ -302,8 +302,45 @@ def test_cpu_scale_has_every_fig4_length():
 
     cfg = load_config("cpu", "configs/reproduce_cpu.yaml")
     assert cfg["contexts"] == [16, 64, 128, 256] == load_config("cpu")["contexts"]
-    assert cfg["knnlm"]["datastore_tokens"] == 50000 and cfg["only"] is None
+    assert cfg["knnlm"]["datastore_tokens"] == 20000 and cfg["only"] is None
+    assert cfg["knnlm"]["data"] == cfg["random_init"]["data"] == ["wiki"]
+    assert load_config("cpu")["knnlm"]["datastore_tokens"] == 50000
     assert load_config("cpu", only=["fig4,fig31", "emergence"])["only"] == [
         "fig4", "fig31", "emergence"
     ]  # fmt: skip
     assert load_config("cpu", no_knn=True)["knnlm"] is None
+
+
+def test_a_block_data_list_limits_its_step_and_rows_to_those_corpora(tiny_cfg, capsys):
+    from repdisp.reproduce.config import load_config
+
+    cfg, out = tiny_cfg
+    text = cfg.read_text().replace("data: [python-docs]", "data: [python-docs, python-code]")
+    text = text.replace("random_init: {seed: 0}", "random_init: {seed: 0, data: [python-code]}")
+    text = text.replace("knnlm: {", "knnlm: {data: [python-docs], ")
+    cfg.write_text(text + "context_passes: {data: [python-docs], segments: 12}\n")
+    calls_args = ["reproduce", "--config", str(cfg), "--out", str(out), "--quiet"]
+    assert main([*calls_args, "--only", "fig4,emergence,knnlm-ppl"]) == 0
+    docs, code = next(out.glob("*/python-docs")), next(out.glob("*/python-code"))
+    assert (docs / "knnlm_keys_ppl.json").exists() and not (code / "knnlm_keys_ppl.json").exists()
+    assert (code / "layers_random_init.json").exists()
+    assert not (docs / "layers_random_init.json").exists()
+    doc = json.loads((out / "claims.json").read_text())
+    assert doc["missing"] == []  # a corpus a block leaves out is not "not finished yet"
+    scopes = [(r["id"], r["scope"].split(" · ")[1].split(",")[0]) for r in doc["claims"]]
+    assert scopes == [
+        ("fig4", "python-docs"), ("fig4", "python-docs"), ("fig4", "python-docs"),
+        ("fig4", "python-code"), ("emergence", "python-code"), ("knnlm-ppl", "python-docs"),
+    ]  # fmt: skip: by figure; the other lengths (8, 32) on python-docs only, with 12 segments
+    ns = {r["claim"].rsplit("ctx ", 1)[1][:2]: r["scope"] for r in doc["claims"][:3]}
+    assert "N=12" in ns["8)"] and "N=12" in ns["32"] and "N=40" in ns["16"]
+    # --data on the command line: the user's corpora, every block on all of them
+    over = load_config("cpu", cfg, overrides={"data": ["x.txt"]})
+    assert over["knnlm"]["data"] is over["random_init"]["data"] is None
+    # a name that is not a corpus of the run is a one-line error naming the known ones
+    cfg.write_text(text.replace("data: [python-docs], ", "data: [wiki], "))
+    capsys.readouterr()
+    assert main(calls_args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "knnlm.data: wiki is not a corpus" in err[0]
+    assert "python-code, python-docs" in err[0]

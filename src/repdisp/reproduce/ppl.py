@@ -66,13 +66,13 @@ def ppl_step(run: Run, spec: str, data: str) -> None:
             )
             run.steps.floor += plain_forward(lm, c_segs.ids, cfg["batch_size"])  # ctx's floor
             parts.append((c_segs, c_ex, True, ctx))
-    stats = Statistics(
-        **bin_settings(cfg, len(segs)),
-        stats_reps=cfg["stats_reps"],
-        permutations=cfg["permutations"],
-    )
     result = PplDispersionResult("last", "final", 1, cfg["seed"])
     for s, e, last_token, _length in parts:
+        stats = Statistics(  # Algorithm 1 at this series' own N (a context pass may have fewer)
+            **bin_settings(cfg, len(s)),
+            stats_reps=cfg["stats_reps"],
+            permutations=cfg["permutations"],
+        )
         result.series.append(
             series_from_extraction(
                 lm.name, data, s, e, stats, site="final", pooling="last", last_token=last_token
