@@ -107,6 +107,25 @@ def test_result_roundtrip(tiny: LoadedModel, tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_prompt_longer_than_the_context_is_one_line(tiny: LoadedModel, monkeypatch) -> None:
+    from repdisp.applications.mcqa.scoring import _pack
+
+    prompts = make_prompts(ITEMS, "qa")
+    need = max(  # by hand: context tokens + the longest choice's tokens after the first
+        len(encode_pair(tiny.tokenizer, p.context, p.continuations[0])[0])
+        + max(len(encode_pair(tiny.tokenizer, p.context, c)[1]) - 1 for c in p.continuations)
+        for p in prompts
+    )
+    packed = [_pack(tiny.tokenizer, i, p, tiny.bos_id) for i, p in enumerate(prompts)]
+    assert need == max(k.n_ctx + max(n for _, n in k.blocks) for k in packed)
+    monkeypatch.setattr(type(tiny), "max_len", property(lambda self: need))
+    fits = score(tiny, ITEMS, prompts, progress=False)  # exactly at the limit: scored
+    assert all(np.isfinite(ll).all() for ll in fits.loglik)
+    monkeypatch.setattr(type(tiny), "max_len", property(lambda self: need - 1))
+    with pytest.raises(RepdispError, match=f"take {need} tokens, more than the model's context"):
+        score(tiny, ITEMS, prompts, progress=False)
+
+
 @pytest.mark.skipif(not (DATA / "arc").exists(), reason="../shared/data/arc absent")
 def test_arc_loader_real_files() -> None:
     dev = load_arc(DATA / "arc" / "ARC-Challenge-Dev.jsonl")

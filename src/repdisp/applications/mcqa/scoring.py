@@ -197,6 +197,14 @@ def score(
     packed = sorted(
         (_pack(lm.tokenizer, qi, p, bos) for qi, p in enumerate(prompts)), key=lambda p: -len(p.ids)
     )  # longest first: batches of similar length waste little padding
+    limit = lm.max_len
+    for p in packed if isinstance(limit, int) else ():
+        need = p.n_ctx + max(length for _, length in p.blocks)  # the last position used, + 1
+        if need > limit:
+            raise RepdispError(
+                f"question {p.qi}: its prompt and longest choice take {need} tokens, more than "
+                f"the model's context of {limit}; use fewer --shots or shorter questions"
+            )
     loglik = [np.zeros(len(p.continuations)) for p in prompts]
     emb = np.full((len(prompts), lm.d_model), np.nan, dtype=np.float32)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else (bos or 0)
