@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= results
+# pytest-xdist workers for `make test` (one per core; each worker runs torch on one thread)
+TEST_WORKERS ?= auto
 
 .PHONY: demo test lint install bench clean
 
@@ -36,7 +38,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 bench: install
 	$(BIN)/python bench/bench_geometry.py

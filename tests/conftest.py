@@ -32,6 +32,16 @@ DATA = Path(
 TINY_VOCAB = 512
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto``) each worker gets an equal share of
+    the cores for torch, so the workers do not oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from pydoc_data.topics import topics
