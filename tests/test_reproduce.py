@@ -267,3 +267,72 @@ def test_load_config_refuses_a_key_it_cannot_override():
         load_config("cpu", overrides={"knn": None})
     with pytest.raises(RepdispError, match="scale must be one of"):
         load_config("tpu")
+
+
+def test_the_grid_holds_one_model_at_a_time(tiny_gpt2_dir, tmp_path, monkeypatch):
+    """Each model is loaded once, for all its cells, model steps and tasks together, and its
+    memory is returned after its last step: when the second model loads, the first is gone."""
+    import gc
+    import shutil
+    import weakref
+
+    import repdisp.reproduce.grid as grid_mod
+    from repdisp.reproduce.config import load_config
+
+    monkeypatch.setenv("REPDISP_HOME", str(tmp_path / "home"))
+    second = tmp_path / "second-tiny"
+    shutil.copytree(tiny_gpt2_dir, second)
+    (tmp_path / "reference.txt").write_text("the of and to in is a if it be\n")
+    cfg_file = tmp_path / "two.yaml"
+    cfg_file.write_text(
+        f"""
+models: ["{tiny_gpt2_dir}", "{second}"]
+data: [python-docs, python-code]
+segments: 24
+seq_len: 16
+dtype: float32
+device: cpu
+batch_size: 12
+bin_size: 3
+bins: 4
+curve_bins: 4
+stats_reps: 10
+permutations: 10
+layer_stats_reps: 5
+bootstrap: 10
+contexts: [16]
+knn: null
+gap: {{domain: python, reference: "{tmp_path / 'reference.txt'}"}}
+pushaway: null
+mc: []
+sublayers: null
+random_init: null
+knnlm: null
+"""
+    )
+    events: list[str] = []
+    alive: dict[str, weakref.ref] = {}
+    real = grid_mod.loader
+
+    def counting_loader(*a, **k):
+        load = real(*a, **k)
+
+        def wrapped(spec):
+            gc.collect()
+            events.append(f"load {spec} (others alive: {sorted(s for s, r in alive.items() if r())})")
+            lm = load(spec)
+            alive[spec] = weakref.ref(lm)
+            return lm
+
+        return wrapped
+
+    monkeypatch.setattr(grid_mod, "loader", counting_loader)
+    cfg = load_config("cpu", cfg_file)
+    grid_mod.run(cfg, tmp_path / "run", progress=False)
+    first = str(tiny_gpt2_dir)
+    assert events == [f"load {first} (others alive: [])", f"load {second} (others alive: [])"]
+    gc.collect()
+    assert all(r() is None for r in alive.values())  # both released at the end
+    steps = list(json.loads((tmp_path / "run" / "step_seconds.json").read_text()))
+    firsts = [i for i, k in enumerate(steps) if k.startswith("tiny-gpt20/")]
+    assert firsts == list(range(len(firsts))) and any(k.endswith("/gap") for k in steps[: len(firsts)])

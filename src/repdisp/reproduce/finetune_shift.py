@@ -275,6 +275,8 @@ def one_model(run: Run, spec: str) -> None:
     np.savez(top / f"{NAME}_vectors.npz", ids=np.asarray(segs.ids), **vectors)
     write_result(top, NAME, result, base, segs, cfg["seed"], figure=False)
     run.steps.finish(top, NAME, p)
+    del base
+    run.release(spec)  # a grid step: nothing after it needs the base model
     run.say(
         f"[finetune] {label(spec)}: {len(tuned)} fine-tunes + evaluation {result.seconds:.0f} s"
     )

@@ -2,8 +2,9 @@
 
 ``run(cfg, out, ...)`` writes ``out/config.json`` (the settings as run), then runs the steps of
 ``steps.STEPS`` that ``cfg`` enables, in this order: for each model, for each corpus, the "cell"
-steps (registration order); then for each model the "model" steps; then for each model, for each
-task of ``cfg["mc"]``, the "task" steps; then the "grid" steps (once). With ``cfg["only"]`` (claim ids, ``--only``) only the
+steps (registration order), then its "model" steps, then for each task of ``cfg["mc"]`` its
+"task" steps; then the "grid" steps (once). A model is loaded once, at its first step, and
+released (with the memoised extraction) after its last, so a grid holds one model at a time. With ``cfg["only"]`` (claim ids, ``--only``) only the
 steps those claims read run (``claims.needed_steps``), and the page shows only their rows. The findings page (``page.findings``) is rewritten after
 every step, so verdicts appear as they come out; the last rewrite records the wall time.
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from .claims import needed_steps
 from .config import on_cell
-from .memo import share_cells
+from .memo import forget, share_cells
 from .page import findings
 from .steps import STEPS, Run
 
@@ -89,22 +90,24 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg)
     jobs: list[tuple[Any, tuple[Any, ...]]] = []
-    for spec in cfg["models"]:
+    for spec in cfg["models"]:  # one model's jobs together: it is loaded once, then released
         jobs += [
             (s, (spec, d))
             for d in cfg["data"]
             for s in on
             if s.over == "cell" and on_cell(cfg, s.when, d)  # a block's ``data`` list
         ]
-    for spec in cfg["models"]:
         jobs += [(s, (spec,)) for s in on if s.over == "model"]
-    for spec in cfg["models"]:
         jobs += [(s, (spec, mc)) for mc in cfg.get("mc") or [] for s in on if s.over == "task"]
     jobs += [(s, ()) for s in on if s.over == "grid"]
-    for s, where in jobs:
+    last = {where[0]: i for i, (_, where) in enumerate(jobs) if where}
+    for i, (s, where) in enumerate(jobs):
         seconds, floor = shared.pop(where, (0.0, 0.0))
         ctx.steps.started = time.perf_counter() - seconds
         ctx.steps.floor = floor
         s.fn(ctx, *where)
         findings(cfg, out)
+        if where and last[where[0]] == i:  # the model's last job: free its weights and vectors
+            forget()
+            ctx.release(where[0])
     return findings(cfg, out, seconds=time.perf_counter() - t0)

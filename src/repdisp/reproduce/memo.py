@@ -36,6 +36,11 @@ POOLS = ["last", "within"]
 _EXTRACTIONS: dict[tuple[str, str], Any] = {}
 
 
+def forget() -> None:
+    """Drop the memoised extraction (the driver calls it when a model's last step is done)."""
+    _EXTRACTIONS.clear()
+
+
 def n_available(lm: Any, docs: list[str], seq_len: int) -> int:
     """Non-overlapping windows of ``seq_len`` tokens in the corpus's token stream."""
     from ..core.corpus import token_stream

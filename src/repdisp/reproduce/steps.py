@@ -17,8 +17,8 @@ for, and so its signature:
     "grid"   fn(run)               once, after every task      its own folder under out
 
 ``when``: a config key; the step runs only when ``cfg[when]`` is truthy (None: always).
-The driver (``grid.run``) runs every cell's steps, then every model's, then every task's,
-then the grid's.
+The driver (``grid.run``) runs, model by model, its cells' steps, its model steps and its
+tasks' steps, releasing the model after its last (``Run.release``); then the grid's steps.
 """
 
 from __future__ import annotations
@@ -148,6 +148,18 @@ class Run:
         if spec not in self._models:
             self._models[spec] = self.load(spec)
         return self._models[spec]
+
+    def release(self, spec: str) -> None:
+        """Forget the loaded model ``spec`` (its next ``model(spec)`` loads it again) and
+        return its memory: garbage-collected, and CUDA's cached blocks freed."""
+        import gc
+        import sys
+
+        self._models.pop(spec, None)
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
 
     def docs(self, data: str) -> list[str]:
         from ..core.corpus import load_texts
