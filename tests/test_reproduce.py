@@ -138,6 +138,12 @@ def test_reproduce_end_to_end_and_resume(grid, monkeypatch, capsys):
     claims_table = md.split("## Claims", 1)[1].split("\n## ", 1)[0]
     assert claims_table.count("\n| ") == len(rows) + 1
     assert "| step | seconds | floor s | ratio |" in md  # the timing table, apart from the claims
+    # a floor for every step that ran a pass (the cell's extraction, the MC prompts), none for
+    # the steps that only compute statistics
+    floors = json.loads((out / "floor_seconds.json").read_text())
+    ran = {k for k, v in floors.items() if v > 0}
+    part, mc_part = cell.relative_to(out).as_posix(), mc_cell.relative_to(out).as_posix()
+    assert ran == {f"{part}/ppl_vs_dispersion", f"{mc_part}/queries"}
     # Benjamini-Hochberg over the rows with a p-value, against its definition by brute force:
     # q_(i) = min over j >= i of p_(j) * m / j, with p sorted ascending
     with_p = [r for r in rows if r.get("p") is not None]

@@ -230,6 +230,11 @@ def test_row_equals_a_recomputation_from_the_saved_queries(ran):
     assert len(z["word"]) == res["n_queries"] == 80 and res["n_correct"] == 40
     assert all(cr.WORD.fullmatch(w) for w in z["word"])
     assert all(len(c.split()) == 6 for c in z["context"])
+    # the scoring pass has its floor (the packed prompts' plain forward); the statistics none
+    floors = json.loads((out / "floor_seconds.json").read_text())
+    part = top.relative_to(out).as_posix()
+    assert floors[f"{part}/cloze_queries"] > 0 and floors[f"{part}/cloze"] == 0
+    assert (z["packed_tokens"] >= 1).all() and len(z["packed_tokens"]) == 80
     c, i = np.flatnonzero(z["correct"]), np.flatnonzero(~z["correct"])
     for lv in res["levels"]:
         vals = [brute(z["embeddings"][sample_mix(c, i, lv["level"], 12, s)]) for s in range(3)]

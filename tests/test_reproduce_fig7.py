@@ -288,6 +288,8 @@ def test_rows_equal_plain_forwards_of_the_kept_checkpoints(ran):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["fig7"]
     claims = json.loads((out / "claims.json").read_text())["claims"]
     assert [r["id"] for r in claims] == ["fig7-within"]
+    # its floor: the plain training steps and evaluations of the runs, the checkpoints' passes
+    assert json.loads((out / "floor_seconds.json").read_text())["fig7/scratch_clusters"] > 0
     res = json.loads((top / "scratch_clusters.json").read_text())
     arr = np.load(top / "scratch_clusters_arrays.npz")
     assert res["steps"] == [0, 5, 10] and list(arr["steps"]) == [0, 5, 10]

@@ -97,6 +97,9 @@ def test_rows_equal_an_independent_recomputation(ran, tiny_gpt2_dir):
     cfg, out = ran
     top = out / "finetune" / Path(str(tiny_gpt2_dir)).name
     res = json.loads((top / "finetune_shift.json").read_text())
+    # its floor: the fine-tunes' plain optimiser steps and the evaluation passes
+    floors = json.loads((out / "floor_seconds.json").read_text())
+    assert floors[f"finetune/{top.name}/finetune_shift"] > 0
     vec = np.load(top / "finetune_shift_vectors.npz")
     ids = vec["ids"]
     assert ids.shape == (res["n_segments"], 16) and res["n_segments"] == 24

@@ -102,6 +102,7 @@ def test_step_writes_rows_and_is_skipped_on_rerun(tmp_path):
     assert any("single" in m for m in step_once(cfg, out))
     res = json.loads((out / "pushaway" / "pushaway_single.json").read_text())
     assert res["run"]["seeds"] == [0, 1] and res["run"]["eval_steps"] == [5, 10]
+    assert res["run"]["floor_s"] > 0  # the plain training of the 4 runs trained here
     rows = pushaway.table2_rows(cfg, out)
     assert [r["scope"].split(" · ")[2] for r in rows] == ["step 5 of 10", "step 10 of 10"]
     for r in rows:

@@ -267,6 +267,9 @@ def test_new_rows_end_to_end_only_and_resume(tiny_cfg, monkeypatch, capsys):
     floors = json.loads((out / "floor_seconds.json").read_text())
     assert sorted(floors) == sorted(timing)
     assert floors[f"{part}/ppl_vs_dispersion"] > 0  # it ran the main extraction (--only fig4)
+    # the random-init model's pass and the kNN-LM windows are passes too: each has its floor
+    ran = {k.rsplit("/", 1)[1] for k, v in floors.items() if v > 0}
+    assert ran == {"ppl_vs_dispersion", "layers_random_init", "knnlm_keys_ppl"}
     for k, v in timing.items():
         f = floors[k]
         assert f"| {k} | {v:.1f} | {f:.1f} | {f'{v / f:.2f}x' if f > 0 else '-'} |" in md

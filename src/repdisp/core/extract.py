@@ -93,6 +93,9 @@ class Extraction:
     mean_nll: np.ndarray | None = field(default=None, repr=False)
     last_nll: np.ndarray | None = field(default=None, repr=False)
     requested: dict[str, str] = field(default_factory=dict)  # site -> name asked, where different
+    # segments this call ran through the model (the rest came from the shard cache): the share
+    # of a plain forward the call cost (reproduce's floors)
+    computed: int = field(default=0, compare=False)
 
     def get(self, site: str, pool: str = "last") -> np.ndarray:
         key = f"{site}/{pool}"
@@ -144,9 +147,13 @@ def token_nll(model: Any, hidden: Any, ids: Any) -> Any:
         logits = head(h[s : s + chunk]).float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        # under device_map the head may sit on another device than h: one no-op .to() else
-        picked = logits.gather(1, targets[s : s + chunk, None].to(logits.device))[:, 0]
-        out[s : s + chunk] = (torch.logsumexp(logits, dim=-1) - picked).to(out.device)
+        # under device_map the head may sit on another device than h: one no-op .to() else.
+        # cross_entropy = logsumexp - the target's logit in one fused kernel (1.8x faster on CPU
+        # than torch.logsumexp + gather at a 49k vocabulary; equal to 1e-6 relative)
+        nll = torch.nn.functional.cross_entropy(
+            logits, targets[s : s + chunk].to(logits.device), reduction="none"
+        )
+        out[s : s + chunk] = nll.to(out.device)
     return out.view(ids.shape[0], -1)
 
 
@@ -373,6 +380,7 @@ def extract(
     mine = range(rank, n_shards, world_size)
     total = sum(bounds[i][1] - bounds[i][0] for i in mine)
     bar = tqdm(total=total, unit="seg", disable=not progress, desc=f"extract {lm.name}")
+    computed = [0]
 
     def shard(i: int) -> dict[str, np.ndarray]:
         rows = bounds[i]
@@ -386,6 +394,7 @@ def extract(
             parts.append(_forward_batch(lm, ids, site_list, pool_list, perplexity, skip_first))
             bar.update(len(ids))
         arrays = _shard_arrays(parts, lm.dtype)
+        computed[0] += rows[1] - rows[0]
         del parts
         if store:
             store.save(i, arrays, rows)
@@ -415,4 +424,5 @@ def extract(
         mean_nll=merged.get("mean_nll"),
         last_nll=merged.get("last_nll"),
         requested={s.name: s.requested for s in site_list if s.requested},
+        computed=computed[0],
     )

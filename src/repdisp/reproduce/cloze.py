@@ -55,6 +55,7 @@ from typing import Any
 from ..core.errors import RepdispError
 from .claims import claim, fmt, read
 from .config import block_over, label, stem
+from .memo import plain_forward_lengths
 from .steps import Run, step, write_result
 from .verdict import verdict
 
@@ -217,13 +218,15 @@ def score_in_parts(run: Run, lm: Any, top: Path, qp: dict[str, Any]) -> dict[str
             pass
         run.say(f"[cloze] {label(qp['model'])}: scoring queries {s}-{s + len(chunk) - 1}")
         got = cr.score_cloze(lm, chunk, cfg["batch_size"], run.progress)
+        run.steps.floor += plain_forward_lengths(lm, got["packed_tokens"], cfg["batch_size"])
         got["context"] = np.array([c for c, _ in chunk])
         got["word"] = np.array([w for _, w in chunk])
         tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, params=np.array(want), **got)
         tmp.replace(path)
         parts.append(got)
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    keys = [k for k in parts[0] if all(k in p for p in parts)]  # parts of older versions
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
 def row_verdict(rho: dict[str, Any], slope: dict[str, Any]) -> str:

@@ -105,6 +105,7 @@ def score_cloze(
         "correct": top1 == target,
         "n_word_tokens": np.array([len(c) for c in conts], dtype=np.int64),
         "loglik": np.array([ll[0] for ll in scored.loglik], dtype=np.float64),
+        "packed_tokens": np.asarray(scored.lengths, dtype=np.int64),
     }
 
 

@@ -25,7 +25,7 @@ from .config import label, stem
 from .layers import NAME as TRAINED
 from .layers import params as layer_params
 from .layers import second_half
-from .memo import layer_statistics, main_extraction, sampling
+from .memo import layer_statistics, main_extraction, pass_floor, sampling
 from .steps import Run, step, write_result
 from .verdict import block_verdict, emergence_verdict
 
@@ -62,6 +62,7 @@ def random_init_step(run: Run, spec: str, data: str) -> None:
     ex = sampling(run, len(segs), cfg["seq_len"]).extract(
         rnd, segs, "all,final", ["last", "within"]
     )
+    run.steps.floor += pass_floor(rnd, segs.ids, cfg["batch_size"], ex)  # a distinct model
     lres = layers_from_extraction(
         rnd.name, data, segs, ex, layer_statistics(cfg, len(segs)), pooling="last",
         skip_first=1,

@@ -45,7 +45,7 @@ from typing import Any
 from ..core.errors import RepdispError
 from .claims import claim, fmt, read
 from .config import block_over, label, stem
-from .memo import n_available, sampling
+from .memo import n_available, pass_floor, sampling
 from .steps import Run, step, write_result
 from .verdict import verdict
 
@@ -141,7 +141,10 @@ def fine_tuned(run: Run, spec: str, method: str, seed: int) -> tuple[Path, dict[
         import torch
 
         torch.manual_seed(seed)  # LoRA's A matrices are drawn before the Trainer seeds itself
-        finetune(spec, block["data"], out, config=c, device=run.cfg["device"], progress=False)
+        done = finetune(
+            spec, block["data"], out, config=c, device=run.cfg["device"], progress=False
+        )
+        run.steps.floor += done.floor_seconds  # plain optimiser steps of this recipe
         tmp = marker.with_name(marker.name + ".tmp")
         tmp.write_text(json.dumps(want, sort_keys=True))
         os.replace(tmp, marker)
@@ -238,6 +241,7 @@ def one_model(run: Run, spec: str) -> None:
 
     def measure(name: str, lm: Any, seed: int | None) -> None:
         ex = smp.extract(lm, segs, "final", "last")
+        run.steps.floor += pass_floor(lm, segs.ids, cfg["batch_size"], ex)
         vectors[name] = np.asarray(ex.get(ex.sites[0], "last"), dtype=np.float32)
         d, _ = _d_and_jack(units_of(vectors[name]))
         ppl = float(np.exp(np.mean(ex.mean_nll)))

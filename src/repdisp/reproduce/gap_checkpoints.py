@@ -41,6 +41,7 @@ from typing import Any
 
 from ..core.errors import RepdispError
 from .claims import claim, read
+from .memo import plain_forward_lengths
 from .steps import Run, step, write_result
 
 NAME = "gap_checkpoints"
@@ -189,6 +190,7 @@ def train_checkpoints(run: Run, tb: dict[str, Any], top: Path) -> tuple[list[dic
         checkpoint_dir=top / "work", save_every=int(tb.get("save_every", 0)), callbacks=[SaveAt()]
     )
     res = run_train(cfg, data, False, opts)
+    run.steps.floor += res.floor_s  # plain optimiser steps and evaluations of the recipe
     entries = [{"model": str(ckpts / f"step-{s}"), "name": f"step-{s}", "step": s} for s in save_at]
     info = {
         "recipe": cfg.name,
@@ -242,6 +244,10 @@ def measure(run: Run, block: dict[str, Any], entries: list[dict], top: Path, par
                     int(ppl.get("windows", 64)),
                     int(ppl.get("batch_size", 8)),
                 )
+                run.steps.floor += plain_forward_lengths(
+                    lm, [int(ppl.get("seq_len", 128))] * int(m["windows"]),
+                    int(ppl.get("batch_size", 8)), order="given",
+                )  # fmt: skip
                 del lm
                 row |= {"ppl": m["ppl"], "ppl_windows": m["windows"], "ppl_tokens": m["tokens"]}
             done[name] = row

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .claims import Where, claim, command
 from .config import cell_params, label, stem
-from .memo import main_extraction
+from .memo import main_extraction, plain_forward_lengths
 from .steps import Run, step, write_result
 from .verdict import verdict
 
@@ -78,6 +78,18 @@ def paired_margin(
     return {"value": float(per.mean()), "ci_low": float(lo), "ci_high": float(hi), "segments": n}
 
 
+def window_floor(lm: Any, streams: list[int], win: dict[str, int]) -> float:
+    """The floor of the kNN-LM's passes: one plain forward over the sliding windows of each
+    stream (datastore, held-out), BOS included, in the order they run."""
+    from ..applications.knnlm.windows import plan_windows
+
+    extra = int(lm.bos_id is not None)
+    lengths = [
+        e - b + extra for n in streams for b, e, _ in plan_windows(n, win["context"], win["stride"])
+    ]
+    return plain_forward_lengths(lm, lengths, win["batch_size"], order="given")
+
+
 @step(over="cell", when="knnlm")
 def knnlm_step(run: Run, spec: str, data: str) -> None:
     from ..applications.knnlm import Datastore, build_datastore, evaluate_knnlm
@@ -116,6 +128,7 @@ def knnlm_step(run: Run, spec: str, data: str) -> None:
         lmbda_grid=k["lmbda_grid"], temperature_grid=k["temperature_grid"],
         nprobe=1, progress=run.progress, **win,
     )  # fmt: skip
+    run.steps.floor += window_floor(lm, [len(store), len(held)], win)
     ppl = {s.site: s.best_ppl for s in ev.sites}
     pick = max(names, key=disp.__getitem__)
     best = min(names, key=ppl.__getitem__)

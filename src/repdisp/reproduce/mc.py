@@ -21,6 +21,7 @@ from typing import Any
 from ..core.errors import RepdispError
 from .claims import Where, claim, public, quote
 from .config import label
+from .memo import plain_forward_lengths
 from .steps import Run, step, write_result
 from .verdict import verdict
 
@@ -74,6 +75,7 @@ def mc_step(run: Run, spec: str, mc: dict[str, Any]) -> None:
             batch_size=cfg["batch_size"], progress=run.progress,
         )  # fmt: skip
         result.save(queries)
+        steps.floor += plain_forward_lengths(run.model(spec), result.lengths, cfg["batch_size"])
         steps.finish(folder, "queries", params)
     probe = accuracy_probe(
         result,

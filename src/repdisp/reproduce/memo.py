@@ -13,10 +13,17 @@ any step): the shards are split over the ranks and gathered to rank 0, and each 
 its own shards, so rank 0's steps find the cell in memory or in the shard cache.
 
 Each computed extraction (and each other-length pass of the Fig. 4 contexts, in ``ppl``) also
-times a plain forward over its segments (``plain_forward``: one warm-up and two timed batches,
+times a plain forward over the segments it ran through the model (``pass_floor``: shards read
+back from the cache cost no forward and add none) (``plain_forward``: one warm-up and two timed batches,
 scaled to N) and adds it to the running step's floor (``steps.Steps.floor``): the grid's floor is
 each distinct model x corpus x context length's plain forward once. The calibration itself costs
 three batches per pass (about 1% of a 2,000-segment pass at batch 8).
+
+Steps that run other passes add theirs the same way: the random-init model's extraction, the
+kNN-LM windows, MC and cloze prompts (``plain_forward_lengths``: the same padded batch shapes),
+the fine-tuned models' evaluation; training adds the plain optimiser steps of its recipe
+(``training.floor.plain_steps``, in the training result's ``floor`` timing). The page prints
+every step's seconds over its floor and the whole run's.
 
 Contract: ``main_extraction(run, spec, data, lm)`` returns ``(segments, extraction, n_windows)``
 where ``n_windows`` is how many non-overlapping windows of ``seq_len`` the corpus holds.
@@ -85,7 +92,9 @@ def main_extraction(
         )
         segs, ex = sampling(run, n, cfg["seq_len"]).run(lm, data, SITES, POOLS, docs, dist=dist)
         say(f"  extraction {time.perf_counter() - t:.0f} s")
-        if dist is None or dist.is_main:
+        if dist is None:
+            run.steps.floor += pass_floor(lm, segs.ids, cfg["batch_size"], ex)
+        elif dist.is_main:  # the group ran every shard (or read it back) at once
             run.steps.floor += plain_forward(lm, segs.ids, cfg["batch_size"])
         _EXTRACTIONS.clear()  # keep one cell's vectors in memory
         _EXTRACTIONS[key] = (segs, ex, n_avail)
@@ -128,6 +137,53 @@ def plain_forward(lm: Any, ids: Any, batch_size: int, sample: int = 2) -> float:
         if lm.device.type == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - t) * n / max(m, 1)
+
+
+def pass_floor(lm: Any, ids: Any, batch_size: int, ex: Any) -> float:
+    """The floor of the part of a pass that ran the model: ``plain_forward`` over the segments
+    times the share ``ex.computed / len(ids)`` of them that did not come from the shard cache
+    (0, and no calibration, when all were read back)."""
+    if not len(ids) or not getattr(ex, "computed", 0):
+        return 0.0
+    return plain_forward(lm, ids, batch_size) * ex.computed / len(ids)
+
+
+def plain_forward_lengths(
+    lm: Any, lengths: Any, batch_size: int, sample: int = 2, order: str = "longest"
+) -> float:
+    """The floor of a pass over sequences of these ``lengths`` (MC and cloze prompts, kNN-LM
+    windows): a plain batched forward over batches of ``batch_size`` in the order the pass runs
+    them (``"longest"`` first, as ``mcqa.score`` sorts; ``"given"``: as listed), each right-padded
+    to its longest row. ``sample`` batches spread over the pass are timed after one warm-up
+    batch and the time is scaled by padded tokens. Token values do not change a forward's cost,
+    so the ids are synthetic."""
+    import numpy as np
+    import torch
+
+    n = np.asarray(lengths, dtype=np.int64)
+    if len(n) == 0:
+        return 0.0
+    if order == "longest":
+        n = np.sort(n)[::-1]
+    batches = [n[i : i + batch_size] for i in range(0, len(n), batch_size)]
+    padded = np.array([len(b) * int(b.max()) for b in batches], dtype=np.float64)
+    pick = sorted(
+        {int(round(j)) for j in np.linspace(0, len(batches) - 1, min(sample, len(batches)))}
+    )
+    vocab = int(lm.model.get_input_embeddings().weight.shape[0])
+
+    def ids_of(b: Any) -> Any:
+        x = (np.arange(len(b) * int(b.max())) * 7919 % max(vocab - 1, 1)).reshape(len(b), -1)
+        return torch.as_tensor(x, dtype=torch.long).to(lm.device)
+
+    with torch.inference_mode(), lm.inference():
+        lm.model(input_ids=ids_of(batches[pick[0]]), use_cache=False)
+        t = time.perf_counter()
+        for j in pick:
+            lm.model(input_ids=ids_of(batches[j]), use_cache=False)
+        if lm.device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) * padded.sum() / padded[pick].sum()
 
 
 def bin_settings(cfg: dict[str, Any], n_segments: int) -> dict[str, Any]:

@@ -289,8 +289,11 @@ def timing_table(timing: dict[str, float], floors: dict[str, float] | None) -> s
     whole run against its floor (sums over the steps)."""
     floors = floors or {}
     note = "(the first step of a cell includes the cell's extraction; a skipped step keeps the "
-    note += "time of the run that computed it. Floor: a plain batched forward over the same "
-    note += "segments, the passes the step ran; the grid's floor is their sum)"
+    note += "time of the run that computed it. Floor: what the step ran, done plainly: a plain "
+    note += "batched forward over the same segments, windows or prompts for each pass through "
+    note += "a model (shards read back from the cache count none), and for training the same "
+    note += "number of plain optimiser steps plus plain forwards for its evaluations; the "
+    note += "grid's floor is their sum)"
     lines = ["| step | seconds | floor s | ratio |", "|---|---:|---:|---:|"]
     for k, v in timing.items():
         f = floors.get(k, 0.0)

@@ -22,7 +22,7 @@ from typing import Any
 
 from .claims import Where, claim, command, fmt
 from .config import cell_params, label, on_cell, segments, stem
-from .memo import bin_settings, main_extraction, n_available, plain_forward, sampling
+from .memo import bin_settings, main_extraction, n_available, pass_floor, sampling
 from .steps import Run, step, write_result
 from .verdict import n_to_decide, p_of, verdict
 
@@ -64,7 +64,7 @@ def ppl_step(run: Run, spec: str, data: str) -> None:
             c_segs, c_ex = sampling(run, n, ctx).run(
                 lm, data, "final", ["last", "within"], run.docs(data)
             )
-            run.steps.floor += plain_forward(lm, c_segs.ids, cfg["batch_size"])  # ctx's floor
+            run.steps.floor += pass_floor(lm, c_segs.ids, cfg["batch_size"], c_ex)  # ctx's floor
             parts.append((c_segs, c_ex, True, ctx))
     result = PplDispersionResult("last", "final", 1, cfg["seed"])
     for s, e, last_token, _length in parts:

@@ -105,6 +105,7 @@ def pushaway(run: Run) -> None:
                 raise
             shutil.rmtree(work)  # this step's own cache, of other settings: start again
             res = run_sweep(cfg, work, progress=False, save_every=int(block.get("save_every", 0)))
+        run.steps.floor += res.floor_s  # the runs trained now (finished ones are reused)
         info = {
             "seeds": list(cfg.sweep_seeds),
             "max_steps": cfg.max_steps,

@@ -46,6 +46,7 @@ from typing import Any
 from ..core.errors import RepdispError
 from .claims import claim, fmt, read
 from .config import block_over
+from .memo import plain_forward
 from .pushaway import recipe_path
 from .steps import Run, step, write_result
 from .verdict import verdict
@@ -199,6 +200,7 @@ def trained(run: Run, block: dict[str, Any], seed: int) -> tuple[Path, Any, Any,
             callbacks=[snapshots(work, steps, data.tokenizer)],
         ),
     )
+    run.steps.floor += res.floor_s  # plain optimiser steps and evaluations of the recipe
     info = {"n_params": res.n_params, "wall_s": res.wall_s, "history": res.history}
     tmp = done.with_name(done.name + ".tmp")
     tmp.write_text(json.dumps(info))
@@ -268,6 +270,8 @@ def scratch_clusters(run: Run) -> None:
             lm = load(work / f"step-{t}")
             ex = extract(lm, ctx.segments, "final", "last", perplexity=False, skip_first=0,
                          batch_size=cfg["batch_size"], cache=False, progress=False)  # fmt: skip
+            run.steps.floor += plain_forward(lm, ctx.segments.ids, cfg["batch_size"])
+            run.steps.floor += plain_forward(lm, d.test[dom.name], cfg["batch_size"])
             w, cen = cluster_summary(ex.get(ex.sites[0], "last"), ctx.labels, k)
             ws.append(w)
             cs.append(cen)

@@ -2,10 +2,14 @@
 
 A step computes one or more results and writes them into its folder (``io.results``: JSON with
 kind, provenance and run blocks, CSV tables, figure), then a marker ``FOLDER/.NAME.done.json``
-holding the parameters it ran with (and its wall time into ``out/step_seconds.json``; the first
-step of a cell includes the cell's extraction; beside it ``out/floor_seconds.json`` holds, under
-the same key, the plain-forward seconds of the passes the step ran: its floor). On rerun a step whose marker equals its parameters (after a
-JSON round trip) and whose files all exist is skipped; a step killed before its marker reruns.
+holding the parameters it ran with (and its wall time into ``out/step_seconds.json``: the time
+since the step started or since its previous ``finish``, so a step that finishes sub-steps
+(``cloze_queries`` then ``cloze``, one fine-tuned model after another) counts each second once;
+the first step of a cell includes the cell's extraction; beside it ``out/floor_seconds.json``
+holds, under the same key, its floor: the plain forwards of the passes the step ran and the
+plain optimiser steps of its training, ``memo`` and ``training.floor``). On rerun a step whose
+marker equals its parameters (after a JSON round trip) and whose files all exist is skipped; a
+step killed before its marker reruns.
 
 Registry: ``@step(over=..., when=...)`` appends the function to ``STEPS`` in definition order
 (the family modules are imported in a fixed order by the package). ``over`` says what it runs
@@ -113,6 +117,7 @@ class Steps:
         floors[f"{where}/{name}"] = round(self.floor, 4)
         self.floor = 0.0
         _write(floor_path, floors)
+        self.started = time.perf_counter()  # a second finish in one step counts from here
 
     def say(self, text: str) -> None:
         print(text, flush=True)

@@ -33,6 +33,11 @@ def _step(path: Path) -> int | None:
     return int(tail) if path.name.startswith("checkpoint-") and tail.isdigit() else None
 
 
+def start_step(resume: Path | None) -> int:
+    """The optimiser step a run resuming from ``resume`` starts at (0: a fresh run)."""
+    return (_step(resume) or 0) if resume is not None else 0
+
+
 def last_checkpoint(work: Path, prune: bool = True) -> Path | None:
     """The highest-step complete checkpoint in ``work``; incomplete ones (a save cut short) are
     removed (``prune``) so the Trainer never sees them."""

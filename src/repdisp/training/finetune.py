@@ -33,9 +33,10 @@ from ..core.sampling import Sampling
 from ..core.shards import atomic_write
 from ..io.results import Result, new_figure, record, recorded, save_figure, write_csv, write_result
 from .callback import DispersionCallback, check_report_to, tensorboard_dir
-from .checkpoints import open_work, train_resumable
+from .checkpoints import open_work, start_step, train_resumable
 from .data import split_docs
 from .finetune_config import METHODS, FinetuneConfig  # noqa: F401 - METHODS: its older home
+from .floor import plain_steps
 
 
 @dataclass
@@ -43,6 +44,7 @@ class FinetuneResult(Result):
     """What a fine-tuning run did: settings, data sizes, loss curve and where the model is."""
 
     kind: ClassVar[str] = "finetune"
+    run_keys: ClassVar[tuple[str, ...]] = ("seconds", "floor_seconds")
 
     base_model: str
     data: str
@@ -63,6 +65,7 @@ class FinetuneResult(Result):
     heldout: str | None
     seconds: float
     loss: list[dict[str, float]] = field(default_factory=list)
+    floor_seconds: float = 0.0  # plain optimiser steps for the steps this call ran (floor.py)
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         return {"loss": self.loss}
@@ -175,8 +178,13 @@ def finetune(
         torch.manual_seed(c.seed)
         net = _wrap_lora(net, c.lora_r, c.lora_alpha, c.lora_dropout)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in net.parameters())
+    # timed before the Trainer holds its optimiser, so the peak is no higher than training's
     on_cpu = lm.device.type == "cpu"
+    bf16 = not on_cpu and torch.cuda.is_bf16_supported()
+    floor = plain_steps(
+        net, segs.ids[: c.batch_size], c.steps - start_step(resume), c.grad_accum, bf16=bf16
+    )
+    total = sum(p.numel() for p in net.parameters())
     args = TrainingArguments(
         output_dir=str(work),
         max_steps=c.steps,
@@ -195,7 +203,7 @@ def finetune(
         seed=c.seed,
         data_seed=c.seed,
         use_cpu=on_cpu,
-        bf16=not on_cpu and torch.cuda.is_bf16_supported(),
+        bf16=bf16,
         fp16=False,
         disable_tqdm=not progress,
         dataloader_num_workers=0,
@@ -262,6 +270,7 @@ def finetune(
             heldout=heldout and str(out / Path(heldout).name),
             seconds=time.perf_counter() - start,
             loss=loss,
+            floor_seconds=floor,
         )
         record(result, models=lm, data=segs, seed=c.seed)
         write_outputs(result, tmp)

@@ -21,9 +21,10 @@ from ..core.errors import RepdispError
 from ..core.geometry import CosineStats
 from ..io.results import Result, data_provenance, new_figure, record, save_figure
 from .callback import DispersionCallback, check_report_to, tensorboard_dir
-from .checkpoints import check_save_every, open_work, train_resumable, wait_for_work
+from .checkpoints import check_save_every, open_work, start_step, train_resumable, wait_for_work
 from .config import TrainConfig
 from .data import BlockDataset, PreparedData, prepare_data
+from .floor import plain_eval, plain_steps
 from .loss import PushAwayLoss
 
 _EVAL = "repdisp_eval"  # key of the evaluation rows in the Trainer's log history
@@ -54,7 +55,7 @@ class RunResult(Result):
     """One training run: its settings, the logged curve and the evaluations."""
 
     kind: ClassVar[str] = "train"
-    run_keys: ClassVar[tuple[str, ...]] = ("wall_s",)
+    run_keys: ClassVar[tuple[str, ...]] = ("wall_s", "floor_s")
 
     name: str
     mode: str
@@ -71,6 +72,7 @@ class RunResult(Result):
     history: list[dict[str, float]]  # step, loss, ce, aux, dispersion, learning_rate
     evals: list[dict[str, Any]]  # step, domain, split, ppl, nll, dispersion
     wall_s: float
+    floor_s: float = 0.0  # plain optimiser steps for the steps this call ran (floor.py)
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
         return {"history": self.history, "evals": self.evals}
@@ -245,6 +247,16 @@ def run_train(
             resume = wait_for_work(work, spec)
         if resume is not None and progress:
             print(f"resuming from {resume.name} in {work}")
+    blocks = np.asarray(data.train[names[0]])
+    first = np.resize(blocks, (per_device, blocks.shape[1]))  # one micro-batch of the run's shape
+    floor = plain_steps(
+        model, first, cfg.max_steps - start_step(resume), cfg.grad_accum, bf16=cfg.bf16
+    )
+    ahead = [s for s in steps if s > start_step(resume)]  # the evaluations this call runs
+    if ahead:
+        held = [getattr(data, split)[n] for split in ("val", "test") for n in names]
+        per_block = plain_eval(model, held[0]) / max(len(held[0]), 1)
+        floor += per_block * len(ahead) * sum(len(b) for b in held)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=str(work) if keep else tmp,
@@ -310,6 +322,7 @@ def run_train(
         history=history,
         evals=evals,
         wall_s=time.perf_counter() - t0,
+        floor_s=floor,
     )
     data_ids = {n: data_provenance(np.asarray(data.train[n])) for n in names}
     return record(

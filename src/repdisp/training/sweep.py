@@ -30,13 +30,14 @@ class SweepResult(Result):
     one file each (``OUT/runs/``), not into the sweep's own file."""
 
     kind: ClassVar[str] = "sweep"
-    run_keys: ClassVar[tuple[str, ...]] = ()
+    run_keys: ClassVar[tuple[str, ...]] = ("floor_s",)
 
     config: str
     grid: list[dict[str, Any]]  # lr, aux_weight, step, domain, split: mean/sd/values over seeds
     chosen: dict[str, float]  # lr -> λ
     table2: list[dict[str, Any]]  # lr, λ, step, domain: base and +aux test ppl
     runs: list[RunResult] = field(default_factory=list, repr=False)
+    floor_s: float = 0.0  # the plain-training floor of the runs trained by this call (floor.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in super().to_dict().items() if k != "runs"}
@@ -199,7 +200,7 @@ def run_sweep(
                     f"{path} is a run of another recipe; choose another --out or delete it"
                 )
         write_json(job_file, job)
-    runs = []
+    runs, floor = [], 0.0
     weights = [0.0] + [w for w in cfg.sweep_aux_weights if w != 0]
     for lr in cfg.sweep_lrs:
         for w in weights:
@@ -218,6 +219,7 @@ def run_sweep(
                     RunOptions(checkpoint_dir=out / ".checkpoints", save_every=save_every),
                 )
                 write_result(path.parent, path.stem, run, tables=False, figure=False)
+                floor += run.floor_s
                 if progress:
                     last = {
                         e["domain"]: round(e["ppl"], 2) for e in run.evals if e["split"] == "test"
@@ -226,7 +228,7 @@ def run_sweep(
                 runs.append(run)
     grid = _summarise(runs)
     chosen = choose_weights(grid)
-    result = SweepResult(cfg.name, grid, chosen, table2(grid, chosen), runs)
+    result = SweepResult(cfg.name, grid, chosen, table2(grid, chosen), runs, floor)
     tables = result.tables()
     write_result(out, "sweep", result, tables=False)  # sweep.json, sweep.png
     write_csv(out / "grid.csv", tables["grid"])

@@ -45,6 +45,9 @@ class MCResult:
     embeddings: np.ndarray = field(repr=False)
     site: str = "final"
     model: str = ""
+    # tokens of each question's packed sequence (context + every choice's block), question
+    # order; set by ``score``, not saved: what a plain forward over the same batches would read
+    lengths: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def gold(self) -> np.ndarray:
@@ -252,7 +255,10 @@ def score(
         for ll, p in zip(loglik, prompts, strict=True)
     ]
     pred_norm = np.array([int(np.argmax(v)) for v in norm])
-    return MCResult(items, loglik, pred, pred_norm, emb, site_obj.name, lm.name)
+    lengths = np.zeros(len(prompts), dtype=np.int64)
+    for p in packed:
+        lengths[p.qi] = len(p.ids)
+    return MCResult(items, loglik, pred, pred_norm, emb, site_obj.name, lm.name, lengths)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -312,8 +318,12 @@ def run_evaluate_task(
     columns, shots, limit = settings.columns, settings.shots, settings.limit
     items = load_task(task, data, **columns)
     if limit is not None and limit < len(items):
-        keep = np.sort(np.random.default_rng(settings.seed).choice(len(items), limit, replace=False))
+        keep = np.sort(
+            np.random.default_rng(settings.seed).choice(len(items), limit, replace=False)
+        )
         items = [items[i] for i in keep]
-    pool = load_task(task, settings.shots_data, **columns) if shots and settings.shots_data else None
+    pool = (
+        load_task(task, settings.shots_data, **columns) if shots and settings.shots_data else None
+    )
     prompts = make_prompts(items, settings.fmt or default_format(task), shots, pool)
     return score(lm, items, prompts, site=site, batch_size=batch_size, progress=progress)
