@@ -85,6 +85,45 @@ def test_ragged_floor_is_the_padded_tokens_of_every_batch(clock, order):
     assert memo.plain_forward_lengths(fake_lm(clock), [], batch_size=3) == 0.0
 
 
+class Body(torch.nn.Module):
+    """A body whose forward costs half a clock second per token (no head)."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def forward(self, input_ids, use_cache=False):
+        self.clock.t += 0.5 * input_ids.numel()
+        return SimpleNamespace(last_hidden_state=None)
+
+
+def test_a_body_only_floor_runs_the_base_model_not_the_head(clock):
+    lm = fake_lm(clock)
+    lm.model.base_model = Body(clock)
+    lengths = [7, 7, 7, 4]
+    full = memo.plain_forward_lengths(lm, lengths, batch_size=2, order="given")
+    body = memo.plain_forward_lengths(lm, lengths, batch_size=2, order="given", head=False)
+    assert full == pytest.approx(2 * 7 + 2 * 7, rel=1e-12)
+    assert body == pytest.approx(0.5 * full, rel=1e-12)
+
+
+def test_the_knnlm_floor_is_the_body_over_the_datastore_and_the_full_model_held_out(clock):
+    from repdisp.applications.knnlm.windows import plan_windows
+    from repdisp.reproduce.knnlm_ppl import window_floor
+
+    lm = fake_lm(clock)
+    lm.model.base_model = Body(clock)
+    lm.bos_id = 1
+    win = {"context": 8, "stride": 4, "batch_size": 3}
+
+    def padded(n):  # tokens of every batch of windows (BOS included), right-padded
+        ls = [e - b + 1 for b, e, _ in plan_windows(n, 8, 4)]
+        return sum(len(ls[i : i + 3]) * max(ls[i : i + 3]) for i in range(0, len(ls), 3))
+
+    got = window_floor(lm, 40, 18, win)
+    assert got == pytest.approx(0.5 * padded(40) + padded(18), rel=1e-12)
+
+
 def test_fixed_floor_scales_the_timed_batches_to_all_segments(clock):
     ids = np.zeros((37, 12), dtype=np.int64)
     got = memo.plain_forward(fake_lm(clock), ids, batch_size=8)

@@ -78,16 +78,22 @@ def paired_margin(
     return {"value": float(per.mean()), "ci_low": float(lo), "ci_high": float(hi), "segments": n}
 
 
-def window_floor(lm: Any, streams: list[int], win: dict[str, int]) -> float:
+def window_floor(lm: Any, store: int, held: int, win: dict[str, int]) -> float:
     """The floor of the kNN-LM's passes: one plain forward over the sliding windows of each
-    stream (datastore, held-out), BOS included, in the order they run."""
+    stream, BOS included, in the order they run: the body alone over the datastore's windows
+    (its keys are hidden states; no logits are needed), body and LM head over the held-out
+    ones (their perplexity needs the model's distribution)."""
     from ..applications.knnlm.windows import plan_windows
 
     extra = int(lm.bos_id is not None)
-    lengths = [
-        e - b + extra for n in streams for b, e, _ in plan_windows(n, win["context"], win["stride"])
-    ]
-    return plain_forward_lengths(lm, lengths, win["batch_size"], order="given")
+
+    def lengths(n: int) -> list[int]:
+        return [e - b + extra for b, e, _ in plan_windows(n, win["context"], win["stride"])]
+
+    bs = win["batch_size"]
+    return plain_forward_lengths(
+        lm, lengths(store), bs, order="given", head=False
+    ) + plain_forward_lengths(lm, lengths(held), bs, order="given")
 
 
 @step(over="cell", when="knnlm")
@@ -128,7 +134,7 @@ def knnlm_step(run: Run, spec: str, data: str) -> None:
         lmbda_grid=k["lmbda_grid"], temperature_grid=k["temperature_grid"],
         nprobe=1, progress=run.progress, **win,
     )  # fmt: skip
-    run.steps.floor += window_floor(lm, [len(store), len(held)], win)
+    run.steps.floor += window_floor(lm, len(store), len(held), win)
     ppl = {s.site: s.best_ppl for s in ev.sites}
     pick = max(names, key=disp.__getitem__)
     best = min(names, key=ppl.__getitem__)

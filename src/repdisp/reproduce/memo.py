@@ -149,14 +149,20 @@ def pass_floor(lm: Any, ids: Any, batch_size: int, ex: Any) -> float:
 
 
 def plain_forward_lengths(
-    lm: Any, lengths: Any, batch_size: int, sample: int = 2, order: str = "longest"
+    lm: Any,
+    lengths: Any,
+    batch_size: int,
+    sample: int = 2,
+    order: str = "longest",
+    head: bool = True,
 ) -> float:
     """The floor of a pass over sequences of these ``lengths`` (MC and cloze prompts, kNN-LM
     windows): a plain batched forward over batches of ``batch_size`` in the order the pass runs
     them (``"longest"`` first, as ``mcqa.score`` sorts; ``"given"``: as listed), each right-padded
     to its longest row. ``sample`` batches spread over the pass are timed after one warm-up
     batch and the time is scaled by padded tokens. Token values do not change a forward's cost,
-    so the ids are synthetic."""
+    so the ids are synthetic. ``head=False``: the body alone (``base_model``: no final logits),
+    the floor of a pass that reads hidden states only (a kNN-LM datastore's keys)."""
     import numpy as np
     import torch
 
@@ -176,11 +182,12 @@ def plain_forward_lengths(
         x = (np.arange(len(b) * int(b.max())) * 7919 % max(vocab - 1, 1)).reshape(len(b), -1)
         return torch.as_tensor(x, dtype=torch.long).to(lm.device)
 
+    net = lm.model if head else lm.model.base_model
     with torch.inference_mode(), lm.inference():
-        lm.model(input_ids=ids_of(batches[pick[0]]), use_cache=False)
+        net(input_ids=ids_of(batches[pick[0]]), use_cache=False)
         t = time.perf_counter()
         for j in pick:
-            lm.model(input_ids=ids_of(batches[j]), use_cache=False)
+            net(input_ids=ids_of(batches[j]), use_cache=False)
         if lm.device.type == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - t) * padded.sum() / padded[pick].sum()

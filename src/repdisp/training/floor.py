@@ -1,16 +1,17 @@
 """The floor of a training run: the seconds the same number of plain optimiser steps take.
 
 A plain step is what any training script does at the least: ``grad_accum`` times a forward with
-``labels=`` and a backward on one micro-batch of the run's shape, then one AdamW step and
-``zero_grad``; no Trainer, no auxiliary loss, no logging, evaluation or checkpoints. It is timed
-on ``sample`` steps after one warm-up step, on a deep copy of the model (the trained model, its
-gradients and its optimiser are untouched) with the RNG state forked (dropout draws nothing from
-the run's generators), and scaled linearly to ``steps``. A run's seconds over this floor are what
-the recipe adds to plain training (``reproduce`` prints the ratio per step).
+``labels=`` and a backward on one micro-batch of the run's shape, then one AdamW step (the fused
+kernel where torch has one, as the Trainer's default ``adamw_torch_fused``) and ``zero_grad``;
+no Trainer, no auxiliary loss, no logging, evaluation or checkpoints. It is timed on ``sample``
+steps after one warm-up step, on a deep copy of the model (the trained model, its gradients and
+its optimiser are untouched) with the RNG state forked (dropout draws nothing from the run's
+generators), and scaled linearly to ``steps``. A run's seconds over this floor are what the
+recipe adds to plain training (``reproduce`` prints the ratio per step).
 
 ``plain_eval(model, blocks, batch_size)`` is the floor of an evaluation pass: a plain forward
-(``labels=``, no hidden states kept) over ``blocks`` in batches, timed on ``sample`` batches after
-one warm-up batch and scaled to all of them.
+(``labels=``, no hidden states kept) over ``blocks`` in batches, timed on ``sample`` batches
+after one warm-up batch and scaled to all of them.
 
 Contract: ``plain_steps(model, ids, steps, grad_accum)`` returns seconds >= 0; ``ids`` is one
 micro-batch of token ids (``(B, T)`` integers); ``steps`` <= 0 gives 0.0 without running."""
@@ -45,7 +46,7 @@ def plain_steps(
         net = copy.deepcopy(model)
         net.train()
         params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-5)
+        opt = _adamw(params)
         x = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=device)
 
         def one() -> None:
@@ -66,6 +67,17 @@ def plain_steps(
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - t) * steps / sample
     return seconds
+
+
+def _adamw(params: list[Any]) -> Any:
+    """AdamW with the fused kernel where torch has one for these parameters, as the Trainer's
+    default ``optim="adamw_torch_fused"`` picks; else the ``foreach`` one."""
+    import torch
+
+    try:
+        return torch.optim.AdamW(params, lr=1e-5, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(params, lr=1e-5)
 
 
 def plain_eval(model: Any, blocks: np.ndarray, batch_size: int = 16, sample: int = 2) -> float:
