@@ -137,12 +137,36 @@ def test_plain_steps_scale_to_the_run_and_leave_model_and_rng_alone(clock):
     rng = torch.get_rng_state()
     ids = np.random.default_rng(0).integers(0, 50, (4, 10))
     got = floor.plain_steps(model, ids, steps=30, grad_accum=2)
-    # each step: 2 micro-batches of 40 tokens; two timed steps, scaled to 30
+    # each step: 2 micro-batches of 40 tokens; the median timed step, scaled to 30
     assert got == pytest.approx(30 * 2 * 40, rel=1e-12)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(rng, torch.get_rng_state())
     assert floor.plain_steps(model, ids, steps=0) == 0.0
+
+
+class SlowFirstModel(TokenCostModel):
+    """Each forward costs its tokens, times ``slow`` for the calls listed in ``at``."""
+
+    def __init__(self, clock, at, slow=10.0):
+        super().__init__(clock)
+        self.calls, self.at, self.slow = 0, set(at), slow
+
+    def forward(self, input_ids, labels=None, use_cache=False):
+        self.calls += 1
+        if self.calls in self.at:
+            self.clock.t += (self.slow - 1) * input_ids.numel()
+        return super().forward(input_ids, labels=labels, use_cache=use_cache)
+
+
+def test_plain_steps_take_the_median_step_after_the_warm_up(clock):
+    ids = np.zeros((4, 10), dtype=np.int64)
+    # calls 1-2 are the warm-up (slow: not counted); call 3, the first timed step, is slow too:
+    # the median of the three timed steps is a normal one, where a mean would be 4x
+    model = SlowFirstModel(clock, at=(1, 2, 3))
+    assert floor.plain_steps(model, ids, steps=10) == pytest.approx(10 * 40, rel=1e-12)
+    # the copy's calls are counted on the copy; the original ran none
+    assert model.calls == 0
 
 
 def test_plain_eval_is_every_block_once(clock):

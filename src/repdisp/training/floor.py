@@ -3,11 +3,13 @@
 A plain step is what any training script does at the least: ``grad_accum`` times a forward with
 ``labels=`` and a backward on one micro-batch of the run's shape, then one AdamW step (the fused
 kernel where torch has one, as the Trainer's default ``adamw_torch_fused``) and ``zero_grad``;
-no Trainer, no auxiliary loss, no logging, evaluation or checkpoints. It is timed on ``sample``
-steps after one warm-up step, on a deep copy of the model (the trained model, its gradients and
-its optimiser are untouched) with the RNG state forked (dropout draws nothing from the run's
-generators), and scaled linearly to ``steps``. A run's seconds over this floor are what the
-recipe adds to plain training (``reproduce`` prints the ratio per step).
+no Trainer, no auxiliary loss, no logging, evaluation or checkpoints. Each of ``sample`` steps
+is timed after ``warmup`` steps and the median step is scaled to ``steps`` (on the CPU the first
+steps after the warm-up ran up to 30% slower than the rest, a full SmolLM2 fine-tune 2.5-2.7 s
+against 1.9-2.2 s, so a mean of two would overstate the floor), on a deep copy of the model (the
+trained model, its gradients and its optimiser are untouched) with the RNG state forked (dropout
+draws nothing from the run's generators). A run's seconds over this floor are what the recipe
+adds to plain training (``reproduce`` prints the ratio per step).
 
 ``plain_eval(model, blocks, batch_size)`` is the floor of an evaluation pass: a plain forward
 (``labels=``, no hidden states kept) over ``blocks`` in batches, timed on ``sample`` batches
@@ -30,8 +32,9 @@ def plain_steps(
     ids: np.ndarray,
     steps: int,
     grad_accum: int = 1,
-    sample: int = 2,
+    sample: int = 3,
     bf16: bool = False,
+    warmup: int = 2,
 ) -> float:
     """Seconds of ``steps`` plain optimiser steps of ``model`` on micro-batches shaped like
     ``ids`` (see the module docstring); ``bf16``: under bfloat16 autocast, as the Trainer's
@@ -57,15 +60,18 @@ def plain_steps(
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        one()  # warm-up: allocates the optimiser state
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(sample):
+        for _ in range(warmup):  # allocates the optimiser state and the allocator's pools
             one()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - t) * steps / sample
+        times = []
+        for _ in range(sample):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            one()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        seconds = float(np.median(times)) * steps
     return seconds
 
 
