@@ -60,18 +60,18 @@ def plain_steps(
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        for _ in range(warmup):  # allocates the optimiser state and the allocator's pools
-            one()
-        times = []
-        for _ in range(sample):
+        def timed() -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
             one()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        seconds = float(np.median(times)) * steps
+            return time.perf_counter() - t
+
+        for _ in range(warmup):  # allocates the optimiser state and the allocator's pools
+            one()
+        seconds = float(np.median([timed() for _ in range(sample)])) * steps
     return seconds
 
 
